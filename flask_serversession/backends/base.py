@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import logging
+import typing as t
+from abc import ABC
+from abc import abstractmethod
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+
+logger = logging.getLogger("flask_serversession")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored session.
+
+    :param data: serialized value (tagged JSON text) by session key.
+    :param created_at: when the session was created, aware UTC.
+    :param expires_at: when the session stops being valid, aware UTC.
+    :param values: the decoded session as the app sees it, given on writes for
+        backends that index fields of it (see ``SQLAlchemyBackend`` extras).
+    """
+
+    data: dict[str, str]
+    created_at: datetime
+    expires_at: datetime
+    values: t.Mapping[str, t.Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one save changes in a stored session.
+
+    :param expires_at: the new expiry (the old one when nothing renewed it).
+    :param set: serialized value by session key, for keys set or changed.
+    :param deleted: session keys to remove.
+    :param values: the decoded session after the change, as in :class:`Record`.
+    """
+
+    expires_at: datetime
+    set: dict[str, str] = field(default_factory=dict)
+    deleted: frozenset[str] = frozenset()
+    values: t.Mapping[str, t.Any] | None = field(default=None, compare=False)
+
+
+class CorruptRecordError(Exception):
+    """A stored record cannot be decoded; raised by :meth:`Backend.load`."""
+
+
+class Backend(ABC):
+    """Storage for session records, addressed by storage key.
+
+    A storage key is the hex sha256 of a session id, so a backend never holds
+    a usable token. Times are aware UTC datetimes. A backend raises
+    :class:`~flask_serversession.BackendError` when its store fails and
+    :class:`CorruptRecordError` from :meth:`load` when a record cannot be
+    decoded; it never returns partial data.
+    """
+
+    # Methods that child classes must implement.
+
+    @abstractmethod
+    def load(self, key: str) -> Record | None:
+        """Return the record stored under ``key``, expired or not, or None."""
+
+    @abstractmethod
+    def create(self, key: str, record: Record) -> None:
+        """Store ``record`` under ``key``, replacing whatever was there."""
+
+    @abstractmethod
+    def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        """Apply ``delta`` atomically to the live record under ``key``.
+
+        Keys of the record that the delta does not name keep their stored
+        values, so two writers that change different keys both survive.
+        Returns False, writing nothing, when there is no record or it expired
+        before ``now``: a save never brings back a destroyed session.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the record under ``key``, if there is one."""
+
+    @abstractmethod
+    def purge_expired(self, now: datetime) -> int:
+        """Remove records that expired before ``now``; return how many.
+
+        A store that expires records by itself returns 0.
+        """
+
+    @abstractmethod
+    def count(self, now: datetime) -> int:
+        """Return the number of records still live at ``now``."""
+
+    @abstractmethod
+    def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
+        """Yield ``(key, record)`` for records live at ``now``.
+
+        Records that cannot be decoded are logged and skipped.
+        """
+
+    @abstractmethod
+    def clear(self) -> int:
+        """Remove every record of this store; return how many."""
+
+    # Methods with a default that child classes may override.
+
+    def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
+        """Move the expiry of the live record under ``key``; False if gone."""
+        return self.update(key, Delta(expires_at=expires_at), now)
+
+    def close(self) -> None:
+        """Release connections or handles held by the backend."""
+        return None

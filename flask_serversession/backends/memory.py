@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import threading
+import typing as t
+from collections import OrderedDict
+from dataclasses import replace
+from datetime import datetime
+
+from .base import Backend
+from .base import Delta
+from .base import Record
+
+
+class MemoryBackend(Backend):
+    """Keep sessions in a dict of this process, for tests and one-process apps.
+
+    The least recently used session is dropped once ``max_entries`` are
+    stored. Records are immutable, so readers never see a half-applied save.
+
+    :param max_entries: how many sessions to keep at most.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, key: str) -> Record | None:
+        with self._lock:
+            record = self._records.get(key)
+            if record is not None:
+                self._records.move_to_end(key)
+            return record
+
+    def create(self, key: str, record: Record) -> None:
+        record = replace(record, data=dict(record.data), values=None)
+        with self._lock:
+            self._records[key] = record
+            self._records.move_to_end(key)
+            while len(self._records) > self.max_entries:
+                self._records.popitem(last=False)
+
+    def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        with self._lock:
+            record = self._records.get(key)
+            if record is None or record.expires_at <= now:
+                return False
+            data = record.data
+            if delta.set or delta.deleted:
+                data = {k: v for k, v in data.items() if k not in delta.deleted}
+                data.update(delta.set)
+            self._records[key] = replace(record, data=data, expires_at=delta.expires_at)
+            self._records.move_to_end(key)
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._records.pop(key, None)
+
+    def purge_expired(self, now: datetime) -> int:
+        with self._lock:
+            expired = [k for k, r in self._records.items() if r.expires_at <= now]
+            for key in expired:
+                del self._records[key]
+            return len(expired)
+
+    def count(self, now: datetime) -> int:
+        with self._lock:
+            return sum(1 for r in self._records.values() if r.expires_at > now)
+
+    def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
+        with self._lock:
+            live = [(k, r) for k, r in self._records.items() if r.expires_at > now]
+        yield from live
+
+    def clear(self) -> int:
+        with self._lock:
+            removed = len(self._records)
+            self._records.clear()
+            return removed

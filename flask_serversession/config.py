@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import os
+import typing as t
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .backends.base import Backend
+from .errors import ConfigError
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+RENEW_ON_CHOICES = ("modify", "access", "never")
+BACKEND_NAMES = ("sqlalchemy", "filesystem", "redis", "memory")
+
+DEFAULTS: dict[str, t.Any] = {
+    "SERVERSESSION_BACKEND": "sqlalchemy",
+    "SERVERSESSION_EXPIRE_TIME": timedelta(hours=24),
+    "SERVERSESSION_RENEW_TIME": timedelta(hours=1),
+    "SERVERSESSION_RENEW_ON": "modify",
+    "SERVERSESSION_ABSOLUTE_LIFETIME": None,
+    "SERVERSESSION_PERMANENT": True,
+    "SERVERSESSION_SIGN_ID": True,
+    "SERVERSESSION_HEADER_NAME": None,
+    "SERVERSESSION_MAX_SIZE": 1024 * 1024,
+    "SERVERSESSION_PURGE_EVERY": 0,
+    "SERVERSESSION_KEY_PREFIX": "serversession:",
+    "SERVERSESSION_SQLALCHEMY": None,
+    "SERVERSESSION_SQLALCHEMY_BIND_KEY": None,
+    "SERVERSESSION_SQLALCHEMY_URI": None,
+    "SERVERSESSION_SQLALCHEMY_TABLE": "serversession",
+    "SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS": (),
+    "SERVERSESSION_SQLALCHEMY_EXTRAS": None,
+    "SERVERSESSION_FILE_DIR": None,
+    "SERVERSESSION_REDIS": None,
+    "SERVERSESSION_REDIS_URL": "redis://localhost:6379/0",
+    "SERVERSESSION_MEMORY_MAX_ENTRIES": 100_000,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``SERVERSESSION_*`` values the session layer uses."""
+
+    expire_time: timedelta
+    renew_time: timedelta
+    renew_on: str
+    absolute_lifetime: timedelta | None
+    permanent: bool
+    sign_id: bool
+    header_name: str | None
+    max_size: int
+    purge_every: int
+
+
+def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
+    return ConfigError(f"{key} = {value!r} is not valid: expected {accepted}.")
+
+
+def duration(
+    config: t.Mapping[str, t.Any], key: str, *, optional: bool = False, zero: bool = False
+) -> timedelta | None:
+    """Read a duration given as a ``timedelta`` or a number of seconds."""
+    value = config[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = timedelta(seconds=value)
+    else:
+        result = None
+    if result is None or result < timedelta(0) or (not zero and not result):
+        what = "a non-negative" if zero else "a positive"
+        none = " or None" if optional else ""
+        raise _bad(key, value, f"{what} timedelta or number of seconds{none}")
+    return result
+
+
+def integer(config: t.Mapping[str, t.Any], key: str, *, minimum: int) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(key, value, f"an integer of at least {minimum}")
+    return value
+
+
+def boolean(config: t.Mapping[str, t.Any], key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise _bad(key, value, "True or False")
+    return value
+
+
+def optional_string(config: t.Mapping[str, t.Any], key: str) -> str | None:
+    value: str | None = config[key]
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _bad(key, value, "a non-empty string or None")
+    return value
+
+
+def string(config: t.Mapping[str, t.Any], key: str) -> str:
+    value = optional_string(config, key)
+    if value is None:
+        raise _bad(key, value, "a non-empty string")
+    return value
+
+
+def read_settings(app: Flask) -> Settings:
+    """Fill in defaults and validate the session settings of ``app``."""
+    config = app.config
+    for key, default in DEFAULTS.items():
+        config.setdefault(key, default)
+
+    renew_on = config["SERVERSESSION_RENEW_ON"]
+    if renew_on not in RENEW_ON_CHOICES:
+        raise _bad("SERVERSESSION_RENEW_ON", renew_on, " or ".join(map(repr, RENEW_ON_CHOICES)))
+
+    sign_id = boolean(config, "SERVERSESSION_SIGN_ID")
+    if sign_id and not app.secret_key:
+        raise ConfigError(
+            "SECRET_KEY is not set: session tokens are signed with it. Set"
+            " app.secret_key, or SERVERSESSION_SIGN_ID = False to send unsigned ids."
+        )
+
+    return Settings(
+        expire_time=duration(config, "SERVERSESSION_EXPIRE_TIME"),  # type: ignore[arg-type]
+        renew_time=duration(config, "SERVERSESSION_RENEW_TIME", zero=True),  # type: ignore[arg-type]
+        renew_on=renew_on,
+        absolute_lifetime=duration(config, "SERVERSESSION_ABSOLUTE_LIFETIME", optional=True),
+        permanent=boolean(config, "SERVERSESSION_PERMANENT"),
+        sign_id=sign_id,
+        header_name=optional_string(config, "SERVERSESSION_HEADER_NAME"),
+        max_size=integer(config, "SERVERSESSION_MAX_SIZE", minimum=1),
+        purge_every=integer(config, "SERVERSESSION_PURGE_EVERY", minimum=0),
+    )
+
+
+def build_backend(app: Flask) -> Backend:
+    """Return the backend named by ``SERVERSESSION_BACKEND``, built from config."""
+    value = app.config["SERVERSESSION_BACKEND"]
+    if isinstance(value, Backend):
+        return value
+    builder = _BUILDERS.get(value) if isinstance(value, str) else None
+    if builder is None:
+        names = ", ".join(map(repr, BACKEND_NAMES))
+        raise _bad("SERVERSESSION_BACKEND", value, f"one of {names}, or a Backend instance")
+    return builder(app)
+
+
+def _memory(app: Flask) -> Backend:
+    from .backends.memory import MemoryBackend
+
+    max_entries = integer(app.config, "SERVERSESSION_MEMORY_MAX_ENTRIES", minimum=1)
+    return MemoryBackend(max_entries=max_entries)
+
+
+def _sqlalchemy(app: Flask) -> Backend:
+    from .backends.sqlalchemy import build_from_config
+
+    return build_from_config(app)
+
+
+def _filesystem(app: Flask) -> Backend:
+    from .backends.filesystem import FileSystemBackend
+
+    directory = app.config["SERVERSESSION_FILE_DIR"]
+    if directory is None:
+        directory = os.path.join(app.instance_path, "serversession")
+    elif not isinstance(directory, (str, os.PathLike)):
+        raise _bad("SERVERSESSION_FILE_DIR", directory, "a directory path")
+    try:
+        return FileSystemBackend(directory)
+    except OSError as e:
+        raise ConfigError(
+            f"SERVERSESSION_FILE_DIR = {os.fspath(directory)!r} cannot be used: {e}."
+            " Point it at a directory the app can create and write."
+        ) from e
+
+
+def _redis(app: Flask) -> Backend:
+    from .backends.redis import RedisBackend
+
+    prefix = string(app.config, "SERVERSESSION_KEY_PREFIX")
+    client = app.config["SERVERSESSION_REDIS"]
+    if client is not None:
+        try:
+            return RedisBackend(client, key_prefix=prefix)
+        except TypeError as e:
+            raise _bad("SERVERSESSION_REDIS", client, f"a redis client ({e})") from e
+    url = app.config["SERVERSESSION_REDIS_URL"]
+    try:
+        return RedisBackend.from_url(
+            string(app.config, "SERVERSESSION_REDIS_URL"), key_prefix=prefix
+        )
+    except ValueError as e:
+        raise _bad("SERVERSESSION_REDIS_URL", url, f"a redis:// or rediss:// URL ({e})") from e
+
+
+_BUILDERS: dict[str, t.Callable[[Flask], Backend]] = {
+    "memory": _memory,
+    "sqlalchemy": _sqlalchemy,
+    "filesystem": _filesystem,
+    "redis": _redis,
+}

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import typing as t
+from datetime import datetime
+
+from flask import current_app
+from flask import Flask
+
+from .cli import cli
+from .config import build_backend
+from .config import read_settings
+from .interface import ServerSessionInterface
+from .store import SessionStore
+
+
+class ServerSession:
+    """Keep Flask's session on the server; the client holds only a signed token.
+
+    Call :meth:`init_app` (or pass the app here) to install the session
+    interface, the ``flask serversession`` commands and the backend chosen by
+    ``SERVERSESSION_BACKEND``. One instance may serve many apps.
+
+    :param app: the app to set up now, or None to call :meth:`init_app` later.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the config of ``app`` and install server-side sessions on it.
+
+        Contacts no server: an unreachable backend shows up on first use.
+
+        :raises ConfigError: a ``SERVERSESSION_*`` value is not usable.
+        """
+        if "serversession" in app.extensions:
+            raise RuntimeError(
+                "A 'ServerSession' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+        settings = read_settings(app)
+        secret_keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key or ""]
+        store = SessionStore(build_backend(app), settings, secret_keys=secret_keys)
+        app.extensions["serversession"] = store
+        app.session_interface = ServerSessionInterface(store)
+        app.cli.add_command(cli)
+
+    def store(self, app: Flask | None = None) -> SessionStore:
+        """Return the session store of ``app``, or of the current app."""
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return app.extensions["serversession"]  # type: ignore[no-any-return]
+        except KeyError:
+            raise RuntimeError(
+                "The current Flask app is not registered with this 'ServerSession' instance."
+                " Did you forget to call 'init_app'?"
+            ) from None
+
+    def create(self, data: t.Mapping[str, t.Any]) -> str:
+        """Store a new session holding ``data``; return its token."""
+        return self.store().create(data)
+
+    def get(self, token: str) -> dict[str, t.Any]:
+        """Return a copy of the data of the live session ``token`` names.
+
+        :raises SessionNotFoundError: the token is garbage, badly signed or unknown.
+        :raises SessionExpiredError: the session has expired.
+        """
+        return self.store().get(token)
+
+    def update(self, token: str, data: t.Mapping[str, t.Any]) -> None:
+        """Replace the data of a live session, renewing it."""
+        self.store().update(token, data)
+
+    def renew(self, token: str) -> datetime:
+        """Push the expiry of a live session as a renewal would; return it."""
+        return self.store().renew(token)
+
+    def delete(self, token: str) -> None:
+        """Delete the session ``token`` names.
+
+        :raises SessionNotFoundError: the token is garbage or names no session.
+        """
+        self.store().delete(token)
+
+    def purge_expired(self) -> int:
+        """Remove expired sessions; return how many were removed."""
+        return self.store().purge_expired()
+
+    def count(self) -> int:
+        """Return the number of live sessions."""
+        return self.store().count()
+
+    def items(self) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
+        """Yield ``(storage key, data)`` for each live session."""
+        return self.store().items()
+
+    def clear(self) -> int:
+        """Remove every session; return how many were removed."""
+        return self.store().clear()

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import itertools
+import threading
+import typing as t
+from functools import partial
+
+from flask.sessions import SessionInterface
+
+from .backends.base import logger
+from .session import ServerSideSession
+from .store import SessionStore
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask import Request
+    from flask import Response
+
+
+class ServerSessionInterface(SessionInterface):
+    """Carries the session token in a cookie (or a header) and the data in a store.
+
+    :param store: the app's session store.
+    """
+
+    #: The class of ``flask.session`` during a request.
+    session_class = ServerSideSession
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._requests = itertools.count(1)
+        self._purging = threading.Lock()
+
+    def get_token(self, app: Flask, request: Request) -> str | None:
+        """Return the token the client sent; a configured header wins over the cookie."""
+        header_name = self.store.settings.header_name
+        if header_name is not None:
+            token = request.headers.get(header_name)
+            if token:
+                return token
+        return request.cookies.get(self.get_cookie_name(app))
+
+    def open_session(self, app: Flask, request: Request) -> ServerSideSession:
+        token = self.get_token(app, request)
+        return self.session_class(
+            partial(self.store.open, token),
+            has_token=token is not None,
+            permanent_default=self.store.settings.permanent,
+        )
+
+    def save_session(
+        self,
+        app: Flask,
+        session: ServerSideSession,  # type: ignore[override]
+        response: Response,
+    ) -> None:
+        self._count_request()
+        header_name = self.store.settings.header_name
+        if session.accessed:
+            response.vary.add("Cookie")
+            if header_name is not None:
+                response.vary.add(header_name)
+
+        outcome = self.store.save(session)
+        name = self.get_cookie_name(app)
+        cookie: dict[str, t.Any] = {
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "samesite": self.get_cookie_samesite(app),
+            "httponly": self.get_cookie_httponly(app),
+        }
+        if app.config.get("SESSION_COOKIE_PARTITIONED"):
+            cookie["partitioned"] = True
+
+        if outcome.delete_cookie:
+            response.delete_cookie(name, **cookie)
+            return
+        if outcome.token is None:
+            return
+        expires = outcome.expires_at if session.permanent else None
+        response.set_cookie(name, outcome.token, expires=expires, **cookie)
+        if header_name is not None and outcome.id_changed:
+            response.headers[header_name] = outcome.token
+
+    def _count_request(self) -> None:
+        every = self.store.settings.purge_every
+        if every and next(self._requests) % every == 0 and self._purging.acquire(blocking=False):
+            threading.Thread(target=self._purge, name="serversession-purge", daemon=True).start()
+
+    def _purge(self) -> None:
+        try:
+            removed = self.store.purge_expired()
+            logger.debug("Purged %d expired sessions.", removed)
+        except Exception:
+            logger.exception("Purging expired sessions failed.")
+        finally:
+            self._purging.release()

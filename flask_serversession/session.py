@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask.sessions import SessionMixin
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A live session as loaded from the backend.
+
+    :param sid: the session id (the unsigned token).
+    :param key: the storage key, ``sha256(sid)`` in hex.
+    :param serialized: the stored serialized value of each key.
+    :param values: the decoded value of each key.
+    """
+
+    sid: str
+    key: str
+    serialized: dict[str, str]
+    values: dict[str, t.Any]
+    created_at: datetime
+    expires_at: datetime
+
+
+Loader = t.Callable[[], "StoredSession | None"]
+
+_MISSING: t.Any = object()
+
+
+class ServerSideSession(dict[str, t.Any], SessionMixin):
+    """The session of one request: a dict loaded from the store on first use.
+
+    Creating it costs nothing; the first access of any kind loads the stored
+    data. Changes are found at save time by comparing each value with what
+    was loaded, so nested changes such as ``session["cart"].append(x)`` are
+    saved without setting :attr:`modified`.
+
+    :param loader: returns the stored session, or None when there is none.
+    :param has_token: whether the request carried a token at all.
+    :param permanent_default: the value of :attr:`permanent` when not set.
+    """
+
+    def __init__(self, loader: Loader, *, has_token: bool, permanent_default: bool) -> None:
+        super().__init__()
+        self._loader = loader
+        self._loaded = False
+        self.stored: StoredSession | None = None
+        self.has_token = has_token
+        self.permanent_default = permanent_default
+        self.accessed = False
+        self.modified = False
+        #: Keys written through the dict API since loading.
+        self.assigned: set[str] = set()
+        #: Id of a stored session that :meth:`destroy` asked to delete.
+        self.destroyed_sid: str | None = None
+        self.regenerate_requested = False
+        self.renew_requested = False
+
+    def _load(self) -> None:
+        self.accessed = True
+        if self._loaded:
+            return
+        self._loaded = True
+        self.stored = self._loader()
+        if self.stored is not None:
+            dict.update(self, self.stored.values)
+
+    def _write(self) -> None:
+        self._load()
+        self.modified = True
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the stored data has been read during this request."""
+        return self._loaded
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """True when no stored session was found for this request."""
+        self._load()
+        return self.stored is None
+
+    @property
+    def created_at(self) -> datetime | None:
+        """When the stored session was created (None before its first save)."""
+        self._load()
+        return None if self.stored is None else self.stored.created_at
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the stored session expires, as loaded (None before its first save)."""
+        self._load()
+        return None if self.stored is None else self.stored.expires_at
+
+    @property
+    def storage_key(self) -> str | None:
+        """The key the backend stores this session under (a sha256 hex digest)."""
+        self._load()
+        return None if self.stored is None else self.stored.key
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie carries an expiry, rather than ending with the browser."""
+        return bool(self.get("_permanent", self.permanent_default))
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        if bool(value) == self.permanent_default:
+            self.pop("_permanent", None)
+        else:
+            self["_permanent"] = bool(value)
+
+    def regenerate(self) -> None:
+        """Move the data to a new id at save time and delete the old record.
+
+        Call it when a user signs in, so that an id planted before sign-in
+        (session fixation) is worth nothing after it.
+        """
+        self._write()
+        self.regenerate_requested = True
+
+    def destroy(self) -> None:
+        """Delete the stored session and expire the cookie at save time.
+
+        Data set after this call starts a new session with a new id.
+        """
+        self._load()
+        self.modified = True
+        if self.stored is not None:
+            self.destroyed_sid = self.stored.sid
+        self.stored = None
+        self.assigned.clear()
+        self.regenerate_requested = False
+        self.renew_requested = False
+        dict.clear(self)
+
+    def renew(self) -> None:
+        """Push the expiry at save time, as a renewal would."""
+        self._load()
+        self.renew_requested = True
+
+    def __getitem__(self, key: str) -> t.Any:
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> t.Iterator[str]:
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._load()
+        return dict.__ne__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __or__(self, other: t.Any) -> dict[str, t.Any]:  # type: ignore[override]
+        self._load()
+        return dict(dict.items(self)) | other  # type: ignore[no-any-return]
+
+    def __ior__(self, other: t.Any) -> ServerSideSession:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def __repr__(self) -> str:
+        if not self._loaded:
+            return f"<{type(self).__name__} (not loaded)>"
+        return f"<{type(self).__name__} {dict.__repr__(self)}>"
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        self._load()
+        return dict.get(self, key, default)
+
+    def keys(self) -> t.KeysView[str]:  # type: ignore[override]
+        self._load()
+        return dict.keys(self)
+
+    def values(self) -> t.ValuesView[t.Any]:  # type: ignore[override]
+        self._load()
+        return dict.values(self)
+
+    def items(self) -> t.ItemsView[str, t.Any]:  # type: ignore[override]
+        self._load()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, t.Any]:
+        self._load()
+        return dict(dict.items(self))
+
+    def __setitem__(self, key: str, value: t.Any) -> None:
+        self._write()
+        self.assigned.add(key)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._write()
+        dict.__delitem__(self, key)
+
+    def setdefault(self, key: str, default: t.Any = None) -> t.Any:
+        self._load()
+        if not dict.__contains__(self, key):
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def pop(self, key: str, default: t.Any = _MISSING) -> t.Any:
+        self._load()
+        if dict.__contains__(self, key):
+            self.modified = True
+            return dict.pop(self, key)
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def popitem(self) -> tuple[str, t.Any]:
+        self._write()
+        return dict.popitem(self)
+
+    def update(self, *args: t.Any, **kwargs: t.Any) -> None:
+        self._write()
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        self._write()
+        dict.clear(self)
