@@ -8,6 +8,7 @@ from functools import partial
 from flask.sessions import SessionInterface
 
 from .backends.base import logger
+from .errors import BackendError
 from .session import ServerSideSession
 from .store import SessionStore
 
@@ -61,7 +62,12 @@ class ServerSessionInterface(SessionInterface):
             if header_name is not None:
                 response.vary.add(header_name)
 
-        outcome = self.store.save(session)
+        try:
+            outcome = self.store.save(session)
+        except BackendError as e:
+            logger.error("Saving the session failed: %s", e)
+            self._replace_with_error(response, e)
+            return
         name = self.get_cookie_name(app)
         cookie: dict[str, t.Any] = {
             "domain": self.get_cookie_domain(app),
@@ -82,6 +88,15 @@ class ServerSessionInterface(SessionInterface):
         response.set_cookie(name, outcome.token, expires=expires, **cookie)
         if header_name is not None and outcome.id_changed:
             response.headers[header_name] = outcome.token
+
+    @staticmethod
+    def _replace_with_error(response: Response, error: BackendError) -> None:
+        # The view's response claims a success whose session changes were
+        # lost; the client must see the failure instead.
+        error_response = error.get_response()
+        response.status = error_response.status
+        response.headers = error_response.headers.copy()
+        response.set_data(error_response.get_data())
 
     def _count_request(self) -> None:
         every = self.store.settings.purge_every

@@ -63,8 +63,10 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self.accessed = True
         if self._loaded:
             return
-        self._loaded = True
+        # A load that raises leaves the session unloaded, so the save that
+        # follows the error response touches neither the store nor the cookie.
         self.stored = self._loader()
+        self._loaded = True
         if self.stored is not None:
             dict.update(self, self.stored.values)
 
