@@ -46,12 +46,9 @@ class ServerSession:
         app.session_interface = ServerSessionInterface(store)
         app.cli.add_command(cli)
 
-    def store(self, app: Flask | None = None) -> SessionStore:
-        """Return the session store of ``app``, or of the current app."""
-        if app is None:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+    def _get_store(self) -> SessionStore:
         try:
-            return app.extensions["serversession"]  # type: ignore[no-any-return]
+            return current_app.extensions["serversession"]  # type: ignore[no-any-return]
         except KeyError:
             raise RuntimeError(
                 "The current Flask app is not registered with this 'ServerSession' instance."
@@ -60,7 +57,7 @@ class ServerSession:
 
     def create(self, data: t.Mapping[str, t.Any]) -> str:
         """Store a new session holding ``data``; return its token."""
-        return self.store().create(data)
+        return self._get_store().create(data)
 
     def get(self, token: str) -> dict[str, t.Any]:
         """Return a copy of the data of the live session ``token`` names.
@@ -68,35 +65,35 @@ class ServerSession:
         :raises SessionNotFoundError: the token is garbage, badly signed or unknown.
         :raises SessionExpiredError: the session has expired.
         """
-        return self.store().get(token)
+        return self._get_store().get(token)
 
     def update(self, token: str, data: t.Mapping[str, t.Any]) -> None:
         """Replace the data of a live session, renewing it."""
-        self.store().update(token, data)
+        self._get_store().update(token, data)
 
     def renew(self, token: str) -> datetime:
         """Push the expiry of a live session as a renewal would; return it."""
-        return self.store().renew(token)
+        return self._get_store().renew(token)
 
     def delete(self, token: str) -> None:
         """Delete the session ``token`` names.
 
         :raises SessionNotFoundError: the token is garbage or names no session.
         """
-        self.store().delete(token)
+        self._get_store().delete(token)
 
     def purge_expired(self) -> int:
         """Remove expired sessions; return how many were removed."""
-        return self.store().purge_expired()
+        return self._get_store().purge_expired()
 
     def count(self) -> int:
         """Return the number of live sessions."""
-        return self.store().count()
+        return self._get_store().count()
 
     def items(self) -> t.Iterator[tuple[str, dict[str, t.Any]]]:
         """Yield ``(storage key, data)`` for each live session."""
-        return self.store().items()
+        return self._get_store().items()
 
     def clear(self) -> int:
         """Remove every session; return how many were removed."""
-        return self.store().clear()
+        return self._get_store().clear()
