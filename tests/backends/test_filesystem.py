@@ -1,0 +1,519 @@
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_serversession.backends.base import CorruptRecordError
+from flask_serversession.backends.base import Delta
+from flask_serversession.backends.base import Record
+from flask_serversession.backends.filesystem import FileSystemBackend
+from flask_serversession.config import build_backend
+from flask_serversession.errors import BackendError
+from flask_serversession.errors import ConfigError
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+HOUR = timedelta(hours=1)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def key_of(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def record(data: dict[str, str], *, expires_in: timedelta = HOUR) -> Record:
+    return Record(data, NOW, NOW + expires_in)
+
+
+def path_of(root: Path, key: str) -> Path:
+    return root / key[:2] / key
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(FileSystemBackend.temp_prefix)]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "sessions"
+
+
+@pytest.fixture
+def fs(root: Path) -> FileSystemBackend:
+    return FileSystemBackend(root)
+
+
+def test_creates_private_directories_and_files(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b"
+    backend = FileSystemBackend(root)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    key = key_of("a")
+    backend.create(key, record({"k": "1"}))
+    path = path_of(root, key)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((path.parent / ".lock").stat().st_mode) == 0o600
+
+
+def test_sharded_layout(fs: FileSystemBackend, root: Path) -> None:
+    keys = [key_of(str(i)) for i in range(20)]
+    for key in keys:
+        fs.create(key, record({"k": "1"}))
+    assert sorted(p.name for p in root.iterdir()) == sorted({k[:2] for k in keys})
+    for shard in root.iterdir():
+        names = {p.name for p in shard.iterdir()}
+        assert names == {".lock"} | {k for k in keys if k[:2] == shard.name}
+
+
+def test_round_trip_keeps_microseconds_and_gives_utc(fs: FileSystemBackend) -> None:
+    created = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    fs.create(key_of("a"), Record({"x": '"✓"'}, created, created + HOUR))
+    loaded = fs.load(key_of("a"))
+    assert loaded is not None
+    assert loaded.created_at == created
+    assert loaded.expires_at == created + HOUR
+    assert loaded.created_at.tzinfo == timezone.utc
+    assert loaded.data == {"x": '"✓"'}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "a" * 63,
+        "a" * 65,
+        "A" * 64,
+        "a" * 64 + "\n",
+        "../" + "a" * 61,
+        "aa/" + "a" * 61,
+        "/etc/passwd",
+        "g" * 64,
+        ".lock",
+    ],
+)
+def test_key_that_is_not_a_sha256_hex_digest_is_refused(
+    fs: FileSystemBackend, root: Path, bad: str
+) -> None:
+    assert fs.load(bad) is None
+    assert fs.update(bad, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+    assert fs.touch(bad, NOW + HOUR, NOW) is False
+    fs.delete(bad)
+    with pytest.raises(ValueError, match="storage key"):
+        fs.create(bad, record({"k": "1"}))
+    assert list(root.iterdir()) == []
+
+
+def test_lookups_of_unknown_keys_create_nothing(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("nobody")
+    assert fs.load(key) is None
+    assert fs.update(key, Delta(NOW + HOUR), NOW) is False
+    fs.delete(key)
+    assert fs.purge_expired(NOW) == 0
+    assert list(root.iterdir()) == []
+
+
+def test_save_replaces_the_file_instead_of_writing_into_it(
+    fs: FileSystemBackend, root: Path
+) -> None:
+    key = key_of("a")
+    fs.create(key, record({"k": "old"}))
+    path = path_of(root, key)
+    with path.open("rb") as before:
+        inode = os.fstat(before.fileno()).st_ino
+        assert fs.update(key, Delta(NOW + HOUR, {"k": "new"}), NOW)
+        old_content = before.read()
+    assert path.stat().st_ino != inode
+    assert b'"old"' in old_content
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.data == {"k": "new"}
+
+
+def test_writes_leave_no_temp_files(fs: FileSystemBackend, root: Path) -> None:
+    for i in range(30):
+        fs.create(key_of(str(i)), record({"k": str(i)}))
+        fs.update(key_of(str(i)), Delta(NOW + 2 * HOUR, {"j": "2"}), NOW)
+        fs.touch(key_of(str(i)), NOW + 3 * HOUR, NOW)
+    assert temp_files(root) == []
+
+
+def test_threads_updating_own_keys_lose_nothing(fs: FileSystemBackend) -> None:
+    key = key_of("shared")
+    fs.create(key, record({}))
+    threads, rounds = 8, 50
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(rounds):
+                assert fs.update(key, Delta(NOW + HOUR, {f"t{n}": str(i), f"t{n}-{i}": "1"}), NOW)
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    loaded = fs.load(key)
+    assert loaded is not None
+    expected = {f"t{n}": str(rounds - 1) for n in range(threads)}
+    expected.update({f"t{n}-{i}": "1" for n in range(threads) for i in range(rounds)})
+    assert loaded.data == expected
+
+
+def _process_writer(directory: str, key: str, n: int, rounds: int) -> None:
+    backend = FileSystemBackend(directory)
+    for i in range(rounds):
+        if not backend.update(key, Delta(NOW + HOUR, {f"p{n}": str(i), f"p{n}-{i}": "1"}), NOW):
+            raise AssertionError(f"update {i} of process {n} found no session")
+
+
+def test_processes_updating_own_keys_lose_nothing(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("shared")
+    fs.create(key, record({"start": "1"}))
+    processes, rounds = 4, 60
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_process_writer, args=(str(root), key, n, rounds))
+        for n in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0] * processes
+    loaded = fs.load(key)
+    assert loaded is not None
+    expected = {"start": "1", **{f"p{n}": str(rounds - 1) for n in range(processes)}}
+    expected.update({f"p{n}-{i}": "1" for n in range(processes) for i in range(rounds)})
+    assert loaded.data == expected
+
+
+CRASH_CHILD = """
+import sys
+from datetime import datetime, timedelta, timezone
+from flask_serversession.backends.base import Delta, Record
+from flask_serversession.backends.filesystem import FileSystemBackend
+
+backend = FileSystemBackend(sys.argv[1])
+now = datetime.now(timezone.utc)
+keys = [format(i, "02x") * 32 for i in range(4)]
+big = '"' + "x" * 200_000 + '"'
+i = 0
+while True:
+    key = keys[i % len(keys)]
+    backend.create(key, Record({"n": str(i), "big": big}, now, now + timedelta(hours=1)))
+    backend.update(key, Delta(now + timedelta(hours=2), {"m": str(i)}), now)
+    if i == 0:
+        print("ready", flush=True)
+    i += 1
+"""
+
+
+def test_killed_writer_leaves_only_whole_files(fs: FileSystemBackend, root: Path) -> None:
+    for attempt in range(5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CRASH_CHILD, str(root)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.05 + 0.04 * attempt)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        assert child.returncode == -signal.SIGKILL
+        sessions = [p for p in root.glob("*/*") if len(p.name) == 64]
+        assert sessions
+        for path in sessions:
+            loaded = fs.load(path.name)
+            assert loaded is not None
+            assert len(loaded.data["big"]) == 200_002
+        assert fs.count(NOW) == len(sessions)
+        assert len(list(fs.items(NOW))) == len(sessions)
+
+    assert fs.purge_expired(NOW) == 0
+    assert temp_files(root) == []
+    assert fs.count(NOW) == len(sessions)
+
+
+def test_stray_temp_file_is_ignored_then_purged(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key, record({"k": "1"}))
+    stray = path_of(root, key).parent / f"{FileSystemBackend.temp_prefix}crashed.part"
+    stray.write_bytes(path_of(root, key).read_bytes()[:10])
+    assert fs.count(NOW) == 1
+    assert [k for k, _ in fs.items(NOW)] == [key]
+    assert fs.purge_expired(NOW) == 0
+    assert not stray.exists()
+    assert fs.load(key) is not None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b"", id="empty"),
+        pytest.param(lambda b: b[:10], id="truncated-header"),
+        pytest.param(lambda b: b[:-3], id="truncated-body"),
+        pytest.param(lambda b: b"XXXX" + b[4:], id="bad-magic"),
+        pytest.param(lambda b: b[:4] + bytes([b[4] ^ 1]) + b[5:], id="flipped-time"),
+        pytest.param(lambda b: b[:-2] + b"!}", id="flipped-body"),
+        pytest.param(lambda b: os.urandom(200), id="garbage"),
+    ],
+)
+def test_corrupt_file_raises_and_is_skipped(
+    fs: FileSystemBackend,
+    root: Path,
+    damage: t.Callable[[bytes], bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad, good = key_of("bad"), key_of("good")
+    fs.create(bad, record({"k": '"value"'}))
+    fs.create(good, record({"k": "1"}))
+    path = path_of(root, bad)
+    damaged = damage(path.read_bytes())
+    path.write_bytes(damaged)
+    with pytest.raises(CorruptRecordError):
+        fs.load(bad)
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert [k for k, _ in fs.items(NOW)] == [good]
+        assert fs.update(bad, Delta(NOW + HOUR, {"k": "2"}), NOW) is False
+    assert sum(bad in r.getMessage() for r in caplog.records) == 2
+    # Purge trusts a readable header's expiry; an unreadable file stays for inspection.
+    header_ok = len(damaged) >= 24 and damaged.startswith(FileSystemBackend.magic)
+    assert fs.purge_expired(NOW + 2 * HOUR) == 1 + header_ok
+    assert path.exists() is not header_ok
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1, 2]", b'{"k": 1}', b"\xff\xfe", b'{"k": "v"'],
+    ids=["list", "non-string", "not-utf8", "unclosed"],
+)
+def test_well_framed_but_invalid_body_is_corrupt(
+    fs: FileSystemBackend, root: Path, body: bytes
+) -> None:
+    import struct
+    import zlib
+
+    key = key_of("a")
+    fs.create(key, record({}))
+    path = path_of(root, key)
+    times = path.read_bytes()[4:20]
+    header = FileSystemBackend.magic + times + struct.pack(">I", zlib.crc32(times + body))
+    path.write_bytes(header + body)
+    with pytest.raises(CorruptRecordError):
+        fs.load(key)
+
+
+def test_directory_where_a_session_file_should_be(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key_of("b" * 3), record({}))
+    path = path_of(root, key)
+    path.parent.mkdir(exist_ok=True)
+    path.mkdir()
+    with pytest.raises(CorruptRecordError, match="not a regular file"):
+        fs.load(key)
+    assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+    assert fs.count(NOW) == 1
+    assert [k for k, _ in fs.items(NOW)] == [key_of("b" * 3)]
+    fs.delete(key)
+    with pytest.raises(BackendError):
+        fs.create(key, record({"k": "1"}))
+    assert path.is_dir()
+    assert temp_files(root) == []
+    assert fs.purge_expired(NOW + 2 * HOUR) == 1
+    assert fs.clear() == 0
+    assert path.is_dir()
+
+
+def test_planted_symlink_is_never_followed(
+    fs: FileSystemBackend, root: Path, tmp_path: Path
+) -> None:
+    key, donor = key_of("a"), key_of("donor")
+    fs.create(donor, record({"stolen": '"secret"'}))
+    outside = tmp_path / "outside"
+    outside.write_bytes(path_of(root, donor).read_bytes())
+    original = outside.read_bytes()
+    path = path_of(root, key)
+    path.parent.mkdir(exist_ok=True)
+    path.symlink_to(outside)
+
+    with pytest.raises(CorruptRecordError, match="symbolic link"):
+        fs.load(key)
+    assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+    assert fs.touch(key, NOW + 5 * HOUR, NOW) is False
+    assert fs.count(NOW) == 1
+    assert [k for k, _ in fs.items(NOW)] == [donor]
+
+    fs.create(key, record({"k": "mine"}))
+    assert not path.is_symlink()
+    assert outside.read_bytes() == original
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.data == {"k": "mine"}
+
+    path.unlink()
+    path.symlink_to(outside)
+    fs.delete(key)
+    assert not path.is_symlink() and outside.read_bytes() == original
+
+
+def test_purge_removes_only_expired_sessions_and_leftovers(
+    fs: FileSystemBackend, root: Path
+) -> None:
+    for i in range(10):
+        fs.create(key_of(f"live{i}"), record({"i": str(i)}))
+    for i in range(7):
+        fs.create(key_of(f"dead{i}"), record({"i": str(i)}, expires_in=-HOUR))
+    fs.create(key_of("edge"), record({}, expires_in=timedelta(0)))
+    shard = path_of(root, key_of("live0")).parent
+    (shard / f"{FileSystemBackend.temp_prefix}x.part").write_bytes(b"half")
+    (shard / "README").write_bytes(b"not ours")
+
+    assert fs.count(NOW) == 10
+    assert fs.purge_expired(NOW) == 8
+    assert fs.purge_expired(NOW) == 0
+    assert fs.count(NOW) == 10
+    assert {k for k, _ in fs.items(NOW)} == {key_of(f"live{i}") for i in range(10)}
+    assert all(fs.load(key_of(f"dead{i}")) is None for i in range(7))
+    assert temp_files(root) == []
+    assert (shard / "README").exists() and (shard / ".lock").exists()
+
+
+def test_clear_counts_sessions_and_removes_leftovers(fs: FileSystemBackend, root: Path) -> None:
+    for i in range(6):
+        fs.create(key_of(str(i)), record({}, expires_in=HOUR if i % 2 else -HOUR))
+    (path_of(root, key_of("0")).parent / f"{FileSystemBackend.temp_prefix}x.part").touch()
+    assert fs.clear() == 6
+    assert fs.count(NOW) == 0
+    assert [p for p in root.rglob("*") if p.is_file() and p.name != ".lock"] == []
+
+
+def test_backends_on_one_directory_share_sessions(fs: FileSystemBackend, root: Path) -> None:
+    other = FileSystemBackend(root)
+    fs.create(key_of("a"), record({"k": "1"}))
+    assert other.update(key_of("a"), Delta(NOW + HOUR, {"j": "2"}), NOW)
+    loaded = fs.load(key_of("a"))
+    assert loaded is not None and loaded.data == {"k": "1", "j": "2"}
+    other.delete(key_of("a"))
+    assert fs.load(key_of("a")) is None
+
+
+def _unusable_dirs(tmp_path: Path) -> list[Path]:
+    regular = tmp_path / "regular-file"
+    regular.write_text("x")
+    return [regular, regular / "sessions", Path("/proc/serversession")]
+
+
+def test_unusable_directory_fails_in_constructor(tmp_path: Path) -> None:
+    for directory in _unusable_dirs(tmp_path):
+        with pytest.raises(OSError):
+            FileSystemBackend(directory)
+
+
+def test_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
+    for directory in _unusable_dirs(tmp_path):
+        app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+        app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_DIR=directory)
+        with pytest.raises(ConfigError, match="SERVERSESSION_FILE_DIR"):
+            build_backend(app)
+
+
+def test_default_directory_is_under_instance_path(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_DIR=None)
+    backend = build_backend(app)
+    assert isinstance(backend, FileSystemBackend)
+    assert backend.directory == str(tmp_path / "instance" / "serversession")
+    assert os.path.isdir(backend.directory)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> t.Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+    )
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_keeps_the_previous_file(tiny_disk: Path) -> None:
+    fs = FileSystemBackend(tiny_disk / "sessions")
+    key = key_of("a")
+    fs.create(key, record({"k": '"small"'}))
+    big = '"' + "x" * 100_000 + '"'
+    with pytest.raises(BackendError, match="No space left"):
+        fs.create(key, record({"k": big}))
+    with pytest.raises(BackendError, match="No space left"):
+        fs.update(key, Delta(NOW + HOUR, {"k": big}), NOW)
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.data == {"k": '"small"'}
+    assert temp_files(tiny_disk) == []
+
+
+FSIZE_CHILD = """
+import resource, signal, sys
+from datetime import datetime, timedelta, timezone
+from flask_serversession.backends.base import Delta, Record
+from flask_serversession.backends.filesystem import FileSystemBackend
+from flask_serversession.errors import BackendError
+
+backend = FileSystemBackend(sys.argv[1])
+now = datetime.now(timezone.utc)
+key = "ab" * 32
+backend.create(key, Record({"k": '"small"'}, now, now + timedelta(hours=1)))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+big = '"' + "x" * 100_000 + '"'
+for save in (
+    lambda: backend.create(key, Record({"k": big}, now, now + timedelta(hours=1))),
+    lambda: backend.update(key, Delta(now + timedelta(hours=1), {"k": big}), now),
+):
+    try:
+        save()
+    except BackendError as e:
+        print("BackendError", e.__cause__.__class__.__name__, e.__cause__.errno)
+    else:
+        print("saved")
+"""
+
+
+def test_file_size_limit_keeps_the_previous_file(fs: FileSystemBackend, root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FSIZE_CHILD), str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["BackendError OSError 27"] * 2
+    loaded = fs.load("ab" * 32)
+    assert loaded is not None and loaded.data == {"k": '"small"'}
+    assert temp_files(root) == []
