@@ -6,6 +6,7 @@ from datetime import datetime
 from flask import current_app
 from flask import Flask
 
+from .backends.base import Backend
 from .cli import cli
 from .config import build_backend
 from .config import read_settings
@@ -54,6 +55,11 @@ class ServerSession:
                 "The current Flask app is not registered with this 'ServerSession' instance."
                 " Did you forget to call 'init_app'?"
             ) from None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend of the current app, e.g. for ``backend.table`` of the SQL one."""
+        return self._get_store().backend
 
     def create(self, data: t.Mapping[str, t.Any]) -> str:
         """Store a new session holding ``data``; return its token."""
