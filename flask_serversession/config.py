@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import typing as t
 from dataclasses import dataclass
 from datetime import timedelta
@@ -156,9 +157,73 @@ def _memory(app: Flask) -> Backend:
 
 
 def _sqlalchemy(app: Flask) -> Backend:
-    from .backends.sqlalchemy import build_from_config
+    import sqlalchemy as sa
 
-    return build_from_config(app)
+    from .backends.sqlalchemy import SQLAlchemyBackend
+
+    config = app.config
+    columns = config["SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS"]
+    if not isinstance(columns, (list, tuple)) or not all(isinstance(c, sa.Column) for c in columns):
+        raise _bad("SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS", columns, "a list of sqlalchemy.Column")
+    extras = config["SERVERSESSION_SQLALCHEMY_EXTRAS"]
+    if extras is not None and not callable(extras):
+        raise _bad(
+            "SERVERSESSION_SQLALCHEMY_EXTRAS",
+            extras,
+            "None or a function taking the session dict and returning values by column name",
+        )
+    options: dict[str, t.Any] = {
+        "table_name": string(config, "SERVERSESSION_SQLALCHEMY_TABLE"),
+        "extra_columns": columns,
+        "extras": extras,
+    }
+    bind_key = config["SERVERSESSION_SQLALCHEMY_BIND_KEY"]
+    db = config["SERVERSESSION_SQLALCHEMY"]
+    if db is not None:
+        accepted = "a flask_sqlalchemy.SQLAlchemy (the app's db) or None"
+        try:
+            from flask_sqlalchemy import SQLAlchemy
+        except ImportError as e:
+            raise _bad("SERVERSESSION_SQLALCHEMY", db, accepted) from e
+        if not isinstance(db, SQLAlchemy):
+            raise _bad("SERVERSESSION_SQLALCHEMY", db, accepted)
+        if bind_key is not None and not isinstance(bind_key, str):
+            raise _bad("SERVERSESSION_SQLALCHEMY_BIND_KEY", bind_key, "None or a bind name")
+        try:
+            return SQLAlchemyBackend.from_flask_sqlalchemy(
+                db, bind_key=bind_key, app=app, **options
+            )
+        except ConfigError as e:
+            raise ConfigError(f"SERVERSESSION_SQLALCHEMY: {e}") from e
+    if bind_key is not None:
+        raise _bad(
+            "SERVERSESSION_SQLALCHEMY_BIND_KEY",
+            bind_key,
+            "None when SERVERSESSION_SQLALCHEMY is None",
+        )
+
+    key = "SERVERSESSION_SQLALCHEMY_URI"
+    uri = config[key]
+    if uri is None:
+        uri = "sqlite:///" + os.path.join(app.instance_path, "serversession.sqlite")
+    accepted = (
+        "a database URL such as 'sqlite:////path/sessions.sqlite'"
+        " or 'postgresql+psycopg://user@host/db'"
+    )
+    try:
+        url = sa.make_url(uri)
+    except (TypeError, ValueError, sa.exc.ArgumentError) as e:
+        shown = re.sub(r"//[^/@]*@", "//***@", uri) if isinstance(uri, str) else uri
+        raise ConfigError(f"{key} = {shown!r} is not valid: expected {accepted}.") from e
+    shown = url.render_as_string(hide_password=True)
+    try:
+        return SQLAlchemyBackend.from_url(url, **options)
+    except (ImportError, sa.exc.ArgumentError) as e:
+        raise ConfigError(
+            f"{key} = {shown!r} cannot be used: {e}. Install its driver or fix the URL."
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"{key} = {shown!r} cannot be used: {e}.") from e
 
 
 def _filesystem(app: Flask) -> Backend:
