@@ -1,0 +1,244 @@
+"""The contract every backend passes: run it against your own with a ``x_backend`` fixture."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+from flask import Flask
+from flask import session
+
+from flask_serversession.backends.base import Backend
+from flask_serversession.backends.base import Delta
+from flask_serversession.backends.base import Record
+
+from ..conftest import NATIVE_EXPIRY
+from ..conftest import session_cookie
+from ..conftest import store_of
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+HOUR = timedelta(hours=1)
+
+
+def key_of(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def record(data: dict[str, str], *, expires_in: timedelta = HOUR) -> Record:
+    return Record(data, NOW, NOW + expires_in)
+
+
+def test_load_unknown_key_is_none(backend: Backend) -> None:
+    assert backend.load(key_of("nobody")) is None
+
+
+def test_create_then_load_round_trips(backend: Backend) -> None:
+    data = {"user": '"alice"', "cart": "[1,2,3]", "ünï cødé": '"✓ ☃"'}
+    backend.create(key_of("a"), record(data))
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None
+    assert loaded.data == data
+    assert loaded.created_at == NOW
+    assert loaded.expires_at == NOW + HOUR
+    assert loaded.expires_at.tzinfo is not None
+    assert loaded.expires_at.utcoffset() == timedelta(0)
+
+
+def test_keys_that_look_like_syntax_are_plain_keys(backend: Backend) -> None:
+    data = {k: f'"{i}"' for i, k in enumerate(["a.b", "$x", 'q"uote', "d:meta", "sp ace", "[0]"])}
+    backend.create(key_of("a"), record(data))
+    assert backend.update(key_of("a"), Delta(NOW + HOUR, {"a.b": '"new"'}, frozenset({"$x"})), NOW)
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None
+    assert loaded.data == {**{k: v for k, v in data.items() if k != "$x"}, "a.b": '"new"'}
+
+
+def test_large_value_round_trips(backend: Backend) -> None:
+    big = '"' + "x" * 300_000 + '"'
+    backend.create(key_of("a"), record({"big": big}))
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None and loaded.data["big"] == big
+
+
+def test_create_replaces_existing_record(backend: Backend) -> None:
+    backend.create(key_of("a"), record({"old": "1", "both": "1"}))
+    backend.create(key_of("a"), record({"both": "2"}, expires_in=2 * HOUR))
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None
+    assert loaded.data == {"both": "2"}
+    assert loaded.expires_at == NOW + 2 * HOUR
+
+
+def test_update_applies_only_the_delta(backend: Backend) -> None:
+    backend.create(key_of("a"), record({"keep": "1", "change": "1", "drop": "1"}))
+    delta = Delta(NOW + 2 * HOUR, {"change": "2", "add": "3"}, frozenset({"drop", "absent"}))
+    assert backend.update(key_of("a"), delta, NOW) is True
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None
+    assert loaded.data == {"keep": "1", "change": "2", "add": "3"}
+    assert loaded.expires_at == NOW + 2 * HOUR
+    assert loaded.created_at == NOW
+
+
+def test_update_of_missing_record_creates_nothing(backend: Backend) -> None:
+    assert backend.update(key_of("gone"), Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+    assert backend.load(key_of("gone")) is None
+    assert backend.count(NOW) == 0
+
+
+def test_update_never_revives_an_expired_record(backend: Backend) -> None:
+    backend.create(key_of("a"), record({"k": "1"}, expires_in=-HOUR))
+    assert backend.update(key_of("a"), Delta(NOW + HOUR, {"k": "2"}), NOW) is False
+    assert backend.touch(key_of("a"), NOW + HOUR, NOW) is False
+    loaded = backend.load(key_of("a"))
+    assert loaded is None or (loaded.expires_at <= NOW and loaded.data == {"k": "1"})
+
+
+def test_touch_moves_expiry_and_keeps_data(backend: Backend) -> None:
+    backend.create(key_of("a"), record({"k": "1"}))
+    assert backend.touch(key_of("a"), NOW + 5 * HOUR, NOW) is True
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None
+    assert loaded.expires_at == NOW + 5 * HOUR
+    assert loaded.data == {"k": "1"}
+    assert backend.touch(key_of("missing"), NOW + HOUR, NOW) is False
+    assert backend.load(key_of("missing")) is None
+
+
+def test_delete(backend: Backend) -> None:
+    backend.create(key_of("a"), record({"k": "1"}))
+    backend.create(key_of("b"), record({"k": "2"}))
+    backend.delete(key_of("a"))
+    backend.delete(key_of("never existed"))
+    assert backend.load(key_of("a")) is None
+    assert backend.load(key_of("b")) is not None
+
+
+def test_count_items_and_purge_see_only_live_records(backend: Backend, backend_name: str) -> None:
+    for i in range(5):
+        backend.create(key_of(f"live{i}"), record({"i": str(i)}))
+    for i in range(3):
+        backend.create(key_of(f"dead{i}"), record({"i": str(i)}, expires_in=-HOUR))
+    assert backend.count(NOW) == 5
+    items = dict(backend.items(NOW))
+    assert set(items) == {key_of(f"live{i}") for i in range(5)}
+    assert items[key_of("live3")].data == {"i": "3"}
+
+    removed = backend.purge_expired(NOW)
+    assert removed == (0 if backend_name in NATIVE_EXPIRY else 3)
+    assert backend.count(NOW) == 5
+    assert all(backend.load(key_of(f"dead{i}")) is None for i in range(3))
+    assert backend.load(key_of("live0")) is not None
+
+
+def test_clear_removes_everything(backend: Backend) -> None:
+    for i in range(4):
+        backend.create(key_of(f"s{i}"), record({"i": str(i)}))
+    assert backend.clear() == 4
+    assert backend.count(NOW) == 0
+    assert list(backend.items(NOW)) == []
+
+
+def test_concurrent_updates_of_different_keys_all_survive(backend: Backend) -> None:
+    key = key_of("shared")
+    backend.create(key, record({}))
+    threads, rounds = 6, 25
+
+    def writer(n: int) -> None:
+        for i in range(rounds):
+            assert backend.update(key, Delta(NOW + HOUR, {f"t{n}": str(i)}), NOW)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    loaded = backend.load(key)
+    assert loaded is not None
+    assert loaded.data == {f"t{n}": str(rounds - 1) for n in range(threads)}
+
+
+def test_requests_round_trip_through_the_app(backend_app: Flask) -> None:
+    client = backend_app.test_client()
+    client.post("/set", json={"user": "alice", "cart": []})
+    client.post("/append/cart", json={"sku": "tea"})
+    client.post("/delete/user")
+    assert client.get("/dump").json == {"cart": [{"sku": "tea"}]}
+    with backend_app.app_context():
+        assert store_of(backend_app).count() == 1
+
+
+def test_regenerate_and_destroy_through_the_app(backend_app: Flask) -> None:
+    client = backend_app.test_client()
+    client.post("/set", json={"user": "alice"})
+    old = session_cookie(client)
+    client.post("/regenerate")
+    new = session_cookie(client)
+    assert new and new != old
+    assert client.get("/get/user").json == {"value": "alice"}
+    client.post("/destroy")
+    assert session_cookie(client) is None
+    with backend_app.app_context():
+        assert store_of(backend_app).count() == 0
+
+
+def test_concurrent_requests_writing_own_keys_lose_nothing(backend_app: Flask) -> None:
+    first = backend_app.test_client()
+    first.post("/set", json={"start": True})
+    token = session_cookie(first)
+    assert token is not None
+    threads, rounds = 6, 15
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        client = backend_app.test_client()
+        client.set_cookie("session", token)
+        try:
+            for i in range(rounds):
+                assert client.post("/set", json={f"t{n}": i}).status_code == 200
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    final = first.get("/dump").json
+    assert final == {"start": True, **{f"t{n}": rounds - 1 for n in range(threads)}}
+
+
+def test_in_flight_request_does_not_revive_a_destroyed_session(backend_app: Flask) -> None:
+    loaded, destroyed = threading.Event(), threading.Event()
+
+    @backend_app.post("/slow-write")
+    def slow_write() -> str:
+        session.get("user")
+        loaded.set()
+        assert destroyed.wait(10)
+        session["late"] = "write"
+        return "written"
+
+    client = backend_app.test_client()
+    client.post("/set", json={"user": "alice"})
+    token = session_cookie(client)
+    slow = backend_app.test_client()
+    slow.set_cookie("session", t.cast(str, token))
+    result: list[int] = []
+    writer = threading.Thread(target=lambda: result.append(slow.post("/slow-write").status_code))
+    writer.start()
+    assert loaded.wait(10)
+    client.post("/destroy")
+    destroyed.set()
+    writer.join()
+    assert result == [200]
+    with backend_app.app_context():
+        assert store_of(backend_app).count() == 0
+    stale = backend_app.test_client()
+    stale.set_cookie("session", t.cast(str, token))
+    assert stale.get("/dump").json == {}

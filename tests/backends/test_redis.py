@@ -1,0 +1,565 @@
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+import pytest
+import redis
+import redis.cluster
+from flask import Flask
+
+from flask_serversession.backends.base import CorruptRecordError
+from flask_serversession.backends.base import Delta
+from flask_serversession.backends.base import Record
+from flask_serversession.backends.redis import RedisBackend
+from flask_serversession.config import build_backend
+from flask_serversession.config import DEFAULTS
+from flask_serversession.errors import BackendError
+from flask_serversession.errors import ConfigError
+
+from ..support.redis_servers import free_port
+from ..support.redis_servers import RedisCluster
+from ..support.redis_servers import RedisSentinel
+from ..support.redis_servers import RedisServer
+from ..support.redis_servers import unique_prefix
+
+HOUR = timedelta(hours=1)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def key_of(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def record(data: dict[str, str] | None = None, *, expires_in: timedelta = HOUR) -> Record:
+    start = now()
+    return Record({"k": '"v"'} if data is None else data, start, start + expires_in)
+
+
+def pttl(backend: RedisBackend, key: str) -> int:
+    return int(backend.client.pttl(backend.key_prefix + key))
+
+
+class Counter:
+    """Counts the requests a client writes to its socket: one per round trip."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def connection_class(self, base: type[redis.Connection] = redis.Connection) -> type[t.Any]:
+        sent = self.sent
+
+        class CountingConnection(base):  # type: ignore[valid-type,misc]
+            def send_packed_command(self, command: t.Any, check_health: bool = True) -> None:
+                sent.append(command if isinstance(command, bytes) else b"".join(command))
+                super().send_packed_command(command, check_health)
+
+        return CountingConnection
+
+    def measure(self, call: t.Callable[[], object]) -> tuple[int, list[bytes]]:
+        del self.sent[:]
+        call()
+        return len(self.sent), list(self.sent)
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+
+
+def server_commands(client: redis.Redis, call: t.Callable[[], object]) -> dict[str, int]:
+    """Commands the server ran for ``call``, from ``INFO commandstats`` deltas."""
+    before = command_calls(client)
+    call()
+    after = command_calls(client)
+    diff = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    diff.pop("info", None)
+    return diff
+
+
+def session_operations(
+    backend: RedisBackend, key: str, start: datetime
+) -> dict[str, t.Callable[[], object]]:
+    return {
+        "load": lambda: backend.load(key),
+        "create": lambda: backend.create(key, record({"a": "1", "b": "2"})),
+        "update": lambda: backend.update(key, Delta(start + 2 * HOUR, {"c": "3"}), start),
+        "touch": lambda: backend.touch(key, start + 3 * HOUR, start),
+        "delete": lambda: backend.delete(key),
+    }
+
+
+def test_each_operation_is_one_round_trip(redis_server: RedisServer) -> None:
+    counter = Counter()
+    pool = redis.ConnectionPool(
+        connection_class=counter.connection_class(), host="127.0.0.1", port=redis_server.port
+    )
+    client = redis.Redis(connection_pool=pool)
+    admin = redis_server.client()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    key, start = key_of("a"), now()
+    client.ping()
+    backend.update(key_of("warm up"), Delta(start + HOUR), start)  # loads the script
+
+    operations = session_operations(backend, key, start)
+    for name in ("create", "load", "update", "touch", "delete"):
+        n, sent = counter.measure(operations[name])
+        assert n == 1, name
+        if name in ("update", "touch"):
+            assert b"EVALSHA" in sent[0]
+
+    # What the server ran for each: one command, or one MULTI block, or one script.
+    assert server_commands(admin, lambda: backend.load(key)) == {"hgetall": 1}
+    created = server_commands(admin, lambda: backend.create(key, record()))
+    assert created == {"multi": 1, "del": 1, "hset": 1, "pexpireat": 1, "exec": 1}
+    updated = server_commands(admin, lambda: backend.update(key, Delta(start + HOUR), start))
+    assert updated["evalsha"] == 1 and "script|load" not in updated and "eval" not in updated
+    backend.clear()
+    client.close()
+    admin.close()
+
+
+def test_script_is_reloaded_after_the_server_forgets_it(redis_backend: RedisBackend) -> None:
+    backend, key = redis_backend, key_of("a")
+    backend.create(key, record())
+    backend.client.script_flush()
+    assert backend.update(key, Delta(now() + 2 * HOUR, {"x": "1"}), now())
+    assert backend.load(key).data == {"k": '"v"', "x": "1"}  # type: ignore[union-attr]
+
+
+def test_cluster_operations_are_one_round_trip(redis_cluster: RedisCluster) -> None:
+    counter = Counter()
+    client = redis_cluster.client()
+    for node in client.get_primaries():  # type: ignore[no-untyped-call]
+        pool = t.cast(t.Any, node.redis_connection).connection_pool
+        pool.connection_class = counter.connection_class(pool.connection_class)
+        pool.disconnect()
+        pool.reset()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    start = now()
+    keys = [key_of(f"s{i}") for i in range(6)]
+    for key in keys:  # opens a connection to every node and loads the script there
+        backend.create(key, record())
+        backend.update(key, Delta(start + HOUR), start)
+    for key in keys:
+        for name, call in session_operations(backend, key, start).items():
+            assert counter.measure(call)[0] == 1, name
+    backend.clear()
+    client.close()
+
+
+def test_create_sets_the_ttl_and_update_and_touch_move_it(redis_backend: RedisBackend) -> None:
+    backend, key = redis_backend, key_of("a")
+    start = now()
+    backend.create(key, Record({"k": "1"}, start, start + HOUR))
+    assert 3_590_000 < pttl(backend, key) <= 3_600_001
+    assert backend.update(key, Delta(start + 2 * HOUR, {"k": "2"}), start)
+    assert 7_190_000 < pttl(backend, key) <= 7_200_001
+    assert backend.touch(key, start + 3 * HOUR, start)
+    assert 10_790_000 < pttl(backend, key) <= 10_800_001
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.expires_at == start + 3 * HOUR
+
+
+def test_redis_drops_the_hash_when_it_expires(redis_backend: RedisBackend) -> None:
+    backend, key = redis_backend, key_of("a")
+    backend.create(key, record(expires_in=timedelta(milliseconds=150)))
+    assert backend.load(key) is not None
+    time.sleep(0.3)
+    assert backend.load(key) is None
+    assert backend.update(key, Delta(now() + HOUR, {"k": "2"}), now()) is False
+    assert backend.touch(key, now() + HOUR, now()) is False
+    assert backend.client.exists(backend.key_prefix + key) == 0
+
+
+def test_update_checks_the_stored_expiry_against_now(redis_backend: RedisBackend) -> None:
+    # The app's clock says the session is over before Redis has dropped it.
+    backend, key = redis_backend, key_of("a")
+    created = record({"k": "1"})
+    backend.create(key, created)
+    later = created.expires_at + timedelta(seconds=1)
+    assert backend.update(key, Delta(later + HOUR, {"k": "2"}), later) is False
+    assert backend.touch(key, later + HOUR, later) is False
+    assert backend.load(key) == created
+    assert backend.count(later) == 0
+    assert list(backend.items(later)) == []
+    assert backend.count(now()) == 1
+
+
+def test_update_of_a_session_deleted_meanwhile_does_not_recreate_it(
+    redis_backend: RedisBackend,
+) -> None:
+    backend, key = redis_backend, key_of("a")
+    backend.create(key, record())
+    assert backend.load(key) is not None
+    backend.client.delete(backend.key_prefix + key)  # another request destroyed it
+    assert backend.update(key, Delta(now() + HOUR, {"late": "1"}), now()) is False
+    assert backend.touch(key, now() + HOUR, now()) is False
+    assert backend.client.exists(backend.key_prefix + key) == 0
+
+
+def test_hash_layout(redis_backend: RedisBackend) -> None:
+    backend, key = redis_backend, key_of("a")
+    start = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    backend.create(key, Record({"user": '"alice"', "d:x": "1"}, start, start + HOUR))
+    fields = backend.client.hgetall(backend.key_prefix + key)
+    assert fields == {
+        b"d:user": b'"alice"',
+        b"d:d:x": b"1",
+        b"created_us": str(int(start.timestamp()) * 10**6 + 678901).encode(),
+        b"expires_us": str(int((start + HOUR).timestamp()) * 10**6 + 678901).encode(),
+    }
+    assert backend.client.type(backend.key_prefix + key) == b"hash"
+    # Redis expires it at the millisecond after expires_at, never before.
+    expire_ms = int(backend.client.pexpiretime(backend.key_prefix + key))
+    assert expire_ms == int((start + HOUR).timestamp()) * 1000 + 679
+
+
+def test_corrupt_hashes_raise_on_load_and_are_skipped_by_items(
+    redis_backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, client, prefix = redis_backend, redis_backend.client, redis_backend.key_prefix
+    backend.create(key_of("good"), record({"k": "1"}))
+    client.hset(prefix + key_of("no meta"), mapping={"d:k": "1"})
+    client.hset(prefix + key_of("garbage"), mapping={"created_us": "x", "expires_us": "y"})
+    client.hset(
+        prefix + key_of("stray field"),
+        mapping={"created_us": 1, "expires_us": 2**52, "stray": "1"},
+    )
+    client.hset(
+        prefix + key_of("bad utf8"),
+        mapping={"created_us": 1, "expires_us": 2**52, "d:k": b"\xff\xfe"},
+    )
+    client.set(prefix + key_of("string"), "not a hash")
+    for name in ("no meta", "garbage", "stray field", "bad utf8", "string"):
+        with pytest.raises(CorruptRecordError):
+            backend.load(key_of(name))
+
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        items = dict(backend.items(now()))
+    assert list(items) == [key_of("good")]
+    assert len([r for r in caplog.records if r.name == "flask_serversession"]) == 5
+    assert backend.count(now()) == 3  # count reads only the expiry: "stray field", "bad utf8"
+    assert backend.clear() == 6
+
+
+def test_purge_expired_is_a_no_op(redis_backend: RedisBackend) -> None:
+    redis_backend.create(key_of("a"), record())
+    assert redis_backend.purge_expired(now() + 10 * HOUR) == 0
+    assert redis_backend.load(key_of("a")) is not None
+
+
+def test_prefixes_isolate_backends_on_one_server(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    base = unique_prefix()
+    first = RedisBackend(client, key_prefix=base + "one:")
+    second = RedisBackend(client, key_prefix=base + "two:")
+    client.set(base + "unrelated", "x")
+    for i in range(3):
+        first.create(key_of(f"s{i}"), record())
+    second.create(key_of("s0"), record({"other": "1"}))
+
+    assert first.count(now()) == 3 and second.count(now()) == 1
+    assert {k for k, _ in first.items(now())} == {key_of(f"s{i}") for i in range(3)}
+    assert [r.data for _, r in second.items(now())] == [{"other": "1"}]
+    assert first.clear() == 3
+    assert second.count(now()) == 1
+    assert second.load(key_of("s0")) is not None
+    assert client.get(base + "unrelated") == b"x"
+    assert second.clear() == 1
+    client.delete(base + "unrelated")
+    client.close()
+
+
+@pytest.mark.parametrize("special", ["*", "?", "[ab]", "\\", "[", "]", "x*y?\\[z]"])
+def test_glob_characters_in_the_prefix_are_literal(redis_server: RedisServer, special: str) -> None:
+    client = redis_server.client()
+    base = unique_prefix()
+    globby = RedisBackend(client, key_prefix=f"{base}{special}:")
+    plain = RedisBackend(client, key_prefix=f"{base}a:")
+    plain.create(key_of("plain"), record())
+    globby.create(key_of("globby"), record())
+    assert globby.count(now()) == 1
+    assert [k for k, _ in globby.items(now())] == [key_of("globby")]
+    assert globby.clear() == 1
+    assert plain.count(now()) == 1
+    assert plain.clear() == 1
+    client.close()
+
+
+def test_scan_handles_many_sessions(redis_backend: RedisBackend) -> None:
+    pipe = redis_backend.client.pipeline(transaction=False)
+    start = now()
+    for i in range(1234):
+        name = redis_backend.key_prefix + key_of(f"s{i}")
+        pipe.hset(name, mapping={"created_us": 1, "expires_us": 2**52, "d:i": str(i)})
+    pipe.execute()
+    assert redis_backend.count(start) == 1234
+    assert len(dict(redis_backend.items(start))) == 1234
+    assert redis_backend.clear() == 1234
+    assert redis_backend.count(start) == 0
+
+
+def test_a_delta_with_many_fields(redis_backend: RedisBackend) -> None:
+    backend, key = redis_backend, key_of("a")
+    backend.create(key, record({f"old{i}": "1" for i in range(5000)}))
+    delta = Delta(
+        now() + HOUR,
+        {f"new{i}": str(i) for i in range(10_000)},
+        frozenset(f"old{i}" for i in range(5000)),
+    )
+    assert backend.update(key, delta, now())
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.data == delta.set
+
+
+def test_client_with_decode_responses(redis_server: RedisServer) -> None:
+    client = redis_server.client(decode_responses=True)
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    created = record({"ü": '"✓"'})
+    backend.create(key_of("a"), created)
+    assert backend.load(key_of("a")) == created
+    assert backend.update(key_of("a"), Delta(created.expires_at, {"b": "1"}), now())
+    assert dict(backend.items(now()))[key_of("a")].data == {"ü": '"✓"', "b": "1"}
+    assert backend.count(now()) == 1
+    assert backend.clear() == 1
+    client.close()
+
+
+def test_cluster_spreads_sessions_over_every_primary(redis_cluster_backend: RedisBackend) -> None:
+    backend = redis_cluster_backend
+    client = t.cast(redis.cluster.RedisCluster, backend.client)
+    keys = [key_of(f"s{i}") for i in range(60)]
+    for i, key in enumerate(keys):
+        backend.create(key, record({"i": str(i)}))
+
+    primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+    assert len(primaries) == 3
+    match = backend.key_prefix + "*"
+    per_node = [
+        len(list(t.cast(t.Any, node.redis_connection).scan_iter(match=match))) for node in primaries
+    ]
+    assert sum(per_node) == 60 and all(n > 0 for n in per_node)
+
+    assert backend.count(now()) == 60
+    items = dict(backend.items(now()))
+    assert set(items) == set(keys) and items[keys[7]].data == {"i": "7"}
+    assert backend.clear() == 60
+    assert backend.count(now()) == 0
+
+
+def test_cluster_update_is_atomic_and_never_recreates(redis_cluster_backend: RedisBackend) -> None:
+    backend, key = redis_cluster_backend, key_of("shared")
+    backend.create(key, record({}))
+    expires = now() + HOUR
+
+    def writer(n: int) -> None:
+        for i in range(20):
+            assert backend.update(key, Delta(expires, {f"t{n}": str(i)}), now())
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.data == {f"t{n}": "19" for n in range(4)}
+
+    backend.delete(key)
+    assert backend.update(key, Delta(expires, {"late": "1"}), now()) is False
+    assert backend.load(key) is None
+
+
+def test_sentinel_client_end_to_end(redis_sentinel: RedisSentinel) -> None:
+    client = redis_sentinel.client()
+    assert isinstance(client, redis.Redis)
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    key = key_of("a")
+    backend.create(key, record({"k": "1"}))
+    assert backend.update(key, Delta(now() + 2 * HOUR, {"j": "2"}), now())
+    assert backend.touch(key, now() + 3 * HOUR, now())
+    assert backend.load(key).data == {"k": "1", "j": "2"}  # type: ignore[union-attr]
+    assert backend.count(now()) == 1
+    primary = redis_sentinel.primary.client()
+    assert primary.exists(backend.key_prefix + key) == 1
+    assert backend.clear() == 1
+    client.close()
+    primary.close()
+
+
+def make_config_app(**config: t.Any) -> Flask:
+    app = Flask("tests")
+    app.config.update(DEFAULTS)
+    app.config.update(SERVERSESSION_BACKEND="redis", **config)
+    return app
+
+
+@pytest.mark.parametrize(
+    "client",
+    [object(), "redis://localhost", redis.ConnectionPool(), redis.asyncio.Redis()],
+    ids=["object", "str", "pool", "asyncio"],
+)
+def test_a_non_client_is_refused(client: t.Any) -> None:
+    with pytest.raises(TypeError, match=r"redis\.Redis, redis\.cluster\.RedisCluster or Sentinel"):
+        RedisBackend(client)
+    with pytest.raises(ConfigError, match="SERVERSESSION_REDIS"):
+        build_backend(make_config_app(SERVERSESSION_REDIS=client))
+
+
+def test_an_empty_prefix_is_refused(redis_server: RedisServer) -> None:
+    with pytest.raises(ValueError, match="key_prefix"):
+        RedisBackend(redis_server.client(), key_prefix="")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "localhost:6379",
+        "http://localhost:6379/0",
+        "redis://",
+        "redis:///0",
+        "redis://localhost:port/0",
+        "redis://localhost:99999/0",
+        "redis://localhost:6379/zero",
+        "unix://",
+        "",
+    ],
+)
+def test_a_bad_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        RedisBackend.from_url(url)
+    with pytest.raises(ConfigError, match="SERVERSESSION_REDIS_URL"):
+        build_backend(make_config_app(SERVERSESSION_REDIS_URL=url))
+
+
+def test_from_url_and_config_build_a_backend_without_contacting_the_server() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/3?socket_timeout=1.5"
+    backend = RedisBackend.from_url(url, key_prefix="app:")
+    kwargs = t.cast(redis.Redis, backend.client).connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", int(url[18:23]), 3)
+    assert kwargs["socket_timeout"] == 1.5 and kwargs["socket_connect_timeout"] == 3.0
+    assert backend.key_prefix == "app:"
+    backend.close()
+
+    app = make_config_app(SERVERSESSION_REDIS_URL=url, SERVERSESSION_KEY_PREFIX="other:")
+    built = build_backend(app)
+    assert isinstance(built, RedisBackend) and built.key_prefix == "other:"
+    built.close()
+
+
+def test_config_passes_a_ready_client(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    backend = build_backend(make_config_app(SERVERSESSION_REDIS=client))
+    assert isinstance(backend, RedisBackend) and backend.client is client
+    assert backend.key_prefix == "serversession:"
+    backend.close()
+    assert client.ping()  # a client given by the app stays open
+    client.close()
+
+
+def test_a_closed_port_fails_fast_with_backend_error() -> None:
+    backend = RedisBackend.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="Redis failed to load a session: ConnectionError") as e:
+        backend.load(key_of("a"))
+    assert time.monotonic() - start < 2
+    assert isinstance(e.value.__cause__, redis.exceptions.ConnectionError)
+    assert e.value.code == 503
+    backend.close()
+
+
+OPERATIONS: dict[str, t.Callable[[RedisBackend], object]] = {
+    "load": lambda b: b.load(key_of("a")),
+    "create": lambda b: b.create(key_of("a"), record()),
+    "update": lambda b: b.update(key_of("a"), Delta(now() + HOUR, {"k": "1"}), now()),
+    "touch": lambda b: b.touch(key_of("a"), now() + HOUR, now()),
+    "delete": lambda b: b.delete(key_of("a")),
+    "count": lambda b: b.count(now()),
+    "items": lambda b: list(b.items(now())),
+    "clear": lambda b: b.clear(),
+}
+
+
+def test_a_killed_server_raises_backend_error_until_it_is_back(
+    make_redis_server: t.Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server()
+    backend = RedisBackend.from_url(server.url)
+    backend.create(key_of("a"), record())
+    assert backend.load(key_of("a")) is not None
+
+    server.kill()
+    for name, operation in OPERATIONS.items():
+        with pytest.raises(BackendError, match="Redis failed to") as e:
+            operation(backend)
+        assert isinstance(e.value.__cause__, redis.exceptions.ConnectionError), name
+
+    server.start()  # same port, empty: nothing was persisted
+    assert backend.load(key_of("a")) is None
+    backend.create(key_of("a"), record({"back": "1"}))
+    assert backend.update(key_of("a"), Delta(now() + HOUR, {"again": "2"}), now())
+    assert backend.load(key_of("a")).data == {"back": "1", "again": "2"}  # type: ignore[union-attr]
+    assert backend.count(now()) == 1
+    backend.close()
+
+
+def test_a_read_only_replica_refuses_writes_with_backend_error(
+    make_redis_server: t.Callable[..., RedisServer],
+) -> None:
+    primary = make_redis_server("--repl-diskless-sync-delay", "0")
+    replica = make_redis_server("--replicaof", "127.0.0.1", str(primary.port))
+    on_primary = RedisBackend.from_url(primary.url)
+    on_replica = RedisBackend.from_url(replica.url)
+    on_primary.create(key_of("a"), record({"k": "1"}))
+    deadline = time.monotonic() + 10
+    while on_replica.load(key_of("a")) is None:
+        assert time.monotonic() < deadline, "the replica never synced"
+        time.sleep(0.05)
+
+    with pytest.raises(BackendError, match=r"ReadOnlyError|READONLY"):
+        on_replica.create(key_of("b"), record())
+    with pytest.raises(BackendError, match=r"ReadOnlyError.*read only replica"):
+        on_replica.update(key_of("a"), Delta(now() + HOUR, {"k": "2"}), now())
+    with pytest.raises(BackendError, match=r"ReadOnlyError|READONLY"):
+        on_replica.delete(key_of("a"))
+    with pytest.raises(BackendError, match=r"ReadOnlyError|READONLY"):
+        on_replica.clear()
+    assert on_replica.load(key_of("b")) is None
+    assert on_replica.load(key_of("a")).data == {"k": "1"}  # type: ignore[union-attr]
+    on_primary.close()
+    on_replica.close()
+
+
+def test_a_failed_save_leaves_no_half_written_hash(
+    make_redis_server: t.Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server()
+    backend = RedisBackend.from_url(server.url)
+    name = backend.key_prefix + key_of("a")
+    backend.create(key_of("a"), record({"k": "1", "gone": "1"}))
+    before = backend.client.hgetall(name)
+    backend.client.config_set("maxmemory", 1)  # writes that may grow memory are refused
+
+    with pytest.raises(BackendError, match=r"OutOfMemoryError|OOM"):
+        backend.create(key_of("b"), record({"k": "1"}))
+    assert backend.client.exists(backend.key_prefix + key_of("b")) == 0
+    with pytest.raises(BackendError, match=r"OutOfMemoryError|OOM"):
+        backend.update(key_of("a"), Delta(now() + 2 * HOUR, {"k": "2", "new": "3"}), now())
+    assert backend.client.hgetall(name) == before
+
+    # Redis lets a script that has begun writing finish, so a delta that starts
+    # with a deletion is applied whole even now; never in part.
+    delta = Delta(now() + 2 * HOUR, {"k": "2", "new": "3"}, frozenset({"gone"}))
+    assert backend.update(key_of("a"), delta, now())
+    assert backend.load(key_of("a")).data == {"k": "2", "new": "3"}  # type: ignore[union-attr]
+    backend.client.config_set("maxmemory", 0)
+    backend.close()

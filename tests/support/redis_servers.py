@@ -1,0 +1,325 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flask_serversession.backends.base import Backend
+
+if t.TYPE_CHECKING:
+    import redis
+    import redis.cluster
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 15.0
+
+
+def _unavailable(reason: str) -> t.NoReturn:
+    # Imported late: tests/conftest.py imports this module.
+    from ..conftest import server_unavailable
+
+    server_unavailable(reason)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _retry() -> t.Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 1)
+
+
+class RedisServer:
+    """One ``redis-server`` process on a loopback port, in its own directory.
+
+    :param directory: working directory (data, config and log file).
+    :param args: extra ``redis-server`` arguments (``--replicaof`` ...).
+    :param port: the port; a free one when not given. Kept across restarts.
+    :param config: lines of a config file to start from (Sentinel needs one).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *args: str,
+        port: int | None = None,
+        config: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.args = args
+        self.port = port or free_port()
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def log(self) -> str:
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def client(self, **kwargs: t.Any) -> redis.Redis:
+        """A new client on this server, with short timeouts and one retry."""
+        import redis
+
+        kwargs.setdefault("socket_timeout", 5.0)
+        kwargs.setdefault("socket_connect_timeout", 2.0)
+        kwargs.setdefault("retry", _retry())
+        return redis.Redis(host=HOST, port=self.port, **kwargs)
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        executable = shutil.which("redis-server")
+        if executable is None:
+            _unavailable("redis-server is not installed")
+        command = [executable]
+        if self.config is not None:
+            config = self.directory / "redis.conf"
+            config.write_text(self.config)
+            command.append(str(config))
+        command += [
+            "--port", str(self.port), "--bind", HOST, "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", *self.args,
+        ]  # fmt: skip
+        with open(self.directory / "stderr.log", "ab") as stderr:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                self.process = None
+                err = (self.directory / "stderr.log").read_text(errors="replace")
+                _unavailable(f"redis-server on port {self.port} exited: {err}{self.log}")
+            if self._answers():
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                _unavailable(f"redis-server on port {self.port} did not start: {self.log}")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Kill the server abruptly (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM), waiting for it to exit."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+class RedisCluster:
+    """A three-primary Redis Cluster on loopback ports.
+
+    :param servers: the started, joined nodes.
+    """
+
+    def __init__(self, servers: list[RedisServer]) -> None:
+        self.servers = servers
+        self.ports = [s.port for s in servers]
+
+    def client(self, **kwargs: t.Any) -> redis.cluster.RedisCluster:
+        import redis.cluster
+
+        kwargs.setdefault("socket_timeout", 5.0)
+        kwargs.setdefault("socket_connect_timeout", 2.0)
+        return redis.cluster.RedisCluster(host=HOST, port=self.ports[0], **kwargs)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+class RedisSentinel:
+    """One primary and one Sentinel monitoring it as ``service_name``.
+
+    :param primary: the monitored server.
+    :param sentinel: the ``redis-server --sentinel`` process.
+    """
+
+    service_name = "serversession"
+
+    def __init__(self, primary: RedisServer, sentinel: RedisServer) -> None:
+        self.primary = primary
+        self.sentinel = sentinel
+
+    def client(self, **kwargs: t.Any) -> redis.Redis:
+        """A Sentinel ``master_for()`` client of the primary."""
+        from redis.sentinel import Sentinel
+
+        kwargs.setdefault("socket_timeout", 5.0)
+        kwargs.setdefault("socket_connect_timeout", 2.0)
+        kwargs.setdefault("retry", _retry())
+        timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [(HOST, self.sentinel.port)], sentinel_kwargs=timeouts, **kwargs
+        )
+        return t.cast("redis.Redis", sentinel.master_for(self.service_name))  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        self.sentinel.stop()
+        self.primary.stop()
+
+
+def _wait_cluster_ok(servers: list[RedisServer]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    for server in servers:
+        client = server.client()
+        try:
+            while client.cluster("INFO").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    _unavailable(f"Redis Cluster did not reach cluster_state:ok: {server.log}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisServer]:
+    """A plain Redis server shared by the whole test session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisCluster]:
+    """A three-primary Redis Cluster shared by the whole test session."""
+    redis_cli = shutil.which("redis-cli")
+    if redis_cli is None:
+        _unavailable("redis-cli is not installed")
+    root = tmp_path_factory.mktemp("redis-cluster")
+    servers: list[RedisServer] = []
+    try:
+        for n in range(3):
+            directory = root / f"node{n}"
+            servers.append(
+                RedisServer(
+                    directory,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(directory / "nodes.conf"),
+                    "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", "5000",
+                ).start()
+            )  # fmt: skip
+        result = subprocess.run(
+            [
+                *(redis_cli, "--cluster", "create"),
+                *(f"{HOST}:{s.port}" for s in servers),
+                *("--cluster-replicas", "0", "--cluster-yes"),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            _unavailable(f"redis-cli --cluster create failed: {result.stdout!r} {result.stderr!r}")
+        _wait_cluster_ok(servers)
+        cluster = RedisCluster(servers)
+        yield cluster
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisSentinel]:
+    """A primary watched by one Sentinel, shared by the whole test session."""
+    root = tmp_path_factory.mktemp("redis-sentinel")
+    primary = RedisServer(root / "primary").start()
+    config = (
+        f"sentinel monitor {RedisSentinel.service_name} {HOST} {primary.port} 1\n"
+        f"sentinel down-after-milliseconds {RedisSentinel.service_name} 5000\n"
+    )
+    try:
+        sentinel = RedisServer(root / "sentinel", "--sentinel", config=config).start()
+    except BaseException:
+        primary.stop()
+        raise
+    setup = RedisSentinel(primary, sentinel)
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def make_redis_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> t.Iterator[t.Callable[..., RedisServer]]:
+    """Start dedicated servers for one test (to kill, restart, make replicas).
+
+    Call it with extra ``redis-server`` arguments and optionally ``port=``;
+    every server it started is stopped after the test.
+    """
+    servers: list[RedisServer] = []
+
+    def make(*args: str, port: int | None = None) -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis-own"), *args, port=port)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test uses, ending in a separator."""
+    return f"test:{os.getpid()}:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+def redis_backend(redis_server: RedisServer) -> t.Iterator[Backend]:
+    """An empty ``RedisBackend`` on the shared server, under its own prefix."""
+    from flask_serversession.backends.redis import RedisBackend
+
+    client = redis_server.client()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    yield backend
+    backend.clear()
+    client.close()
+
+
+@pytest.fixture
+def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[Backend]:
+    """An empty ``RedisBackend`` on the shared cluster, under its own prefix."""
+    from flask_serversession.backends.redis import RedisBackend
+
+    client = redis_cluster.client()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    yield backend
+    backend.clear()
+    client.close()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import typing as t
+
+from flask import Flask
+
+from flask_serversession import ServerSession
+
+from .conftest import Clock
+from .conftest import store_of
+
+
+def fill(app: Flask, live: int, expired: int) -> None:
+    clock = Clock()
+    store_of(app).clock = clock
+    extension = ServerSession()
+    with app.app_context():
+        for n in range(expired):
+            extension.create({"n": n})
+        clock.advance(hours=25)
+        for n in range(live):
+            extension.create({"n": n})
+
+
+def test_purge_reports_removed_sessions(backend_app: Flask) -> None:
+    fill(backend_app, live=2, expired=3)
+    result = backend_app.test_cli_runner().invoke(args=["serversession", "purge"])
+    assert result.exit_code == 0, result.output
+    expected = 0 if "Redis" in type(store_of(backend_app).backend).__name__ else 3
+    assert result.output == f"Removed {expected} expired sessions.\n"
+    result = backend_app.test_cli_runner().invoke(args=["serversession", "count"])
+    assert result.output == "2\n"
+
+
+def test_clear_asks_first(app: Flask) -> None:
+    fill(app, live=2, expired=0)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["serversession", "clear"], input="n\n")
+    assert result.exit_code == 1
+    assert "Aborted" in result.output
+    assert runner.invoke(args=["serversession", "count"]).output == "2\n"
+    result = runner.invoke(args=["serversession", "clear"], input="y\n")
+    assert result.exit_code == 0
+    assert result.output.endswith("Removed 2 sessions.\n")
+
+
+def test_clear_yes_skips_the_question(app: Flask) -> None:
+    fill(app, live=3, expired=0)
+    result = app.test_cli_runner().invoke(args=["serversession", "clear", "--yes"])
+    assert result.output == "Removed 3 sessions.\n"
+
+
+def test_commands_fail_cleanly_when_the_store_is_down(make_app: t.Callable[..., Flask]) -> None:
+    app = make_app(
+        "sqlalchemy", SERVERSESSION_SQLALCHEMY_URI="postgresql+psycopg://nobody@127.0.0.1:9/x"
+    )
+    for command in (["purge"], ["count"], ["clear", "--yes"]):
+        result = app.test_cli_runner().invoke(args=["serversession", *command])
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: ")
+        assert "Traceback" not in result.output

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import hashlib
+import typing as t
+
+import pytest
+from flask import flash
+from flask import Flask
+from flask import session
+from itsdangerous import Signer
+
+from flask_serversession import ServerSession
+
+from .conftest import CountingBackend
+from .conftest import session_cookie
+from .conftest import store_of
+
+VALID_ID = "A" * 43
+
+
+def signed(sid: str, key: str) -> str:
+    signer = Signer(key.encode(), salt="flask-serversession", digest_method=hashlib.sha256)
+    return signer.sign(sid).decode()
+
+
+@pytest.fixture
+def app(make_app: t.Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+BAD_TOKENS = {
+    "empty": "",
+    "garbage": "not a token",
+    "bare id": VALID_ID,
+    "too long": "A" * 43 + "." + "B" * 44,
+    "bad alphabet": "A" * 42 + "!." + "B" * 43,
+    "traversal": "../../etc/passwd." + "B" * 43,
+    "bad signature": VALID_ID + "." + "B" * 43,
+    "other key": signed(VALID_ID, "some other secret"),
+    "unknown id": signed(VALID_ID, "test secret key"),
+    "huge": "A" * 3000,
+}
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_bad_token_gives_fresh_session_never_adopted(app: Flask, token: str) -> None:
+    client = app.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/meta").json["new"] is True
+    client.post("/set", json={"a": 1})
+    new = session_cookie(client)
+    assert new is not None and new != token
+    presented_id = token.partition(".")[0]
+    assert not presented_id or presented_id not in new
+    assert client.get("/dump").json == {"a": 1}
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_malformed_token_is_rejected_before_the_backend(
+    make_app: t.Callable[..., Flask], token: str
+) -> None:
+    counting = CountingBackend()
+    client = make_app(counting).test_client()
+    client.set_cookie("session", token)
+    client.get("/dump")
+    assert counting.calls == ({"load": 1} if token == BAD_TOKENS["unknown id"] else {})
+
+
+def test_token_is_a_signed_256_bit_id(app: Flask) -> None:
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    token = session_cookie(client)
+    assert token is not None
+    sid, _, signature = token.partition(".")
+    assert len(sid) == 43 and len(signature) == 43
+
+
+def test_backend_stores_the_hash_never_the_id(app: Flask) -> None:
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    sid = t.cast(str, session_cookie(client)).partition(".")[0]
+    with app.app_context():
+        ((key, _),) = store_of(app).items()
+    assert key == hashlib.sha256(sid.encode()).hexdigest()
+    assert sid not in key
+
+
+def test_unsigned_ids_when_signing_is_off(make_app: t.Callable[..., Flask]) -> None:
+    client = make_app(SERVERSESSION_SIGN_ID=False).test_client()
+    client.post("/set", json={"a": 1})
+    token = session_cookie(client)
+    assert token is not None and len(token) == 43 and "." not in token
+    assert client.get("/dump").json == {"a": 1}
+
+
+def test_secret_key_rotation_keeps_sessions(make_app: t.Callable[..., Flask]) -> None:
+    backend = store_of(make_app()).backend
+    old_app = make_app(backend, SECRET_KEY="old key")
+    client = old_app.test_client()
+    client.post("/set", json={"a": 1})
+    token = t.cast(str, session_cookie(client))
+
+    rotated = make_app(backend, SECRET_KEY="new key", SECRET_KEY_FALLBACKS=["old key"])
+    client = rotated.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/dump").json == {"a": 1}
+
+    dropped = make_app(backend, SECRET_KEY="new key")
+    client = dropped.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/dump").json == {}
+
+
+def test_regenerate_moves_data_to_a_new_id(app: Flask) -> None:
+    client = app.test_client()
+    client.post("/set", json={"cart": ["tea"]})
+    old = t.cast(str, session_cookie(client))
+    client.post("/regenerate")
+    new = session_cookie(client)
+    assert new and new != old
+    assert client.get("/dump").json == {"cart": ["tea"]}
+
+    attacker = app.test_client()
+    attacker.set_cookie("session", old)
+    assert attacker.get("/dump").json == {}
+    with app.app_context():
+        assert store_of(app).count() == 1
+
+
+def test_regenerate_keeps_created_at(app: Flask) -> None:
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    created = client.get("/meta").json["created_at"]
+    client.post("/regenerate")
+    assert client.get("/meta").json["created_at"] == created
+
+
+def test_destroy_deletes_record_and_expires_cookie(make_app: t.Callable[..., Flask]) -> None:
+    app = make_app(SESSION_COOKIE_DOMAIN="example.test", SESSION_COOKIE_SECURE=True)
+    client = app.test_client()
+    https = "https://example.test"
+    client.post("/set", json={"user": "alice"}, base_url=https)
+    token = t.cast(str, session_cookie(client, domain="example.test"))
+    response = client.post("/destroy", base_url=https)
+    header = response.headers["Set-Cookie"]
+    assert "Expires=Thu, 01 Jan 1970" in header
+    assert "Domain=example.test" in header and "Secure" in header
+    assert session_cookie(client, domain="example.test") is None
+    replay = app.test_client()
+    replay.set_cookie("session", token, domain="example.test")
+    assert replay.get("/dump", base_url=https).json == {}
+    with app.app_context():
+        assert store_of(app).count() == 0
+
+
+def test_data_set_after_destroy_starts_a_new_session(make_app: t.Callable[..., Flask]) -> None:
+    app = make_app()
+
+    @app.post("/logout")
+    def logout() -> str:
+        session.destroy()
+        flash("Signed out.")
+        return "bye"
+
+    client = app.test_client()
+    client.post("/set", json={"user": "alice"})
+    old = session_cookie(client)
+    client.post("/logout")
+    new = session_cookie(client)
+    assert new is not None and new != old
+    assert "user" not in client.get("/dump").json
+    with app.app_context():
+        assert store_of(app).count() == 1
+
+
+def test_extension_instance_serves_many_apps(make_app: t.Callable[..., Flask]) -> None:
+    first, second = make_app(), make_app()
+    extension = ServerSession()
+    with first.app_context():
+        token = extension.create({"app": "first"})
+    with second.app_context():
+        assert extension.count() == 0
+    with first.app_context():
+        assert extension.get(token) == {"app": "first"}
