@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import typing as t
+
+from flask import Flask
+
+from flask_serversession import ServerSession
+
+server_session = ServerSession()
+
+
+def create_app(
+    test_config: t.Mapping[str, t.Any] | None = None, *, instance_path: str | None = None
+) -> Flask:
+    """Create the example app.
+
+    Settings come from ``FLASK_*`` environment variables, e.g.
+    ``FLASK_SERVERSESSION_BACKEND=redis``. With none set, sessions are kept in
+    a SQLite file in the instance folder.
+
+    :param test_config: settings applied last, for tests.
+    :param instance_path: the instance folder; Flask's default if None.
+    """
+    app = Flask(__name__, instance_path=instance_path)
+    app.config.from_mapping(
+        # For local development only. In production set FLASK_SECRET_KEY to a
+        # long random value (python -c "import secrets; print(secrets.token_hex())"):
+        # anyone who knows this key can sign session tokens for this app.
+        SECRET_KEY="dev-only-secret-key",
+        # API clients send and receive the token in this header instead of a cookie.
+        SERVERSESSION_HEADER_NAME="X-Session-Token",
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.config.from_prefixed_env()
+    if test_config is not None:
+        app.config.update(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    server_session.init_app(app)
+
+    from . import views
+
+    app.register_blueprint(views.bp)
+    app.register_blueprint(views.api)
+    app.add_template_filter(views.utc, "utc")
+    return app

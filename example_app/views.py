@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import itertools
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+
+from flask import abort
+from flask import Blueprint
+from flask import current_app
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import session
+from flask import url_for
+
+from . import server_session
+
+bp = Blueprint("pages", __name__)
+api = Blueprint("api", __name__, url_prefix="/api")
+
+# The forms in the templates post without a CSRF token to keep the example
+# short. A real app must protect every state-changing form (e.g. Flask-WTF's
+# CSRFProtect); SameSite=Lax cookies alone are not enough everywhere.
+
+
+def utc(value: datetime | None) -> str:
+    """Format an aware datetime for the templates."""
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.route("/")
+def index() -> str:
+    session["visits"] = session.get("visits", 0) + 1
+    return render_template("index.html", visits=session["visits"], user=session.get("user"))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> t.Any:
+    if request.method == "POST":
+        username = request.form.get("username", "").strip()
+        if not username:
+            flash("Enter a username.")
+            return render_template("login.html"), 400
+        # A new id on sign-in: a token planted before it is worth nothing after.
+        session.regenerate()
+        session["user"] = username
+        flash(f"Signed in as {username}.")
+        return redirect(url_for("pages.index"))
+    return render_template("login.html")
+
+
+@bp.post("/logout")
+def logout() -> t.Any:
+    # Deletes the stored session: the old cookie grants nothing any more.
+    session.destroy()
+    # Data set after destroy() starts a new session with a new id.
+    flash("Signed out.")
+    return redirect(url_for("pages.index"))
+
+
+@bp.route("/cart", methods=["GET", "POST"])
+def cart() -> t.Any:
+    if request.method == "POST":
+        item = request.form.get("item", "").strip()
+        if item:
+            # Changed in place: no session.modified = True needed.
+            session.setdefault("cart", []).append(item)
+            flash(f"Added {item}.")
+        return redirect(url_for("pages.cart"))
+    return render_template("cart.html", cart=session.get("cart", []))
+
+
+@bp.post("/cart/empty")
+def empty_cart() -> t.Any:
+    session.pop("cart", None)
+    flash("Cart emptied.")
+    return redirect(url_for("pages.cart"))
+
+
+@bp.route("/session")
+def session_info() -> str:
+    renew_time = current_app.config["SERVERSESSION_RENEW_TIME"]
+    if not isinstance(renew_time, timedelta):
+        renew_time = timedelta(seconds=renew_time)
+    return render_template(
+        "session.html",
+        renew_time=renew_time,
+        new=session.new,
+        storage_key=session.storage_key,
+        created_at=session.created_at,
+        expires_at=session.expires_at,
+        permanent=session.permanent,
+        keys=sorted(session.keys()),
+    )
+
+
+@bp.post("/session/renew")
+def renew() -> t.Any:
+    session.renew()
+    flash("Expiry pushed back.")
+    return redirect(url_for("pages.session_info"))
+
+
+@bp.route("/admin")
+def admin() -> str:
+    # A real app would check an admin role here, not only a signed-in user.
+    if "user" not in session:
+        abort(403)
+    sessions = [
+        {"key": key, "user": data.get("user"), "cart": len(data.get("cart", []))}
+        for key, data in itertools.islice(server_session.items(), 100)
+    ]
+    return render_template("admin.html", count=server_session.count(), sessions=sessions)
+
+
+@bp.post("/admin/purge")
+def purge() -> t.Any:
+    if "user" not in session:
+        abort(403)
+    flash(f"Removed {server_session.purge_expired()} expired sessions.")
+    return redirect(url_for("pages.admin"))
+
+
+@api.post("/login")
+def api_login() -> t.Any:
+    """Sign in and return a token; send it back in the X-Session-Token header."""
+    body = request.get_json(silent=True) or {}
+    username = str(body.get("username", "")).strip()
+    if not username:
+        return {"error": 'Send {"username": ...}.'}, 400
+    token = server_session.create({"user": username, "cart": []})
+    return {"token": token, "header": "X-Session-Token"}
+
+
+@api.route("/cart", methods=["GET", "POST"])
+def api_cart() -> t.Any:
+    if "user" not in session:
+        return {"error": "Sign in at /api/login and send the token in X-Session-Token."}, 401
+    if request.method == "POST":
+        body = request.get_json(silent=True) or {}
+        item = str(body.get("item", "")).strip()
+        if not item:
+            return {"error": 'Send {"item": ...}.'}, 400
+        session.setdefault("cart", []).append(item)
+    return {"user": session["user"], "cart": session.get("cart", [])}
