@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from flask_serversession.backends.base import Backend
-
 if t.TYPE_CHECKING:
     import redis
     import redis.cluster
+
+    from flask_serversession.backends.redis import RedisBackend
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
@@ -302,7 +302,7 @@ def unique_prefix() -> str:
 
 
 @pytest.fixture
-def redis_backend(redis_server: RedisServer) -> t.Iterator[Backend]:
+def redis_backend(redis_server: RedisServer) -> t.Iterator[RedisBackend]:
     """An empty ``RedisBackend`` on the shared server, under its own prefix."""
     from flask_serversession.backends.redis import RedisBackend
 
@@ -314,7 +314,7 @@ def redis_backend(redis_server: RedisServer) -> t.Iterator[Backend]:
 
 
 @pytest.fixture
-def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[Backend]:
+def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[RedisBackend]:
     """An empty ``RedisBackend`` on the shared cluster, under its own prefix."""
     from flask_serversession.backends.redis import RedisBackend
 
