@@ -23,6 +23,7 @@ from flask_serversession.config import DEFAULTS
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError
 
+from ..support.redis_servers import Counter
 from ..support.redis_servers import free_port
 from ..support.redis_servers import RedisCluster
 from ..support.redis_servers import RedisSentinel
@@ -47,28 +48,6 @@ def record(data: dict[str, str] | None = None, *, expires_in: timedelta = HOUR) 
 
 def pttl(backend: RedisBackend, key: str) -> int:
     return int(backend.client.pttl(backend.key_prefix + key))
-
-
-class Counter:
-    """Counts the requests a client writes to its socket: one per round trip."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def connection_class(self, base: type[redis.Connection] = redis.Connection) -> type[t.Any]:
-        sent = self.sent
-
-        class CountingConnection(base):  # type: ignore[valid-type,misc]
-            def send_packed_command(self, command: t.Any, check_health: bool = True) -> None:
-                sent.append(command if isinstance(command, bytes) else b"".join(command))
-                super().send_packed_command(command, check_health)
-
-        return CountingConnection
-
-    def measure(self, call: t.Callable[[], object]) -> tuple[int, list[bytes]]:
-        del self.sent[:]
-        call()
-        return len(self.sent), list(self.sent)
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:

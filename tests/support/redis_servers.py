@@ -323,3 +323,28 @@ def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[RedisBacken
     yield backend
     backend.clear()
     client.close()
+
+
+class Counter:
+    """Counts the requests a client writes to its socket: one per round trip."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def connection_class(self, base: type[t.Any] | None = None) -> type[t.Any]:
+        import redis
+
+        sent = self.sent
+        base = redis.Connection if base is None else base
+
+        class CountingConnection(base):  # type: ignore[valid-type,misc]
+            def send_packed_command(self, command: t.Any, check_health: bool = True) -> None:
+                sent.append(command if isinstance(command, bytes) else b"".join(command))
+                super().send_packed_command(command, check_health)
+
+        return CountingConnection
+
+    def measure(self, call: t.Callable[[], object]) -> tuple[int, list[bytes]]:
+        del self.sent[:]
+        call()
+        return len(self.sent), list(self.sent)
