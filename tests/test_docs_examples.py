@@ -17,7 +17,6 @@ from datetime import timezone
 
 import pytest
 import sqlalchemy as sa
-from flask import current_app
 from flask import Flask
 from flask import redirect
 from flask import request
@@ -586,8 +585,9 @@ def test_backends_flask_sqlalchemy_bind(tmp_path: t.Any) -> None:
 
 def test_backends_table_object_and_own_metadata(tmp_path: t.Any) -> None:
     app = new_app(tmp_path)
-    ServerSession(app)
-    table = app.extensions["serversession"].backend.table
+    server_session = ServerSession(app)
+    with app.app_context():
+        table = server_session.backend.table
     assert isinstance(table, sa.Table)
     assert [c.name for c in table.c] == ["key", "data", "created_at", "expires_at"]
     close(app)
@@ -617,7 +617,7 @@ def test_backends_extra_columns_sign_out_everywhere(tmp_path: t.Any) -> None:
     server_session.init_app(app)
 
     def sign_out_everywhere(user_id: int) -> None:
-        backend = current_app.extensions["serversession"].backend
+        backend = server_session.backend
         with backend.engine.begin() as conn:
             conn.execute(sa.delete(backend.table).where(backend.table.c.user_id == user_id))
 
