@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import typing as t
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 
-from flask.sessions import session_json_serializer
+from flask.json.tag import TaggedJSONSerializer
 from itsdangerous import BadSignature
 from itsdangerous import Signer
 
@@ -32,6 +33,27 @@ _SIGNED_TOKEN = re.compile(rf"{_ID_PATTERN}\.[A-Za-z0-9_-]{{43}}")
 # Values of these exact types cannot change without an assignment, so a save
 # need not serialize them again to find out whether they changed.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+
+
+class SessionSerializer(TaggedJSONSerializer):
+    """Flask's tagged JSON, with one fixed encoder instead of the app's provider.
+
+    The stored format then does not depend on ``app.json``, and a value is
+    encoded without a lookup of the current app. Types that Flask's provider
+    would turn into strings (``Decimal``, ``date``, dataclasses) are refused,
+    since they would not come back as they were stored.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+        self._decoder = json.JSONDecoder(object_hook=self.untag)
+
+    def dumps(self, value: t.Any) -> str:
+        return self._encoder.encode(self.tag(value))
+
+    def loads(self, value: str) -> t.Any:
+        return self._decoder.decode(value)
 
 
 def utcnow() -> datetime:
@@ -69,7 +91,7 @@ class SessionStore:
     """
 
     #: Turns one session value into text and back (Flask's tagged JSON).
-    serializer = session_json_serializer
+    serializer: TaggedJSONSerializer = SessionSerializer()
     #: Separates tokens signed here from other uses of the same secret key.
     salt = "flask-serversession"
     #: Returns the current time as an aware UTC datetime.

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import typing as t
 import uuid
+from datetime import date
 from datetime import datetime
+from decimal import Decimal
 from datetime import timezone
 
 import pytest
@@ -23,7 +25,8 @@ def test_tagged_types_round_trip(app: Flask) -> None:
         "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
         "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
         "markup": Markup("<b>bold</b>"),
-        "nested": {"list": [1, 2.5, None, True]},
+        "nested": {"list": [1, 2.5, None, True], "deeper": [(b"x", {" t": ["tag-like"]})]},
+        "tag-like key": {" di": {" t": 1}},
     }
 
     @app.post("/store")
@@ -40,6 +43,17 @@ def test_tagged_types_round_trip(app: Flask) -> None:
     client = app.test_client()
     client.post("/store")
     assert client.get("/check").text == "same"
+
+
+@pytest.mark.parametrize("value", [{1, 2}, Decimal("1.10"), date(2026, 1, 2), object()], ids=repr)
+def test_values_that_would_not_round_trip_are_refused(app: Flask, value: t.Any) -> None:
+    @app.post("/lossy")
+    def lossy() -> str:
+        session["value"] = value
+        return "never saved"
+
+    with pytest.raises(TypeError, match="'value' holds a"):
+        app.test_client().post("/lossy")
 
 
 def test_unserializable_value_is_refused_and_nothing_saved(app: Flask) -> None:
