@@ -1137,3 +1137,17 @@ def test_backends_postgresql_uri(tmp_path: t.Any, postgres_url: str) -> None:
     backend = app.extensions["serversession"].backend
     backend.table.drop(backend.engine)
     close(app)
+
+
+def test_backends_postgresql_synchronous_commit_off(tmp_path: t.Any, postgres_url: str) -> None:
+    app = new_app(tmp_path, SERVERSESSION_SQLALCHEMY_TABLE="docs_example_async_commit")
+    app.config["SERVERSESSION_SQLALCHEMY_URI"] = (
+        postgres_url + "?options=-csynchronous_commit%3Doff"
+    )
+    ServerSession(app)
+    round_trip(app)
+    backend = app.extensions["serversession"].backend
+    with backend.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    backend.table.drop(backend.engine)
+    close(app)

@@ -99,7 +99,7 @@ class SQLAlchemyBackend(Backend):
     """
 
     #: Rows deleted per transaction by :meth:`purge_expired`.
-    purge_batch_size = 5_000
+    purge_batch_size = 2_000
     #: Rows read per query by :meth:`items`.
     items_page_size = 1_000
 
@@ -113,6 +113,13 @@ class SQLAlchemyBackend(Backend):
         extras: t.Callable[[t.Mapping[str, t.Any]], t.Mapping[str, t.Any]] | None = None,
     ) -> None:
         self.engine = engine
+        # On PostgreSQL every operation is a single statement, so autocommit
+        # saves the BEGIN and COMMIT round trips around each one.
+        self._statements = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         #: The session :class:`~sqlalchemy.schema.Table`, for queries and migrations.
         self.table = make_table(
             table_name, sa.MetaData() if metadata is None else metadata, extra_columns
@@ -226,7 +233,7 @@ class SQLAlchemyBackend(Backend):
     @contextmanager
     def _begin(self, action: str) -> t.Iterator[sa.Connection]:
         self._ensure_table()
-        with self._errors(action), self.engine.begin() as conn:
+        with self._errors(action), self._statements.begin() as conn:
             yield conn
 
     def _extra_values(self, values: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
@@ -291,7 +298,7 @@ class SQLAlchemyBackend(Backend):
     def _page(self, live: t.Any) -> list[tuple[str, t.Any]]:
         """Return ``(key, row)`` pairs, the row None where its timestamps do not parse."""
         c = self.table.c
-        with self._errors("list sessions"), self.engine.connect() as conn:
+        with self._errors("list sessions"), self._statements.connect() as conn:
             try:
                 rows = conn.execute(
                     self._select().where(live).order_by(c.key).limit(self.items_page_size)
@@ -303,7 +310,7 @@ class SQLAlchemyBackend(Backend):
 
     def load(self, key: str) -> Record | None:
         self._ensure_table()
-        with self._errors("load a session"), self.engine.connect() as conn:
+        with self._errors("load a session"), self._statements.connect() as conn:
             try:
                 row = conn.execute(self._select().where(self.table.c.key == key)).first()
             except (TypeError, ValueError) as e:
@@ -357,28 +364,43 @@ class SQLAlchemyBackend(Backend):
             conn.execute(sa.delete(self.table).where(self.table.c.key == key))
 
     def purge_expired(self, now: datetime) -> int:
-        c = self.table.c
-        expired = sa.select(c.key).where(c.expires_at <= _utc(now)).limit(self.purge_batch_size)
         total = 0
         while True:
             # Short transactions, so SQLite's write lock is never held for long.
             with self._begin("purge expired sessions") as conn:
-                if conn.dialect.name in ("sqlite", "postgresql"):
-                    statement = sa.delete(self.table).where(c.key.in_(expired.scalar_subquery()))
-                    removed = conn.execute(statement).rowcount
-                else:
-                    keys = conn.execute(expired).scalars().all()
-                    if keys:
-                        conn.execute(sa.delete(self.table).where(c.key.in_(keys)))
-                    removed = len(keys)
+                removed = self._purge_batch(conn, _utc(now))
             total += removed
             if removed < self.purge_batch_size:
                 return total
 
+    def _purge_batch(self, conn: sa.Connection, now: datetime) -> int:
+        c = self.table.c
+        size = self.purge_batch_size
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            # Rows found by the expiry index are deleted by their physical
+            # address, not found a second time through the primary key.
+            table = conn.dialect.identifier_preparer.format_table(self.table)
+            by_address = sa.text(
+                f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                f"SELECT ctid FROM {table} WHERE expires_at <= :now LIMIT :n))"
+            )
+            return int(conn.execute(by_address, {"now": now, "n": size}).rowcount)
+        if dialect == "sqlite":
+            rowid: sa.ColumnClause[int] = sa.literal_column("rowid")
+            batch = sa.select(rowid).select_from(self.table).where(c.expires_at <= now).limit(size)
+            by_rowid = sa.delete(self.table).where(rowid.in_(batch.scalar_subquery()))
+            return int(conn.execute(by_rowid).rowcount)
+        keys = conn.execute(sa.select(c.key).where(c.expires_at <= now).limit(size)).scalars()
+        found = keys.all()
+        if found:
+            conn.execute(sa.delete(self.table).where(c.key.in_(found)))
+        return len(found)
+
     def count(self, now: datetime) -> int:
         self._ensure_table()
         statement = sa.select(sa.func.count()).where(self.table.c.expires_at > _utc(now))
-        with self._errors("count sessions"), self.engine.connect() as conn:
+        with self._errors("count sessions"), self._statements.connect() as conn:
             return int(conn.execute(statement).scalar_one())
 
     def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
@@ -426,6 +448,9 @@ def _sqlite_on_connect(*, wal: bool) -> t.Callable[[t.Any, t.Any], None]:
             cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
             if wal:
                 cursor.execute("PRAGMA journal_mode = WAL")
+                # With WAL, a commit survives an app crash without an fsync;
+                # only a power loss may drop the last commits.
+                cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
 
