@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -88,10 +89,12 @@ class RedisServer:
 
 def _as_postgres(command: str) -> None:
     """Run a shell command as the ``postgres`` user (initdb refuses to run as root)."""
+    # su may reset PATH, and Debian keeps the PostgreSQL binaries off the default one.
+    script = f"PATH={shlex.quote(os.environ.get('PATH', ''))}; {command}"
     if os.geteuid() == 0:
-        argv = ["su", "postgres", "-s", "/bin/sh", "-c", command]
+        argv = ["su", "postgres", "-s", "/bin/sh", "-c", script]
     else:
-        argv = ["/bin/sh", "-c", command]
+        argv = ["/bin/sh", "-c", script]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise ServerUnavailable(f"{command.split()[0]} failed: {result.stderr.strip()[-500:]}")

@@ -29,6 +29,8 @@ def free_port() -> int:
 
 def _as_postgres(args: list[str]) -> list[str]:
     """As root, run ``args`` as the ``postgres`` user: initdb refuses to run as root."""
+    # su may reset PATH, and Debian keeps the binaries off the default one.
+    args = [shutil.which(args[0]) or args[0], *args[1:]]
     if os.geteuid() == 0:
         return ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(args)]
     return args
