@@ -4,8 +4,8 @@ import typing as t
 import uuid
 from datetime import date
 from datetime import datetime
-from decimal import Decimal
 from datetime import timezone
+from decimal import Decimal
 
 import pytest
 from flask import flash
