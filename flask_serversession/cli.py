@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import typing as t
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
@@ -8,11 +10,15 @@ from .errors import ServerSessionError
 from .store import SessionStore
 
 
-def _store() -> SessionStore:
+def _run(action: t.Callable[[SessionStore], int]) -> int:
+    """Run ``action`` on the app's store; a store failure becomes a one-line error."""
     store = current_app.extensions.get("serversession")
     if store is None:
         raise click.ClickException("ServerSession is not set up on this app: call 'init_app'.")
-    return store  # type: ignore[no-any-return]
+    try:
+        return action(store)
+    except ServerSessionError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @click.group("serversession")
@@ -24,10 +30,7 @@ def cli() -> None:
 @with_appcontext
 def purge() -> None:
     """Remove expired sessions (run it from cron or a timer)."""
-    try:
-        removed = _store().purge_expired()
-    except ServerSessionError as e:
-        raise click.ClickException(str(e)) from e
+    removed = _run(SessionStore.purge_expired)
     click.echo(f"Removed {removed} expired sessions.")
 
 
@@ -35,10 +38,7 @@ def purge() -> None:
 @with_appcontext
 def count() -> None:
     """Print the number of live sessions."""
-    try:
-        click.echo(_store().count())
-    except ServerSessionError as e:
-        raise click.ClickException(str(e)) from e
+    click.echo(_run(SessionStore.count))
 
 
 @cli.command("clear")
@@ -48,8 +48,5 @@ def clear(yes: bool) -> None:
     """Remove every session, signing every user out."""
     if not yes:
         click.confirm("Remove all sessions? Every user will be signed out.", abort=True)
-    try:
-        removed = _store().clear()
-    except ServerSessionError as e:
-        raise click.ClickException(str(e)) from e
+    removed = _run(SessionStore.clear)
     click.echo(f"Removed {removed} sessions.")
