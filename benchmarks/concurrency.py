@@ -19,6 +19,7 @@ from apps import Spec
 from lineup import lineup
 from lineup import note
 from lineup import Places
+from servers import end_process
 from servers import free_port
 from servers import HOST
 from servers import wait_for_port
@@ -57,13 +58,7 @@ class Server:
             raise
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
 
     def __enter__(self) -> Server:
         return self

@@ -77,14 +77,19 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def end_process(process: subprocess.Popen[t.Any]) -> None:
+    """Terminate ``process``, killing it if it does not exit within 10 seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _as_postgres(command: str) -> None:
