@@ -7,6 +7,9 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
+from datetime import timedelta
+
+from ..errors import SessionTooLargeError
 
 logger = logging.getLogger("flask_serversession")
 
@@ -36,12 +39,35 @@ class Delta:
     :param set: serialized value by session key, for keys set or changed.
     :param deleted: session keys to remove.
     :param values: the decoded session after the change, as in :class:`Record`.
+    :param max_size: the largest :func:`data_size` the stored data may reach
+        through this delta; None for no limit.
     """
 
     expires_at: datetime
     set: dict[str, str] = field(default_factory=dict)
     deleted: frozenset[str] = frozenset()
     values: t.Mapping[str, t.Any] | None = field(default=None, compare=False)
+    max_size: int | None = None
+
+
+def data_size(data: t.Mapping[str, str]) -> int:
+    """Return the size of a session's stored data: UTF-8 bytes of every key and value."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+
+
+def check_size(before: int, after: int, max_size: int | None) -> None:
+    """Refuse a change that takes the stored data past ``max_size``.
+
+    A change that does not grow the data is always allowed, so a session
+    stored under a larger limit can still shrink.
+
+    :raises SessionTooLargeError: ``after`` is over the limit and over ``before``.
+    """
+    if max_size is not None and after > max_size and after > before:
+        raise SessionTooLargeError(
+            f"The session would take {after} bytes, more than SERVERSESSION_MAX_SIZE"
+            f" ({max_size}). It was not saved; the stored session is unchanged."
+        )
 
 
 class CorruptRecordError(Exception):
@@ -74,8 +100,24 @@ class Backend(ABC):
 
         Keys of the record that the delta does not name keep their stored
         values, so two writers that change different keys both survive.
-        Returns False, writing nothing, when there is no record or it expired
-        before ``now``: a save never brings back a destroyed session.
+        Returns False, writing nothing, when there is no record, it expired
+        before ``now`` or it cannot be decoded: a save never brings back a
+        destroyed session. The size limit is checked on the merged result in
+        the same atomic step (:func:`check_size`), so concurrent writers
+        cannot together pass ``delta.max_size``.
+
+        :raises SessionTooLargeError: the merged data would pass ``delta.max_size``;
+            nothing was written.
+        """
+
+    @abstractmethod
+    def take(self, key: str, now: datetime) -> Record | None:
+        """Remove the record under ``key`` and return it, in one atomic step.
+
+        Returns None when there was no live record: absent, expired before
+        ``now``, or not decodable (such a record is removed all the same). A
+        regenerated session is moved with it, so that a sign-out landing at
+        the same moment either wins (nothing is taken) or finds nothing.
         """
 
     @abstractmethod
@@ -83,10 +125,13 @@ class Backend(ABC):
         """Remove the record under ``key``, if there is one."""
 
     @abstractmethod
-    def purge_expired(self, now: datetime) -> int:
+    def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         """Remove records that expired before ``now``; return how many.
 
-        A store that expires records by itself returns 0.
+        A store that expires records by itself does not count those. Records
+        that cannot be decoded are removed too once no save could have kept
+        them live: last written more than ``longest_lifetime`` before ``now``,
+        or with an expiry further ahead than that (kept when it is None).
         """
 
     @abstractmethod
