@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import re
 import typing as t
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_RENEW_TIME": timedelta(hours=1),
     "SERVERSESSION_RENEW_ON": "modify",
     "SERVERSESSION_ABSOLUTE_LIFETIME": None,
-    "SERVERSESSION_PERMANENT": True,
+    "SERVERSESSION_PERMANENT": False,
     "SERVERSESSION_SIGN_ID": True,
     "SERVERSESSION_HEADER_NAME": None,
     "SERVERSESSION_MAX_SIZE": 1024 * 1024,
@@ -107,9 +108,34 @@ def string(config: t.Mapping[str, t.Any], key: str) -> str:
     return value
 
 
+def _follow_flask_lifetime(app: Flask) -> None:
+    """Give ``PERMANENT_SESSION_LIFETIME`` its meaning when the app changed it.
+
+    It becomes the session lifetime unless ``SERVERSESSION_EXPIRE_TIME`` is
+    set too; then that one wins, and a differing Flask value is not dropped
+    without a word.
+    """
+    config = app.config
+    flask_lifetime = app.permanent_session_lifetime
+    if flask_lifetime == app.default_config["PERMANENT_SESSION_LIFETIME"]:
+        return
+    if "SERVERSESSION_EXPIRE_TIME" not in config:
+        config["SERVERSESSION_EXPIRE_TIME"] = flask_lifetime
+        return
+    ours = duration(config, "SERVERSESSION_EXPIRE_TIME")
+    if ours != flask_lifetime:
+        warnings.warn(
+            f"PERMANENT_SESSION_LIFETIME ({flask_lifetime}) is not used: sessions live for"
+            f" SERVERSESSION_EXPIRE_TIME ({ours}). Set only one of them.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def read_settings(app: Flask) -> Settings:
     """Fill in defaults and validate the session settings of ``app``."""
     config = app.config
+    _follow_flask_lifetime(app)
     for key, default in DEFAULTS.items():
         config.setdefault(key, default)
 
@@ -118,11 +144,6 @@ def read_settings(app: Flask) -> Settings:
         raise _bad("SERVERSESSION_RENEW_ON", renew_on, " or ".join(map(repr, RENEW_ON_CHOICES)))
 
     sign_id = boolean(config, "SERVERSESSION_SIGN_ID")
-    if sign_id and not app.secret_key:
-        raise ConfigError(
-            "SECRET_KEY is not set: session tokens are signed with it. Set"
-            " app.secret_key, or SERVERSESSION_SIGN_ID = False to send unsigned ids."
-        )
 
     return Settings(
         expire_time=duration(config, "SERVERSESSION_EXPIRE_TIME"),  # type: ignore[arg-type]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import typing as t
 from datetime import datetime
+from functools import partial
 
 from flask import current_app
 from flask import Flask
@@ -12,6 +13,11 @@ from .config import build_backend
 from .config import read_settings
 from .interface import ServerSessionInterface
 from .store import SessionStore
+
+
+def _secret_keys(app: Flask) -> list[str | bytes]:
+    """The app's signing keys, oldest first, read anew as Flask reads its own."""
+    return [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key or ""]
 
 
 class ServerSession:
@@ -41,8 +47,7 @@ class ServerSession:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
-        secret_keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key or ""]
-        store = SessionStore(build_backend(app), settings, secret_keys=secret_keys)
+        store = SessionStore(build_backend(app), settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store
         app.session_interface = ServerSessionInterface(store)
         app.cli.add_command(cli)

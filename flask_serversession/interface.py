@@ -18,6 +18,21 @@ if t.TYPE_CHECKING:
     from flask import Response
 
 
+# Headers of a view's response that a failed save must not let through.
+_OUTCOME_HEADERS = (
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Location",
+    "Content-Range",
+    "ETag",
+    "Last-Modified",
+    "Location",
+    "Refresh",
+    "Set-Cookie",
+)
+
+
 class ServerSessionInterface(SessionInterface):
     """Carries the session token in a cookie (or a header) and the data in a store.
 
@@ -41,12 +56,17 @@ class ServerSessionInterface(SessionInterface):
                 return token
         return request.cookies.get(self.get_cookie_name(app))
 
-    def open_session(self, app: Flask, request: Request) -> ServerSideSession:
+    def open_session(self, app: Flask, request: Request) -> ServerSideSession | None:
+        if self.store.settings.sign_id and not app.secret_key:
+            # As Flask's own session: reads see nothing, writes raise an error
+            # that says the secret key is missing.
+            return None
         token = self.get_token(app, request)
         return self.session_class(
             partial(self.store.open, token),
             has_token=token is not None,
             permanent_default=self.store.settings.permanent,
+            differs=self.store.differs,
         )
 
     def save_session(
@@ -92,10 +112,14 @@ class ServerSessionInterface(SessionInterface):
     @staticmethod
     def _replace_with_error(response: Response, error: BackendError) -> None:
         # The view's response claims a success whose session changes were
-        # lost; the client must see the failure instead.
+        # lost; the client must see the failure instead. Headers that describe
+        # the view's body or claim its outcome go; the rest (CORS, Vary,
+        # caching policy) stay, so a browser can still read the 503.
         error_response = error.get_response()
+        for name in _OUTCOME_HEADERS:
+            del response.headers[name]
         response.status = error_response.status
-        response.headers = error_response.headers.copy()
+        response.content_type = error_response.content_type
         response.set_data(error_response.get_data())
 
     def _count_request(self) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import typing as t
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ class StoredSession:
 
 
 Loader = t.Callable[[], "StoredSession | None"]
+ChangeCheck = t.Callable[["ServerSideSession"], bool]
 
 _MISSING: t.Any = object()
 
@@ -34,24 +36,37 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     """The session of one request: a dict loaded from the store on first use.
 
     Creating it costs nothing; the first access of any kind loads the stored
-    data. Changes are found at save time by comparing each value with what
-    was loaded, so nested changes such as ``session["cart"].append(x)`` are
-    saved without setting :attr:`modified`.
+    data. Changes are found by comparing each value with what was loaded, so
+    nested changes such as ``session["cart"].append(x)`` are saved, and show
+    in :attr:`modified`, without setting it by hand.
+
+    A copy (``copy.copy``, ``copy.deepcopy``, ``pickle``) is a plain ``dict``
+    of the data: a snapshot that carries no link to the store.
 
     :param loader: returns the stored session, or None when there is none.
     :param has_token: whether the request carried a token at all.
     :param permanent_default: the value of :attr:`permanent` when not set.
+    :param differs: tells whether the loaded session differs from what was
+        loaded; without it only writes through the dict API count.
     """
 
-    def __init__(self, loader: Loader, *, has_token: bool, permanent_default: bool) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        has_token: bool,
+        permanent_default: bool,
+        differs: ChangeCheck | None = None,
+    ) -> None:
         super().__init__()
         self._loader = loader
         self._loaded = False
+        self._differs = differs
         self.stored: StoredSession | None = None
         self.has_token = has_token
         self.permanent_default = permanent_default
         self.accessed = False
-        self.modified = False
+        self._written = False
         #: Keys written through the dict API since loading.
         self.assigned: set[str] = set()
         #: Id of a stored session that :meth:`destroy` asked to delete.
@@ -72,7 +87,33 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
 
     def _write(self) -> None:
         self._load()
-        self.modified = True
+        self._written = True
+
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session, nested changes included.
+
+        Code that saves only modified sessions (Flask-SocketIO with
+        ``manage_session=False``) then never drops a nested change.
+        """
+        if not self._loaded:
+            return False
+        if self._written:
+            return True
+        return self._differs is not None and self._differs(self)
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._written = bool(value)
+
+    def __copy__(self) -> dict[str, t.Any]:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, t.Any]) -> dict[str, t.Any]:
+        return copy.deepcopy(self.copy(), memo)
+
+    def __reduce_ex__(self, protocol: t.SupportsIndex) -> tuple[t.Any, ...]:
+        return (dict, (self.copy(),))
 
     @property
     def loaded(self) -> bool:
@@ -130,7 +171,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         Data set after this call starts a new session with a new id.
         """
         self._load()
-        self.modified = True
+        self._written = True
         if self.stored is not None:
             self.destroyed_sid = self.stored.sid
         self.stored = None
@@ -221,7 +262,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     def pop(self, key: str, default: t.Any = _MISSING) -> t.Any:
         self._load()
         if dict.__contains__(self, key):
-            self.modified = True
+            self._written = True
             return dict.pop(self, key)
         if default is _MISSING:
             raise KeyError(key)

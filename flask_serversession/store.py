@@ -1,20 +1,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 import typing as t
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 
-from flask.json.tag import TaggedJSONSerializer
 from itsdangerous import BadSignature
 from itsdangerous import Signer
 
 from .backends.base import Backend
+from .backends.base import check_size
 from .backends.base import CorruptRecordError
+from .backends.base import data_size
 from .backends.base import Delta
 from .backends.base import logger
 from .backends.base import Record
@@ -22,9 +23,13 @@ from .config import Settings
 from .errors import BackendError
 from .errors import SessionExpiredError
 from .errors import SessionNotFoundError
-from .errors import SessionTooLargeError
+from .serialization import ACCEPTED
+from .serialization import check_key
+from .serialization import SessionSerializer
 from .session import ServerSideSession
 from .session import StoredSession
+
+SecretKeys = t.Callable[[], t.Sequence[str | bytes]]
 
 _ID_PATTERN = "[A-Za-z0-9_-]{43}"
 _UNSIGNED_TOKEN = re.compile(_ID_PATTERN)
@@ -34,26 +39,8 @@ _SIGNED_TOKEN = re.compile(rf"{_ID_PATTERN}\.[A-Za-z0-9_-]{{43}}")
 # need not serialize them again to find out whether they changed.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
-
-class SessionSerializer(TaggedJSONSerializer):
-    """Flask's tagged JSON, with one fixed encoder instead of the app's provider.
-
-    The stored format then does not depend on ``app.json``, and a value is
-    encoded without a lookup of the current app. Types that Flask's provider
-    would turn into strings (``Decimal``, ``date``, dataclasses) are refused,
-    since they would not come back as they were stored.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
-        self._decoder = json.JSONDecoder(object_hook=self.untag)
-
-    def dumps(self, value: t.Any) -> str:
-        return self._encoder.encode(self.tag(value))
-
-    def loads(self, value: str) -> t.Any:
-        return self._decoder.decode(value)
+#: The session key of Flask's ``session.permanent`` flag; not data of its own.
+PERMANENT_KEY = "_permanent"
 
 
 def utcnow() -> datetime:
@@ -87,51 +74,77 @@ class SessionStore:
 
     :param backend: where records are kept.
     :param settings: the validated ``SERVERSESSION_*`` settings.
-    :param secret_keys: signing keys, oldest first; the last one signs.
+    :param secret_keys: returns the signing keys, oldest first; the last one
+        signs. It is called for every token, so keys set or rotated after
+        ``init_app`` take effect at once, as with Flask's own session.
     """
 
-    #: Turns one session value into text and back (Flask's tagged JSON).
-    serializer: TaggedJSONSerializer = SessionSerializer()
+    #: Turns one session value into text and back (tagged JSON).
+    serializer = SessionSerializer()
     #: Separates tokens signed here from other uses of the same secret key.
     salt = "flask-serversession"
     #: Returns the current time as an aware UTC datetime.
     clock: t.Callable[[], datetime] = staticmethod(utcnow)
 
     def __init__(
-        self, backend: Backend, settings: Settings, *, secret_keys: t.Sequence[str | bytes] = ()
+        self, backend: Backend, settings: Settings, *, secret_keys: SecretKeys = tuple
     ) -> None:
         self.backend = backend
         self.settings = settings
-        keys = [k.encode() if isinstance(k, str) else k for k in secret_keys]
-        self._signer = (
-            Signer(keys, salt=self.salt, digest_method=hashlib.sha256) if settings.sign_id else None
-        )
+        self._secret_keys = secret_keys
+        self._signers: tuple[tuple[bytes, ...], Signer] | None = None
+
+    def _signer(self) -> Signer | None:
+        if not self.settings.sign_id:
+            return None
+        keys = tuple(k.encode() if isinstance(k, str) else k for k in self._secret_keys() if k)
+        cached = self._signers
+        if cached is not None and cached[0] == keys:
+            return cached[1]
+        if not keys:
+            raise RuntimeError(
+                "SECRET_KEY is not set: session tokens are signed with it. Set app.secret_key."
+            )
+        signer = Signer(list(keys), salt=self.salt, digest_method=hashlib.sha256)
+        self._signers = (keys, signer)
+        return signer
 
     def new_sid(self) -> str:
         return secrets.token_urlsafe(32)
 
     def token_for(self, sid: str) -> str:
         """Return the token a client holds for ``sid``."""
-        if self._signer is None:
+        signer = self._signer()
+        if signer is None:
             return sid
-        return self._signer.sign(sid).decode("ascii")
+        return signer.sign(sid).decode("ascii")
 
     def sid_from(self, token: str | None) -> str | None:
         """Return the id in a well-formed, correctly signed token, or None."""
-        if not token:
+        if not token or not isinstance(token, str):
             return None
-        if self._signer is None:
+        signer = self._signer()
+        if signer is None:
             return token if _UNSIGNED_TOKEN.fullmatch(token) else None
         if not _SIGNED_TOKEN.fullmatch(token):
             return None
         try:
-            return self._signer.unsign(token).decode("ascii")
+            return signer.unsign(token).decode("ascii")
         except BadSignature:
             return None
 
     @staticmethod
     def storage_key(sid: str) -> str:
         return hashlib.sha256(sid.encode("ascii")).hexdigest()
+
+    @property
+    def longest_lifetime(self) -> timedelta:
+        """The furthest ahead of its last write that any save sets a session's expiry."""
+        settings = self.settings
+        spans = [settings.expire_time, settings.renew_time]
+        if settings.absolute_lifetime is not None:
+            spans.append(settings.absolute_lifetime)
+        return max(spans)
 
     def _is_expired(self, record: Record, now: datetime) -> bool:
         if record.expires_at <= now:
@@ -153,26 +166,23 @@ class SessionStore:
             expires_at=record.expires_at,
         )
 
-    def _read(self, sid: str) -> tuple[str, Record | None]:
-        key = self.storage_key(sid)
-        return key, self.backend.load(key)
-
     def open(self, token: str | None) -> StoredSession | None:
         """Load the live session a request's token names, or None.
 
-        Bad tokens, unknown, expired and corrupt sessions all give None, so
-        the request starts a fresh session; corruption is logged.
+        Bad tokens, unknown, expired and damaged sessions all give None, so
+        the request starts a fresh session; damage is logged.
         """
         sid = self.sid_from(token)
         if sid is None:
             return None
-        key, record = self._read(sid)
-        if record is None or self._is_expired(record, self.clock()):
-            return None
+        key = self.storage_key(sid)
         try:
+            record = self.backend.load(key)
+            if record is None or self._is_expired(record, self.clock()):
+                return None
             return self._decode(sid, key, record)
         except CorruptRecordError as e:
-            logger.error("Stored session %s is corrupt, starting a new one: %s", key, e)
+            logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
             return None
 
     def fetch(self, token: str) -> StoredSession:
@@ -180,53 +190,56 @@ class SessionStore:
         sid = self.sid_from(token)
         if sid is None:
             raise SessionNotFoundError("The token is malformed or badly signed.")
+        key = self.storage_key(sid)
         try:
-            key, record = self._read(sid)
-        except CorruptRecordError as e:
-            logger.error("Stored session %s is corrupt: %s", self.storage_key(sid), e)
-            raise BackendError(f"The stored session is corrupt: {e}") from e
-        if record is None:
-            raise SessionNotFoundError("No session is stored for this token.")
-        if self._is_expired(record, self.clock()):
-            raise SessionExpiredError(f"The session expired at {record.expires_at.isoformat()}.")
-        try:
+            record = self.backend.load(key)
+            if record is None:
+                raise SessionNotFoundError("No session is stored for this token.")
+            if self._is_expired(record, self.clock()):
+                raise SessionExpiredError(
+                    f"The session expired at {record.expires_at.isoformat()}."
+                )
             return self._decode(sid, key, record)
         except CorruptRecordError as e:
-            logger.error("Stored session %s is corrupt: %s", key, e)
-            raise BackendError(f"The stored session is corrupt: {e}") from e
+            logger.error("Stored session %s is damaged: %s", key, e)
+            raise BackendError(f"The stored session {key} is damaged: {e}") from e
 
-    def serialize(self, key: str, value: t.Any) -> str:
+    def serialize(self, key: t.Any, value: t.Any) -> str:
+        """Return the stored text of one session value.
+
+        :raises TypeError: the key or the value would not come back as it is.
+        """
+        check_key(key)
         try:
             return self.serializer.dumps(value)
         except (TypeError, ValueError) as e:
             raise TypeError(
-                f"Session key {key!r} holds a {type(value).__name__} value that cannot be"
-                f" stored ({e}). Use dict, list, tuple, str, bytes, numbers, bool, None,"
-                " datetime, UUID or Markup values."
+                f"Session key {key!r} holds a {type(value).__name__} value that cannot be stored"
+                f" as it is: {e}."
+                f" Use {ACCEPTED} values."
             ) from e
 
-    def _check_size(self, data: t.Mapping[str, str]) -> None:
-        size = sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
-        if size > self.settings.max_size:
-            raise SessionTooLargeError(
-                f"The session would take {size} bytes, more than SERVERSESSION_MAX_SIZE"
-                f" ({self.settings.max_size}). It was not saved; the stored session is unchanged."
-            )
+    def _serialize_all(self, values: t.Mapping[str, t.Any]) -> dict[str, str]:
+        data = {k: self.serialize(k, v) for k, v in values.items()}
+        check_size(0, data_size(data), self.settings.max_size)
+        return data
 
     def _first_expiry(self, now: datetime) -> datetime:
         expires_at = now + self.settings.expire_time
         cap = self.settings.absolute_lifetime
         return expires_at if cap is None else min(expires_at, now + cap)
 
+    def _renewed(self, created_at: datetime, expires_at: datetime, now: datetime) -> datetime:
+        renewed = max(expires_at, now + self.settings.renew_time)
+        cap = self.settings.absolute_lifetime
+        return renewed if cap is None else min(renewed, created_at + cap)
+
     def renewed_expiry(self, stored: StoredSession, now: datetime) -> datetime:
         """Return the expiry after a renewal: never earlier, never past the cap."""
-        expires_at = max(stored.expires_at, now + self.settings.renew_time)
-        cap = self.settings.absolute_lifetime
-        return expires_at if cap is None else min(expires_at, stored.created_at + cap)
+        return self._renewed(stored.created_at, stored.expires_at, now)
 
     def _create(self, values: t.Mapping[str, t.Any], now: datetime) -> tuple[str, datetime]:
-        data = {k: self.serialize(k, v) for k, v in values.items()}
-        self._check_size(data)
+        data = self._serialize_all(values)
         sid = self.new_sid()
         expires_at = self._first_expiry(now)
         self.backend.create(self.storage_key(sid), Record(data, now, expires_at, values))
@@ -243,6 +256,25 @@ class SessionStore:
                     changed[key] = text
         return changed, frozenset(stored.serialized.keys() - values.keys())
 
+    def differs(self, session: ServerSideSession) -> bool:
+        """Whether a loaded session now differs from what was loaded, nested changes included."""
+        values = dict(dict.items(session))
+        stored = session.stored
+        if stored is None:
+            return bool(values)
+        try:
+            changed, deleted = self._diff(stored, values, session.assigned)
+        except TypeError:
+            # A value that cannot be stored is a change; the save will say why.
+            return True
+        return bool(changed or deleted)
+
+    def _permanent_at_load(self, session: ServerSideSession) -> bool:
+        stored = session.stored
+        if stored is None:
+            return session.permanent_default
+        return bool(stored.values.get(PERMANENT_KEY, session.permanent_default))
+
     def save(self, session: ServerSideSession) -> SaveOutcome:
         """Write what the request changed and say what the cookie needs."""
         if session.destroyed_sid is not None:
@@ -252,14 +284,16 @@ class SessionStore:
         now = self.clock()
         values = session.copy()
         stored = session.stored
+        # The permanence flag alone is no reason to store a session.
+        empty = not values.keys() - {PERMANENT_KEY}
 
         if stored is None:
-            if not values:
+            if empty:
                 return SaveOutcome(delete_cookie=session.has_token)
             sid, expires_at = self._create(values, now)
             return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
 
-        if not values:
+        if empty:
             self.backend.delete(stored.key)
             return SaveOutcome(delete_cookie=True)
 
@@ -271,20 +305,10 @@ class SessionStore:
         expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
 
         if session.regenerate_requested:
-            data = {k: v for k, v in stored.serialized.items() if k not in deleted}
-            data.update(changed)
-            self._check_size(data)
-            sid = self.new_sid()
-            record = Record(data, stored.created_at, expires_at, values)
-            self.backend.create(self.storage_key(sid), record)
-            self.backend.delete(stored.key)
-            return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
+            return self._regenerate(stored, changed, deleted, expires_at, values, now)
 
         if changed or deleted:
-            data = {k: v for k, v in stored.serialized.items() if k not in deleted}
-            data.update(changed)
-            self._check_size(data)
-            delta = Delta(expires_at, changed, deleted, values)
+            delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
             if not self.backend.update(stored.key, delta, now):
                 return _NOTHING
         elif expires_at != stored.expires_at:
@@ -293,9 +317,39 @@ class SessionStore:
         else:
             return _NOTHING
 
-        if session.permanent and expires_at != stored.expires_at:
+        permanent_changed = session.permanent != self._permanent_at_load(session)
+        if permanent_changed or (session.permanent and expires_at != stored.expires_at):
             return SaveOutcome(self.token_for(stored.sid), expires_at)
         return _NOTHING
+
+    def _regenerate(
+        self,
+        stored: StoredSession,
+        changed: dict[str, str],
+        deleted: frozenset[str],
+        expires_at: datetime,
+        values: t.Mapping[str, t.Any],
+        now: datetime,
+    ) -> SaveOutcome:
+        # The old record is taken (read and removed in one step) rather than
+        # copied: a sign-out that lands first leaves nothing to take, so its
+        # data never reappears under the new id, and changes that other
+        # requests made since this one loaded are carried over.
+        taken = self.backend.take(stored.key, now)
+        if taken is None:
+            return SaveOutcome(delete_cookie=True)
+        data = {k: v for k, v in taken.data.items() if k not in deleted}
+        data.update(changed)
+        try:
+            check_size(data_size(taken.data), data_size(data), self.settings.max_size)
+        except Exception:
+            self.backend.create(stored.key, taken)
+            raise
+        expires_at = max(expires_at, taken.expires_at)
+        sid = self.new_sid()
+        record = Record(data, taken.created_at, expires_at, values)
+        self.backend.create(self.storage_key(sid), record)
+        return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
 
     def create(self, values: t.Mapping[str, t.Any]) -> str:
         """Store a new session holding ``values``; return its token."""
@@ -309,10 +363,10 @@ class SessionStore:
         """Replace the data of a live session and renew it."""
         stored = self.fetch(token)
         now = self.clock()
-        data = {k: self.serialize(k, v) for k, v in values.items()}
-        self._check_size(data)
+        data = self._serialize_all(values)
         deleted = frozenset(stored.serialized.keys() - data.keys())
-        delta = Delta(self.renewed_expiry(stored, now), data, deleted, values)
+        expires_at = self.renewed_expiry(stored, now)
+        delta = Delta(expires_at, data, deleted, values, self.settings.max_size)
         if not self.backend.update(stored.key, delta, now):
             raise SessionNotFoundError("The session was deleted while it was being updated.")
 
@@ -340,7 +394,7 @@ class SessionStore:
         self.backend.delete(key)
 
     def purge_expired(self) -> int:
-        return self.backend.purge_expired(self.clock())
+        return self.backend.purge_expired(self.clock(), longest_lifetime=self.longest_lifetime)
 
     def count(self) -> int:
         return self.backend.count(self.clock())
@@ -354,7 +408,7 @@ class SessionStore:
             try:
                 values = {k: self.serializer.loads(v) for k, v in record.data.items()}
             except Exception as e:
-                logger.error("Stored session %s is corrupt, skipped: %r", key, e)
+                logger.error("Stored session %s is damaged, skipped: %r", key, e)
                 continue
             yield key, values
 

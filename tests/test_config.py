@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
+from flask import session
 
 from flask_serversession import ConfigError
 from flask_serversession import ServerSession
@@ -50,10 +51,42 @@ def test_bad_value_names_key_and_value(tmp_path: t.Any, key: str, value: t.Any) 
     assert "serversession" not in app.extensions
 
 
-def test_missing_secret_key_is_a_config_error(tmp_path: t.Any) -> None:
+def test_missing_secret_key_fails_like_flask_on_first_write(tmp_path: t.Any) -> None:
+    app = new_app(tmp_path, SECRET_KEY=None, TESTING=True)
+    ServerSession(app)
+
+    @app.get("/read")
+    def read() -> str:
+        return repr(session.get("a"))
+
+    @app.post("/write")
+    def write() -> str:
+        session["a"] = 1
+        return "written"
+
+    client = app.test_client()
+    assert client.get("/read").text == "None"
+    with pytest.raises(RuntimeError, match="secret key"):
+        client.post("/write")
+
+
+def test_secret_key_set_after_init_app_is_used(tmp_path: t.Any) -> None:
     app = new_app(tmp_path, SECRET_KEY=None)
-    with pytest.raises(ConfigError, match="SECRET_KEY"):
-        ServerSession(app)
+    ServerSession(app)
+    app.secret_key = "set later, as app factories do"
+
+    @app.post("/write")
+    def write() -> str:
+        session["a"] = 1
+        return "written"
+
+    @app.get("/read")
+    def read() -> str:
+        return repr(session.get("a"))
+
+    client = app.test_client()
+    assert client.post("/write").status_code == 200
+    assert client.get("/read").text == "1"
 
 
 def test_unsigned_ids_need_no_secret_key(tmp_path: t.Any) -> None:
@@ -70,7 +103,7 @@ def test_defaults_are_filled_in(tmp_path: t.Any) -> None:
     assert app.config["SERVERSESSION_RENEW_ON"] == "modify"
     assert app.config["SERVERSESSION_MAX_SIZE"] == 1024 * 1024
     settings = store_of(app).settings
-    assert settings.permanent is True and settings.sign_id is True
+    assert settings.permanent is False and settings.sign_id is True
 
 
 def test_backend_instance_is_used_as_given(tmp_path: t.Any) -> None:

@@ -32,6 +32,8 @@ from flask_serversession import SessionNotFoundError
 from flask_serversession import SessionTooLargeError
 from flask_serversession.backends import Delta
 from flask_serversession.backends import Record
+from flask_serversession.backends.base import check_size
+from flask_serversession.backends.base import data_size
 from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.backends.memory import MemoryBackend
 from flask_serversession.backends.sqlalchemy import make_table
@@ -115,10 +117,26 @@ def test_quickstart_factory_serves_several_apps(tmp_path: t.Any) -> None:
         server_session.get(token)
 
 
-def test_quickstart_secret_key_is_required(tmp_path: t.Any) -> None:
-    app = new_app(tmp_path, SECRET_KEY=None)
-    with pytest.raises(ConfigError, match="SECRET_KEY"):
-        ServerSession(app)
+def test_quickstart_secret_key_is_read_per_request(tmp_path: t.Any) -> None:
+    app = new_app(tmp_path, SECRET_KEY=None, SERVERSESSION_BACKEND="memory", TESTING=True)
+    ServerSession(app)
+
+    @app.post("/write")
+    def write() -> str:
+        session["a"] = 1
+        return "written"
+
+    @app.get("/read")
+    def read() -> str:
+        return repr(session.get("a"))
+
+    client = app.test_client()
+    assert client.get("/read").text == "None"
+    with pytest.raises(RuntimeError, match="secret key"):
+        client.post("/write")
+    app.config["SECRET_KEY"] = "change me"
+    assert client.post("/write").status_code == 200
+    assert client.get("/read").text == "1"
 
 
 def test_quickstart_cart_append_is_saved(tmp_path: t.Any) -> None:
@@ -241,7 +259,7 @@ CONFIG_EXAMPLES: dict[str, t.Any] = {
     "SERVERSESSION_RENEW_TIME": 30 * 60,
     "SERVERSESSION_RENEW_ON": "access",
     "SERVERSESSION_ABSOLUTE_LIFETIME": timedelta(days=7),
-    "SERVERSESSION_PERMANENT": False,
+    "SERVERSESSION_PERMANENT": True,
     "SERVERSESSION_SIGN_ID": False,
     "SERVERSESSION_HEADER_NAME": "X-Session-Token",
     "SERVERSESSION_MAX_SIZE": 64 * 1024,
@@ -255,6 +273,13 @@ def test_configuration_examples_are_accepted(tmp_path: t.Any, key: str, value: t
     app = new_app(tmp_path, SERVERSESSION_BACKEND="memory")
     app.config[key] = value
     ServerSession(app)
+
+
+def test_configuration_flask_lifetime_is_followed(tmp_path: t.Any) -> None:
+    app = new_app(tmp_path, SERVERSESSION_BACKEND="memory")
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=30)
+    ServerSession(app)
+    assert store_of(app).settings.expire_time == timedelta(minutes=30)
 
 
 def test_configuration_backend_examples(tmp_path: t.Any) -> None:
@@ -370,6 +395,7 @@ def lifetime_app(tmp_path: t.Any, renew_on: str) -> tuple[Flask, Clock]:
         SERVERSESSION_RENEW_TIME=timedelta(hours=1),
         SERVERSESSION_ABSOLUTE_LIFETIME=timedelta(days=7),
         SERVERSESSION_RENEW_ON=renew_on,
+        SERVERSESSION_PERMANENT=True,
     )
     ServerSession(app)
     clock = Clock(MONDAY_0900)
@@ -903,14 +929,20 @@ class DictBackend(Backend):
                 return False
             data = {k: v for k, v in record.data.items() if k not in delta.deleted}
             data.update(delta.set)
+            check_size(data_size(record.data), data_size(data), delta.max_size)
             self._records[key] = replace(record, data=data, expires_at=delta.expires_at)
             return True
+
+    def take(self, key: str, now: datetime) -> Record | None:
+        with self._lock:
+            record = self._records.pop(key, None)
+        return record if record is not None and record.expires_at > now else None
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._records.pop(key, None)
 
-    def purge_expired(self, now: datetime) -> int:
+    def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         with self._lock:
             expired = [k for k, r in self._records.items() if r.expires_at <= now]
             for key in expired:

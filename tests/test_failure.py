@@ -67,13 +67,13 @@ def test_corrupt_record_is_a_fresh_session_and_logged(
 
     with caplog.at_level(logging.ERROR, logger="flask_serversession"):
         assert client.get("/meta").json["new"] is True
-    assert "corrupt" in caplog.text
+    assert "damaged" in caplog.text
     client.post("/set", json={"b": 2})
     assert session_cookie(client) != token
 
     extension = ServerSession()
     with app.app_context():
-        with pytest.raises(BackendError, match="corrupt"):
+        with pytest.raises(BackendError, match="damaged"):
             extension.get(token)
         assert [data for _, data in extension.items()] == [{"b": 2}]
 

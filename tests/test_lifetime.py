@@ -48,7 +48,9 @@ def cookie_expiry(response: t.Any) -> datetime | None:
 
 
 def test_new_session_lives_for_expire_time(timed_app: t.Any, clock: Clock) -> None:
-    client = timed_app(SERVERSESSION_EXPIRE_TIME=3 * HOUR).test_client()
+    client = timed_app(
+        SERVERSESSION_EXPIRE_TIME=3 * HOUR, SERVERSESSION_PERMANENT=True
+    ).test_client()
     response = client.post("/set", json={"a": 1})
     assert expires_of(client) == clock.now + 3 * HOUR
     assert cookie_expiry(response) == clock.now + 3 * HOUR
@@ -75,7 +77,9 @@ def test_renewal_never_shortens(timed_app: t.Any, clock: Clock) -> None:
 
 def test_renewal_pushes_expiry_near_the_end(timed_app: t.Any, clock: Clock) -> None:
     client = timed_app(
-        SERVERSESSION_EXPIRE_TIME=2 * HOUR, SERVERSESSION_RENEW_TIME=HOUR
+        SERVERSESSION_EXPIRE_TIME=2 * HOUR,
+        SERVERSESSION_RENEW_TIME=HOUR,
+        SERVERSESSION_PERMANENT=True,
     ).test_client()
     client.post("/set", json={"a": 1})
     clock.advance(minutes=90)
@@ -186,6 +190,7 @@ def test_permanent_flag_per_session(timed_app: t.Any, clock: Clock) -> None:
 
     @app.post("/remember-me")
     def remember() -> str:
+        session["user"] = "alice"
         session.permanent = True
         return "remembered"
 

@@ -5,8 +5,11 @@ import typing as t
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
+from datetime import timedelta
 
 from .base import Backend
+from .base import check_size
+from .base import data_size
 from .base import Delta
 from .base import Record
 
@@ -51,15 +54,22 @@ class MemoryBackend(Backend):
             if delta.set or delta.deleted:
                 data = {k: v for k, v in data.items() if k not in delta.deleted}
                 data.update(delta.set)
+                if delta.max_size is not None:
+                    check_size(data_size(record.data), data_size(data), delta.max_size)
             self._records[key] = replace(record, data=data, expires_at=delta.expires_at)
             self._records.move_to_end(key)
             return True
+
+    def take(self, key: str, now: datetime) -> Record | None:
+        with self._lock:
+            record = self._records.pop(key, None)
+        return record if record is not None and record.expires_at > now else None
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._records.pop(key, None)
 
-    def purge_expired(self, now: datetime) -> int:
+    def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         with self._lock:
             expired = [k for k, r in self._records.items() if r.expires_at <= now]
             for key in expired:

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+import typing as t
+from base64 import b64decode
+from base64 import b64encode
+from datetime import datetime
+from uuid import UUID
+
+from markupsafe import Markup
+from werkzeug.http import parse_date
+
+# The tags of Flask's cookie session, so that data written by 0.1 still reads.
+_TUPLE = " t"
+_BYTES = " b"
+_MARKUP = " m"
+_UUID = " u"
+_DICT = " di"
+_DATETIME = " dt"
+# Flask's HTTP-date form, which dropped microseconds and offsets: read only.
+_HTTP_DATE = " d"
+_TAGS = frozenset({_TUPLE, _BYTES, _MARKUP, _UUID, _DICT, _DATETIME, _HTTP_DATE})
+
+# Values of these exact types are JSON as they are.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+ACCEPTED = (
+    "dict (with str keys), list, tuple, str, bytes, int, float, bool, None, datetime, UUID, Markup"
+)
+
+
+class SessionSerializer:
+    """Turn one session value into tagged JSON text and back, exactly.
+
+    The tags are those of Flask's cookie session, with one change: a
+    ``datetime`` is kept in ISO form, so it comes back with its microseconds,
+    its UTC offset, or naive as it was. Only values that come back as the same
+    type with the same value are accepted: a ``set``, an ``IntEnum``, a
+    ``Decimal``, a ``date``, a dict with non-str keys or a subclass of a
+    container raise :class:`TypeError` rather than come back as something else.
+    The encoding does not depend on the app's JSON provider.
+    """
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+        self._decoder = json.JSONDecoder(object_hook=self._untag)
+
+    def dumps(self, value: t.Any) -> str:
+        """Return ``value`` as tagged JSON text.
+
+        :raises TypeError: the value, or a value inside it, would not come back as it is.
+        """
+        if type(value) in _PLAIN:
+            return self._encoder.encode(value)
+        try:
+            return self._encoder.encode(self._tag(value))
+        except RecursionError:
+            raise TypeError("the value is nested too deeply or refers to itself") from None
+
+    def loads(self, text: str) -> t.Any:
+        """Return the value that :meth:`dumps` turned into ``text``."""
+        return self._decoder.decode(text)
+
+    def _tag(self, value: t.Any) -> t.Any:
+        kind = type(value)
+        if kind in _PLAIN:
+            return value
+        if kind is dict:
+            for key in value:
+                if type(key) is not str:
+                    raise TypeError(f"a dict key {key!r} is a {type(key).__name__}, not a str")
+            if len(value) == 1:
+                key = next(iter(value))
+                if key in _TAGS:
+                    return {_DICT: {key + "__": self._tag(value[key])}}
+            return {k: self._tag(v) for k, v in value.items()}
+        if kind is list:
+            return [self._tag(v) for v in value]
+        if kind is tuple:
+            return {_TUPLE: [self._tag(v) for v in value]}
+        if kind is bytes:
+            return {_BYTES: b64encode(value).decode("ascii")}
+        if kind is Markup:
+            return {_MARKUP: str(value)}
+        if kind is UUID:
+            return {_UUID: value.hex}
+        if kind is datetime:
+            if value.tzinfo is not None and value.utcoffset() is None:
+                raise TypeError(f"the datetime {value!r} has a tzinfo that gives no offset")
+            return {_DATETIME: value.isoformat()}
+        raise TypeError(f"a {kind.__module__}.{kind.__qualname__} would not come back as it is")
+
+    @staticmethod
+    def _untag(obj: dict[str, t.Any]) -> t.Any:
+        if len(obj) != 1:
+            return obj
+        key, value = next(iter(obj.items()))
+        if key == _TUPLE:
+            return tuple(value)
+        if key == _BYTES:
+            return b64decode(value)
+        if key == _MARKUP:
+            return Markup(value)
+        if key == _UUID:
+            return UUID(value)
+        if key == _DATETIME:
+            return datetime.fromisoformat(value)
+        if key == _DICT:
+            inner_key, inner_value = next(iter(value.items()))
+            return {inner_key[:-2]: inner_value}
+        if key == _HTTP_DATE:
+            return parse_date(value)
+        return obj
+
+
+def check_key(key: t.Any) -> str:
+    """Return ``key`` if every backend can store it as a session key.
+
+    :raises TypeError: the key is not a str, or holds a NUL or a lone surrogate.
+    """
+    if type(key) is not str:
+        raise TypeError(f"Session key {key!r} is a {type(key).__name__}; session keys are str.")
+    if "\x00" in key:
+        raise TypeError(f"Session key {key!r} holds a NUL character, which stores cannot hold.")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError(
+            f"Session key {key!r} holds a lone surrogate, which is not valid UTF-8."
+        ) from None
+    return key
