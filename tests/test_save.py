@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import enum
 import typing as t
 import uuid
+from collections import OrderedDict
 from datetime import date
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 from decimal import Decimal
 
@@ -45,7 +48,66 @@ def test_tagged_types_round_trip(app: Flask) -> None:
     assert client.get("/check").text == "same"
 
 
-@pytest.mark.parametrize("value", [{1, 2}, Decimal("1.10"), date(2026, 1, 2), object()], ids=repr)
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Size(str, enum.Enum):
+    LARGE = "L"
+
+
+EXACT_VALUES = [
+    datetime(2026, 1, 2, 3, 4, 5, 123456),
+    datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    datetime(94, 1, 2, tzinfo=timezone.utc),
+    datetime(9999, 12, 31, 23, 59, 59, 999999),
+    datetime(2026, 3, 1, tzinfo=timezone(-timedelta(hours=3, minutes=7, seconds=5))),
+    float("inf"),
+    -0.0,
+    2**80,
+    "\x00 NUL, \ud800 lone surrogate, ☃",
+    {"\x00": "NUL in a nested key is JSON like any other"},
+]
+
+
+@pytest.mark.parametrize("value", EXACT_VALUES, ids=repr)
+def test_values_come_back_exactly(app: Flask, value: t.Any) -> None:
+    @app.post("/store")
+    def store() -> str:
+        session["value"] = value
+        return "stored"
+
+    @app.get("/load")
+    def load() -> t.Any:
+        loaded = session["value"]
+        return {"same": loaded == value and repr(loaded) == repr(value)}
+
+    client = app.test_client()
+    client.post("/store")
+    assert client.get("/load").json == {"same": True}
+
+
+def test_datetimes_written_by_version_0_1_still_read(app: Flask) -> None:
+    store = app.extensions["serversession"]
+    old_text = '{" d":"Fri, 02 Jan 2026 03:04:05 GMT"}'
+    assert store.serializer.loads(old_text) == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+LOSSY_VALUES = [
+    {1, 2},
+    frozenset({1}),
+    Decimal("1.10"),
+    date(2026, 1, 2),
+    object(),
+    {1: "a"},
+    Color.RED,
+    Size.LARGE,
+    OrderedDict(a=1),
+    [1, {2: "deep"}],
+]
+
+
+@pytest.mark.parametrize("value", LOSSY_VALUES, ids=repr)
 def test_values_that_would_not_round_trip_are_refused(app: Flask, value: t.Any) -> None:
     @app.post("/lossy")
     def lossy() -> str:
@@ -114,3 +176,17 @@ def test_flash_messages_survive_a_redirect(app: Flask) -> None:
     client.post("/flash")
     assert client.get("/show").text == "saved"
     assert client.get("/show").text == ""
+
+
+@pytest.mark.parametrize("key", [1, ("a",), "nul\x00key", "lone\ud800surrogate"], ids=repr)
+def test_bad_session_keys_are_refused_by_name(app: Flask, key: t.Any) -> None:
+    @app.post("/bad-key")
+    def bad_key() -> str:
+        session["fine"] = 1
+        session[key] = "value"
+        return "never saved"
+
+    client = app.test_client()
+    with pytest.raises(TypeError, match="Session key"):
+        client.post("/bad-key")
+    assert client.get_cookie("session") is None
