@@ -104,7 +104,7 @@ class ServerSessionInterface(SessionInterface):
             return
         if outcome.token is None:
             return
-        expires = outcome.expires_at if session.permanent else None
+        expires = outcome.expires_at if outcome.persistent else None
         response.set_cookie(name, outcome.token, expires=expires, **cookie)
         if header_name is not None and outcome.id_changed:
             response.headers[header_name] = outcome.token

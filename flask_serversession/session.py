@@ -4,6 +4,7 @@ import copy
 import typing as t
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timedelta
 
 from flask.sessions import SessionMixin
 
@@ -24,6 +25,8 @@ class StoredSession:
     values: dict[str, t.Any]
     created_at: datetime
     expires_at: datetime
+    #: The session's own lifetime (:meth:`ServerSideSession.set_lifetime`).
+    lifetime: timedelta | None = None
 
 
 Loader = t.Callable[[], "StoredSession | None"]
@@ -73,6 +76,8 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self.destroyed_sid: str | None = None
         self.regenerate_requested = False
         self.renew_requested = False
+        #: The lifetime given by :meth:`set_lifetime`, or _MISSING when not called.
+        self.requested_lifetime: t.Any = _MISSING
 
     def _load(self) -> None:
         self.accessed = True
@@ -178,7 +183,35 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self.assigned.clear()
         self.regenerate_requested = False
         self.renew_requested = False
+        self.requested_lifetime = _MISSING
         dict.clear(self)
+
+    @property
+    def lifetime_set(self) -> bool:
+        """Whether :meth:`set_lifetime` was called during this request."""
+        return self.requested_lifetime is not _MISSING
+
+    def set_lifetime(self, lifetime: timedelta | float | None) -> None:
+        """Give this session a lifetime of its own, e.g. for "remember me".
+
+        At save time the session expires ``now + lifetime``, later renewals
+        extend it by the same span, and its cookie becomes persistent. The
+        absolute lifetime cap still holds. ``None`` restores the app's
+        settings.
+
+        :param lifetime: a ``timedelta``, a number of seconds, or None.
+
+        .. versionadded:: 0.2
+        """
+        if lifetime is not None:
+            if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
+                lifetime = timedelta(seconds=lifetime)
+            if not isinstance(lifetime, timedelta) or lifetime <= timedelta(0):
+                raise ValueError(
+                    f"set_lifetime() takes a positive timedelta, seconds or None, not {lifetime!r}"
+                )
+        self._write()
+        self.requested_lifetime = lifetime
 
     def renew(self) -> None:
         """Push the expiry at save time, as a renewal would."""

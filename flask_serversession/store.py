@@ -5,6 +5,7 @@ import re
 import secrets
 import typing as t
 from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
@@ -28,6 +29,11 @@ from .serialization import check_key
 from .serialization import SessionSerializer
 from .session import ServerSideSession
 from .session import StoredSession
+from .signals import send
+from .signals import session_created
+from .signals import session_destroyed
+from .signals import session_expired
+from .signals import session_regenerated
 
 SecretKeys = t.Callable[[], t.Sequence[str | bytes]]
 
@@ -41,6 +47,11 @@ _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
 #: The session key of Flask's ``session.permanent`` flag; not data of its own.
 PERMANENT_KEY = "_permanent"
+#: The stored key of a session's own lifetime (seconds); hidden from the session dict.
+LIFETIME_KEY = "_serversession_lifetime"
+# Damaged records are kept at least this long after their last write when no
+# absolute lifetime bounds every session: longer than any "remember me" span.
+_DAMAGED_RECORD_GRACE = timedelta(days=400)
 
 
 def utcnow() -> datetime:
@@ -55,12 +66,15 @@ class SaveOutcome:
     :param expires_at: the session's expiry, for a permanent cookie.
     :param id_changed: the token is new to the client (new or regenerated id).
     :param delete_cookie: expire the client's cookie.
+    :param persistent: the cookie carries ``expires_at`` rather than ending
+        with the browser (a permanent session, or one with its own lifetime).
     """
 
     token: str | None = None
     expires_at: datetime | None = None
     id_changed: bool = False
     delete_cookie: bool = False
+    persistent: bool = False
 
 
 _NOTHING = SaveOutcome()
@@ -139,12 +153,15 @@ class SessionStore:
 
     @property
     def longest_lifetime(self) -> timedelta:
-        """The furthest ahead of its last write that any save sets a session's expiry."""
+        """How long after its last write a record may still be live, at most.
+
+        The absolute cap bounds it when set; otherwise a session's own lifetime
+        may be anything, so a generous grace applies.
+        """
         settings = self.settings
-        spans = [settings.expire_time, settings.renew_time]
         if settings.absolute_lifetime is not None:
-            spans.append(settings.absolute_lifetime)
-        return max(spans)
+            return settings.absolute_lifetime
+        return max(settings.expire_time, settings.renew_time, _DAMAGED_RECORD_GRACE)
 
     def _is_expired(self, record: Record, now: datetime) -> bool:
         if record.expires_at <= now:
@@ -152,18 +169,32 @@ class SessionStore:
         cap = self.settings.absolute_lifetime
         return cap is not None and record.created_at + cap <= now
 
-    def _decode(self, sid: str, key: str, record: Record) -> StoredSession:
+    def _values(self, data: dict[str, str]) -> tuple[dict[str, t.Any], timedelta | None]:
+        """Decode stored data into the session's values and its own lifetime."""
         try:
-            values = {k: self.serializer.loads(v) for k, v in record.data.items()}
+            values = {k: self.serializer.loads(v) for k, v in data.items()}
+            seconds = values.pop(LIFETIME_KEY, None)
+            if seconds is None:
+                return values, None
+            if type(seconds) not in (int, float) or not 0 < seconds < 1e10:
+                raise ValueError(f"the session's own lifetime is {seconds!r}")
+            return values, timedelta(seconds=seconds)
         except Exception as e:
             raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
+
+    def _decode(self, sid: str, key: str, record: Record) -> StoredSession:
+        values, lifetime = self._values(record.data)
+        serialized = record.data
+        if lifetime is not None:
+            serialized = {k: v for k, v in serialized.items() if k != LIFETIME_KEY}
         return StoredSession(
             sid=sid,
             key=key,
-            serialized=record.data,
+            serialized=serialized,
             values=values,
             created_at=record.created_at,
             expires_at=record.expires_at,
+            lifetime=lifetime,
         )
 
     def open(self, token: str | None) -> StoredSession | None:
@@ -178,7 +209,10 @@ class SessionStore:
         key = self.storage_key(sid)
         try:
             record = self.backend.load(key)
-            if record is None or self._is_expired(record, self.clock()):
+            if record is None:
+                return None
+            if self._is_expired(record, self.clock()):
+                send(session_expired, storage_key=key)
                 return None
             return self._decode(sid, key, record)
         except CorruptRecordError as e:
@@ -196,6 +230,7 @@ class SessionStore:
             if record is None:
                 raise SessionNotFoundError("No session is stored for this token.")
             if self._is_expired(record, self.clock()):
+                send(session_expired, storage_key=key)
                 raise SessionExpiredError(
                     f"The session expired at {record.expires_at.isoformat()}."
                 )
@@ -224,25 +259,35 @@ class SessionStore:
         check_size(0, data_size(data), self.settings.max_size)
         return data
 
-    def _first_expiry(self, now: datetime) -> datetime:
-        expires_at = now + self.settings.expire_time
+    def _capped(self, expires_at: datetime, created_at: datetime) -> datetime:
         cap = self.settings.absolute_lifetime
-        return expires_at if cap is None else min(expires_at, now + cap)
+        return expires_at if cap is None else min(expires_at, created_at + cap)
 
-    def _renewed(self, created_at: datetime, expires_at: datetime, now: datetime) -> datetime:
-        renewed = max(expires_at, now + self.settings.renew_time)
-        cap = self.settings.absolute_lifetime
-        return renewed if cap is None else min(renewed, created_at + cap)
+    def _renewed(
+        self, created_at: datetime, expires_at: datetime, now: datetime, lifetime: timedelta | None
+    ) -> datetime:
+        span = self.settings.renew_time if lifetime is None else lifetime
+        return self._capped(max(expires_at, now + span), created_at)
 
     def renewed_expiry(self, stored: StoredSession, now: datetime) -> datetime:
         """Return the expiry after a renewal: never earlier, never past the cap."""
-        return self._renewed(stored.created_at, stored.expires_at, now)
+        return self._renewed(stored.created_at, stored.expires_at, now, stored.lifetime)
 
-    def _create(self, values: t.Mapping[str, t.Any], now: datetime) -> tuple[str, datetime]:
+    def _lifetime_text(self, lifetime: timedelta) -> str:
+        return self.serializer.dumps(lifetime.total_seconds())
+
+    def _create(
+        self, values: t.Mapping[str, t.Any], now: datetime, lifetime: timedelta | None = None
+    ) -> tuple[str, datetime]:
         data = self._serialize_all(values)
+        if lifetime is not None:
+            data[LIFETIME_KEY] = self._lifetime_text(lifetime)
         sid = self.new_sid()
-        expires_at = self._first_expiry(now)
-        self.backend.create(self.storage_key(sid), Record(data, now, expires_at, values))
+        span = self.settings.expire_time if lifetime is None else lifetime
+        expires_at = self._capped(now + span, now)
+        key = self.storage_key(sid)
+        self.backend.create(key, Record(data, now, expires_at, values))
+        send(session_created, storage_key=key)
         return sid, expires_at
 
     def _diff(
@@ -275,10 +320,14 @@ class SessionStore:
             return session.permanent_default
         return bool(stored.values.get(PERMANENT_KEY, session.permanent_default))
 
+    def _delete(self, key: str) -> None:
+        self.backend.delete(key)
+        send(session_destroyed, storage_key=key)
+
     def save(self, session: ServerSideSession) -> SaveOutcome:
         """Write what the request changed and say what the cookie needs."""
         if session.destroyed_sid is not None:
-            self.backend.delete(self.storage_key(session.destroyed_sid))
+            self._delete(self.storage_key(session.destroyed_sid))
         if not session.loaded:
             return _NOTHING
         now = self.clock()
@@ -286,26 +335,42 @@ class SessionStore:
         stored = session.stored
         # The permanence flag alone is no reason to store a session.
         empty = not values.keys() - {PERMANENT_KEY}
+        lifetime = stored.lifetime if stored is not None else None
+        if session.lifetime_set:
+            lifetime = session.requested_lifetime
+        persistent = session.permanent or lifetime is not None
 
         if stored is None:
             if empty:
                 return SaveOutcome(delete_cookie=session.has_token)
-            sid, expires_at = self._create(values, now)
-            return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
+            sid, expires_at = self._create(values, now, lifetime)
+            return SaveOutcome(
+                self.token_for(sid), expires_at, id_changed=True, persistent=persistent
+            )
 
         if empty:
-            self.backend.delete(stored.key)
+            self._delete(stored.key)
             return SaveOutcome(delete_cookie=True)
 
         changed, deleted = self._diff(stored, values, session.assigned)
-        renew = session.renew_requested or (
-            self.settings.renew_on == "access"
-            or (self.settings.renew_on == "modify" and bool(changed or deleted))
-        )
-        expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
+        if session.lifetime_set:
+            if lifetime != stored.lifetime:
+                if lifetime is None:
+                    deleted |= {LIFETIME_KEY}
+                else:
+                    changed[LIFETIME_KEY] = self._lifetime_text(lifetime)
+            span = self.settings.expire_time if lifetime is None else lifetime
+            expires_at = self._capped(now + span, stored.created_at)
+        else:
+            renew = session.renew_requested or (
+                self.settings.renew_on == "access"
+                or (self.settings.renew_on == "modify" and bool(changed or deleted))
+            )
+            expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
 
         if session.regenerate_requested:
-            return self._regenerate(stored, changed, deleted, expires_at, values, now)
+            outcome = self._regenerate(stored, changed, deleted, expires_at, values, now)
+            return replace(outcome, persistent=persistent)
 
         if changed or deleted:
             delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
@@ -317,9 +382,9 @@ class SessionStore:
         else:
             return _NOTHING
 
-        permanent_changed = session.permanent != self._permanent_at_load(session)
-        if permanent_changed or (session.permanent and expires_at != stored.expires_at):
-            return SaveOutcome(self.token_for(stored.sid), expires_at)
+        was_persistent = self._permanent_at_load(session) or stored.lifetime is not None
+        if persistent != was_persistent or (persistent and expires_at != stored.expires_at):
+            return SaveOutcome(self.token_for(stored.sid), expires_at, persistent=persistent)
         return _NOTHING
 
     def _regenerate(
@@ -348,7 +413,9 @@ class SessionStore:
         expires_at = max(expires_at, taken.expires_at)
         sid = self.new_sid()
         record = Record(data, taken.created_at, expires_at, values)
-        self.backend.create(self.storage_key(sid), record)
+        key = self.storage_key(sid)
+        self.backend.create(key, record)
+        send(session_regenerated, old_storage_key=stored.key, storage_key=key)
         return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
 
     def create(self, values: t.Mapping[str, t.Any]) -> str:
@@ -391,7 +458,7 @@ class SessionStore:
             found = True
         if not found:
             raise SessionNotFoundError("No session is stored for this token.")
-        self.backend.delete(key)
+        self._delete(key)
 
     def purge_expired(self) -> int:
         return self.backend.purge_expired(self.clock(), longest_lifetime=self.longest_lifetime)
@@ -406,9 +473,9 @@ class SessionStore:
             if self._is_expired(record, now):
                 continue
             try:
-                values = {k: self.serializer.loads(v) for k, v in record.data.items()}
-            except Exception as e:
-                logger.error("Stored session %s is damaged, skipped: %r", key, e)
+                values, _lifetime = self._values(record.data)
+            except CorruptRecordError as e:
+                logger.error("Stored session %s is damaged, skipped: %s", key, e)
                 continue
             yield key, values
 

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import typing as t
+
+from blinker import Namespace
+from flask import current_app
+
+_signals = Namespace()
+
+#: A new session was stored. Receives ``storage_key``.
+session_created = _signals.signal("session-created")
+#: A session moved to a new id. Receives ``old_storage_key`` and ``storage_key``.
+session_regenerated = _signals.signal("session-regenerated")
+#: A request or an API call deleted a session. Receives ``storage_key``.
+session_destroyed = _signals.signal("session-destroyed")
+#: A session was ended by :meth:`~flask_serversession.ServerSession.revoke` or
+#: a per-user limit. Receives ``storage_key`` and ``user_id``.
+session_revoked = _signals.signal("session-revoked")
+#: A request or an API call met an expired session. Receives ``storage_key``.
+session_expired = _signals.signal("session-expired")
+
+
+def send(signal: t.Any, **kwargs: t.Any) -> None:
+    """Send ``signal`` with the current app as sender, if anyone listens."""
+    if signal.receivers:
+        signal.send(current_app._get_current_object(), **kwargs)  # type: ignore[attr-defined]
