@@ -9,4 +9,4 @@ from .extension import ServerSession as ServerSession
 from .interface import ServerSessionInterface as ServerSessionInterface
 from .session import ServerSideSession as ServerSideSession
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

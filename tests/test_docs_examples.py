@@ -1183,3 +1183,62 @@ def test_backends_postgresql_synchronous_commit_off(tmp_path: t.Any, postgres_ur
         assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
     backend.table.drop(backend.engine)
     close(app)
+
+
+# lifetime.rst: remember me and the audit log
+
+
+def test_lifetime_remember_me_and_audit_log(tmp_path: t.Any, caplog: t.Any) -> None:
+    import logging
+
+    from flask_serversession import signals
+
+    app = new_app(tmp_path, SERVERSESSION_BACKEND="memory")
+    ServerSession(app)
+    audit = logging.getLogger("audit")
+
+    def check_password(username: str, password: str) -> t.Any:
+        assert password == "secret"
+        return type("User", (), {"id": 7})
+
+    @app.post("/sign-in")
+    def sign_in() -> t.Any:
+        user = check_password(request.form["username"], request.form["password"])
+        session.regenerate()
+        session["user_id"] = user.id
+        if request.form.get("remember"):
+            session.set_lifetime(timedelta(days=30))
+        return redirect(url_for("index"))
+
+    @app.get("/")
+    def index() -> t.Any:
+        return {"user_id": session.get("user_id")}
+
+    def log_created(app: Flask, storage_key: str) -> None:
+        audit.info("session %s created", storage_key[:12])
+
+    def log_regenerated(app: Flask, old_storage_key: str, storage_key: str) -> None:
+        audit.info("session %s became %s", old_storage_key[:12], storage_key[:12])
+
+    def log_destroyed(app: Flask, storage_key: str) -> None:
+        audit.info("session %s ended", storage_key[:12])
+
+    signals.session_created.connect(log_created)
+    signals.session_regenerated.connect(log_regenerated)
+    signals.session_destroyed.connect(log_destroyed)
+    try:
+        caplog.set_level(logging.INFO, logger="audit")
+        client = app.test_client()
+        response = client.post(
+            "/sign-in", data={"username": "a", "password": "secret", "remember": "1"}
+        )
+        assert "Expires=" in response.headers["Set-Cookie"]
+        assert client.get("/").json == {"user_id": 7}
+        forgetful = app.test_client()
+        response = forgetful.post("/sign-in", data={"username": "a", "password": "secret"})
+        assert "Expires=" not in response.headers["Set-Cookie"]
+        assert [r.getMessage().split()[-1] for r in caplog.records] == ["created", "created"]
+    finally:
+        signals.session_created.disconnect(log_created)
+        signals.session_regenerated.disconnect(log_regenerated)
+        signals.session_destroyed.disconnect(log_destroyed)
