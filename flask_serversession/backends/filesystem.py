@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
+import math
 import os
 import re
+import secrets
 import stat
 import struct
-import tempfile
 import typing as t
 import zlib
 from contextlib import contextmanager
@@ -17,8 +16,11 @@ from datetime import timedelta
 from datetime import timezone
 
 from ..errors import BackendError
+from . import _files
 from .base import Backend
+from .base import check_size
 from .base import CorruptRecordError
+from .base import data_size
 from .base import Delta
 from .base import logger
 from .base import Record
@@ -27,8 +29,6 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _to_us(value: datetime) -> int:
@@ -37,10 +37,6 @@ def _to_us(value: datetime) -> int:
 
 def _from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
-
-
-def _is_session(shard: str, name: str) -> bool:
-    return _KEY.fullmatch(name) is not None and name[:2] == os.path.basename(shard)
 
 
 class FileSystemBackend(Backend):
@@ -54,7 +50,17 @@ class FileSystemBackend(Backend):
     directory. It needs ``fcntl`` (Linux, other POSIX systems; not Windows) and
     a local filesystem where ``flock`` works.
 
-    :param directory: where sessions are stored; created if missing.
+    Only this process's user may own or write the directory, and nothing in
+    it is followed through a symbolic link: a shard that is not a trusted
+    directory holds no sessions (reading it raises
+    :class:`~flask_serversession.backends.base.CorruptRecordError`), a
+    non-directory planted where a shard belongs is replaced by a new one when
+    a session is created there, and any entry that is not a regular file of
+    this user is a corrupt record.
+
+    :param directory: where sessions are stored; created (0700) if missing.
+    :raise PermissionError: when ``directory`` belongs to another user or
+        others may write it.
     :raise OSError: when ``directory`` cannot be created or written.
     """
 
@@ -69,86 +75,74 @@ class FileSystemBackend(Backend):
         self.directory = os.path.abspath(os.fspath(directory))
         # Raises FileExistsError when the path exists but is not a directory.
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        # Creating (and dropping) an anonymous file proves the directory is writable.
-        with tempfile.TemporaryFile(dir=self.directory):
-            pass
-
-    def _shard(self, key: str) -> str:
-        return os.path.join(self.directory, key[:2])
-
-    def _path(self, key: str) -> str | None:
-        # Only a sha256 hex digest may become a path: no directory traversal.
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
-            return None
-        return os.path.join(self.directory, key[:2], key)
-
-    def _shards(self) -> list[str]:
+        root = _files.open_root(self.directory)
         try:
-            with os.scandir(self.directory) as entries:
-                return sorted(
-                    e.path
-                    for e in entries
-                    if _SHARD.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
-                )
-        except OSError as e:
-            raise BackendError(f"Cannot list session directory {self.directory!r}: {e}") from e
+            # Creating (and dropping) a file proves the directory is writable.
+            probe = f"{self.temp_prefix}{secrets.token_hex(8)}.probe"
+            os.close(os.open(probe, _files.TEMP_FLAGS, 0o600, dir_fd=root))
+            os.unlink(probe, dir_fd=root)
+        finally:
+            os.close(root)
 
-    @staticmethod
-    def _names(shard: str) -> list[str]:
-        try:
-            with os.scandir(shard) as entries:
-                return [e.name for e in entries]
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise BackendError(f"Cannot list session directory {shard!r}: {e}") from e
+    def _where(self, *names: str) -> str:
+        return os.path.join(self.directory, *names)
 
     @contextmanager
-    def _locked(self, shard: str, *, create: bool = False) -> t.Iterator[bool]:
-        """Hold the shard's lock; yield False (unlocked) if the shard does not exist."""
-        lock = os.path.join(shard, ".lock")
+    def _io(self, action: str) -> t.Iterator[None]:
         try:
-            try:
-                fd = os.open(lock, _LOCK_FLAGS, 0o600)
-            except FileNotFoundError:
-                if not create:
-                    fd = -1
-                else:
-                    with suppress(FileExistsError):
-                        os.mkdir(shard, 0o700)
-                    fd = os.open(lock, _LOCK_FLAGS, 0o600)
+            yield
         except OSError as e:
-            raise BackendError(f"Cannot open session lock {lock!r}: {e}") from e
-        if fd < 0:
-            yield False
+            raise BackendError(f"Cannot {action} in {self.directory!r}: {e}") from e
+
+    @contextmanager
+    def _shard(self, name: str, *, lock: bool, create: bool = False) -> t.Iterator[int | None]:
+        """Yield a descriptor of a trusted shard, locked if asked; None if it does not exist.
+
+        :raise CorruptRecordError: the shard is not a trusted directory.
+        """
+        root = _files.open_root(self.directory)
+        try:
+            if create:
+                fd: int | None = _files.make_shard(root, name, self._where(name))
+            else:
+                fd = _files.open_shard(root, name, self._where(name))
+        finally:
+            os.close(root)
+        if fd is None:
+            yield None
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield True
+            if lock:
+                with _files.locked(fd):
+                    yield fd
+            else:
+                yield fd
         finally:
-            # Closing the only descriptor of this open file releases the lock.
             os.close(fd)
 
-    def _read(self, path: str) -> tuple[int, int, bytes] | None:
-        """Return ``(created_us, expires_us, body)`` of a session file, or None if absent."""
+    def _shards(self) -> t.Iterator[tuple[str, int]]:
+        """Yield ``(name, descriptor)`` of every trusted shard; log the others."""
+        root = _files.open_root(self.directory)
         try:
-            fd = os.open(path, _READ_FLAGS)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise CorruptRecordError(f"{path!r} is a symbolic link, not a session") from e
-            raise BackendError(f"Cannot read session file {path!r}: {e}") from e
-        try:
+            with os.scandir(root) as entries:
+                names = sorted(e.name for e in entries if _SHARD.fullmatch(e.name))
+        finally:
+            os.close(root)
+        for name in names:
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise CorruptRecordError(f"{path!r} is not a regular file")
-                with open(fd, "rb", closefd=False) as f:
-                    content = f.read()
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise BackendError(f"Cannot read session file {path!r}: {e}") from e
+                with self._shard(name, lock=False) as fd:
+                    if fd is not None:
+                        yield name, fd
+            except CorruptRecordError as e:
+                logger.error("Skipping a session shard: %s", e)
+
+    @staticmethod
+    def _names(fd: int) -> list[str]:
+        with os.scandir(fd) as entries:
+            return sorted(e.name for e in entries)
+
+    def _unpack(self, path: str, content: bytes) -> tuple[int, int, bytes]:
+        """Return ``(created_us, expires_us, body)`` of a session file's content."""
         size = self._header.size
         if len(content) < size:
             raise CorruptRecordError(f"{path!r} is truncated ({len(content)} bytes)")
@@ -158,27 +152,6 @@ class FileSystemBackend(Backend):
         if zlib.crc32(content[len(magic) : size - 4] + content[size:]) != crc:
             raise CorruptRecordError(f"{path!r} fails its checksum")
         return created, expires, content[size:]
-
-    def _read_expiry(self, path: str) -> int | None:
-        """Return the expiry of a session file from its header, None if absent or corrupt."""
-        try:
-            fd = os.open(path, _READ_FLAGS)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ELOOP):
-                return None
-            raise BackendError(f"Cannot read session file {path!r}: {e}") from e
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            header = os.read(fd, self._header.size)
-        except OSError as e:
-            raise BackendError(f"Cannot read session file {path!r}: {e}") from e
-        finally:
-            os.close(fd)
-        if len(header) < self._header.size:
-            return None
-        magic, _created, expires, _crc = self._header.unpack(header)
-        return expires if magic == self.magic else None
 
     @staticmethod
     def _decode(path: str, body: bytes) -> dict[str, str]:
@@ -190,183 +163,223 @@ class FileSystemBackend(Backend):
             raise CorruptRecordError(f"{path!r} does not hold an object of strings")
         return data
 
-    def _record(self, path: str) -> Record | None:
-        found = self._read(path)
-        if found is None:
-            return None
-        created, expires, body = found
+    def _record(self, path: str, content: bytes) -> Record:
+        created, expires, body = self._unpack(path, content)
         data = self._decode(path, body)
         try:
             return Record(data, _from_us(created), _from_us(expires))
         except OverflowError as e:
             raise CorruptRecordError(f"{path!r} holds an impossible time") from e
 
-    def _write(self, path: str, created: int, expires: int, body: bytes) -> None:
-        """Replace ``path`` atomically; the caller holds the shard's lock."""
-        # A save never writes into the session file itself: it writes a temp
-        # file in the same directory, fsyncs it and renames it over the old
-        # one. rename() is atomic, so a reader without the lock, a crash or a
-        # full disk leaves the old file or the new one, never a torn one, and a
-        # symlink planted at ``path`` is replaced, not written through. Every
-        # writer of a shard holds its lock from mkstemp to rename, so a temp
-        # file seen by someone holding the lock is a crash leftover, and purge
-        # can remove it at once without an age threshold. We do not fsync the
-        # directory: after a power loss the rename may be lost, which gives the
-        # previous version of the session, not a broken one.
+    def _load(self, fd: int, key: str) -> Record | None:
+        path = self._where(key[:2], key)
+        content = _files.read(fd, key, path)
+        return None if content is None else self._record(path, content)
+
+    def _expiry(self, fd: int, name: str, path: str) -> int | None:
+        """Return the expiry in a session file's header; None if absent or unreadable."""
+        try:
+            header = _files.read(fd, name, path, self._header.size)
+        except CorruptRecordError:
+            return None
+        if header is None or len(header) < self._header.size:
+            return None
+        magic, _created, expires, _crc = self._header.unpack(header)
+        return expires if magic == self.magic else None
+
+    def _save(self, fd: int, key: str, created: int, expires: int, body: bytes) -> None:
         times = struct.pack(">qq", created, expires)
         header = self._header.pack(self.magic, created, expires, zlib.crc32(times + body))
-        shard = os.path.dirname(path)
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=self.temp_prefix, suffix=".part", dir=shard)
-            try:
-                view = memoryview(header + body)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as e:
-            if tmp is not None:
-                with suppress(OSError):
-                    os.unlink(tmp)
-            raise BackendError(f"Cannot save session file {path!r}: {e}") from e
+        _files.write(fd, key, header + body, self.temp_prefix)
 
     @staticmethod
     def _encode(data: t.Mapping[str, str]) -> bytes:
         return json.dumps(data, separators=(",", ":")).encode("ascii")
 
+    def _doomed(self, fd: int, name: str, now_us: int, far_us: int | None, before: float) -> bool:
+        """Whether purge removes entry ``name``: expired, or damaged for too long.
+
+        :param far_us: the furthest expiry a save may set; None for no limit.
+        :param before: damaged entries last changed before this timestamp go.
+        """
+        path = self._where(name[:2], name)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        expires = self._expiry(fd, name, path) if stat.S_ISREG(st.st_mode) else None
+        if expires is not None:
+            if expires <= now_us:
+                return True
+            if far_us is None or expires <= far_us:
+                return False
+            # No save sets an expiry this far ahead unless the file is damaged.
+            try:
+                content = _files.read(fd, name, path)
+                if content is not None:
+                    self._record(path, content)
+            except CorruptRecordError:
+                return True
+            return False
+        # Not a session file we can read: keep it while a save could have
+        # written it recently enough to still be live.
+        return st.st_mtime < before
+
+    def _drop_planted_shards(self, before: float) -> None:
+        """Unlink non-directories last changed before ``before`` where shards belong."""
+        root = _files.open_root(self.directory)
+        try:
+            with os.scandir(root) as entries:
+                planted = [e for e in entries if _SHARD.fullmatch(e.name)]
+            for entry in planted:
+                if entry.is_dir(follow_symlinks=False):
+                    continue
+                with suppress(FileNotFoundError, IsADirectoryError):
+                    if entry.stat(follow_symlinks=False).st_mtime < before:
+                        logger.error("Removing %r: not a directory", self._where(entry.name))
+                        os.unlink(entry.name, dir_fd=root)
+        finally:
+            os.close(root)
+
     def load(self, key: str) -> Record | None:
-        path = self._path(key)
-        return None if path is None else self._record(path)
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            return None
+        with self._io("read a session"), self._shard(key[:2], lock=False) as fd:
+            return None if fd is None else self._load(fd, key)
 
     def create(self, key: str, record: Record) -> None:
-        path = self._path(key)
-        if path is None:
+        # Only a sha256 hex digest may become a file name: no directory traversal.
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise ValueError(f"{key!r} is not a storage key (64 lowercase hex digits).")
         body = self._encode(record.data)
         created, expires = _to_us(record.created_at), _to_us(record.expires_at)
-        with self._locked(self._shard(key), create=True):
-            self._write(path, created, expires, body)
+        with self._io("save a session"), self._shard(key[:2], lock=True, create=True) as fd:
+            assert fd is not None
+            self._save(fd, key, created, expires, body)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
-        path = self._path(key)
-        if path is None:
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             return False
-        with self._locked(self._shard(key)) as locked:
-            if not locked:
-                return False
-            try:
-                found = self._read(path)
-                if found is None or found[1] <= _to_us(now):
+        path = self._where(key[:2], key)
+        try:
+            with self._io("save a session"), self._shard(key[:2], lock=True) as fd:
+                if fd is None:
                     return False
-                created, _expires, body = found
+                content = _files.read(fd, key, path)
+                if content is None:
+                    return False
+                created, expires, body = self._unpack(path, content)
+                if expires <= _to_us(now):
+                    return False
                 if delta.set or delta.deleted:
-                    data = self._decode(path, body)
-                    for name in delta.deleted:
-                        data.pop(name, None)
+                    old = self._decode(path, body)
+                    data = {k: v for k, v in old.items() if k not in delta.deleted}
                     data.update(delta.set)
+                    check_size(data_size(old), data_size(data), delta.max_size)
                     body = self._encode(data)
-            except CorruptRecordError as e:
-                logger.error("Session file %s is corrupt, not updating it: %s", path, e)
-                return False
-            self._write(path, created, _to_us(delta.expires_at), body)
-            return True
+                self._save(fd, key, created, _to_us(delta.expires_at), body)
+                return True
+        except CorruptRecordError as e:
+            logger.error("Session %s is corrupt, not updating it: %s", key, e)
+            return False
+
+    def take(self, key: str, now: datetime) -> Record | None:
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            return None
+        path = self._where(key[:2], key)
+        try:
+            with self._io("take a session"), self._shard(key[:2], lock=True) as fd:
+                if fd is None:
+                    return None
+                try:
+                    content = _files.read(fd, key, path)
+                except CorruptRecordError:
+                    _files.remove(fd, key)
+                    raise
+                if content is None:
+                    return None
+                _files.remove(fd, key)
+                record = self._record(path, content)
+        except CorruptRecordError as e:
+            logger.error("Session %s is corrupt, not taking it: %s", key, e)
+            return None
+        return record if record.expires_at > now else None
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        if path is None:
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             return
-        with self._locked(self._shard(key)) as locked:
-            if not locked:
-                return
-            try:
-                os.unlink(path)
-            except (FileNotFoundError, IsADirectoryError):
-                pass
-            except OSError as e:
-                raise BackendError(f"Cannot delete session file {path!r}: {e}") from e
-
-    def _unlink(self, path: str) -> bool:
         try:
-            os.unlink(path)
-        except (FileNotFoundError, IsADirectoryError):
-            return False
-        except OSError as e:
-            raise BackendError(f"Cannot delete session file {path!r}: {e}") from e
-        return True
+            with self._io("delete a session"), self._shard(key[:2], lock=True) as fd:
+                if fd is not None:
+                    _files.remove(fd, key)
+        except CorruptRecordError as e:
+            # Nothing in an untrusted shard is ever loaded: the session is gone.
+            logger.error("Session %s is in an untrusted place: %s", key, e)
 
-    def purge_expired(self, now: datetime) -> int:
-        now_us = _to_us(now)
+    def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
+        now_us, far_us, before = _to_us(now), None, -math.inf
+        if longest_lifetime is not None:
+            far_us = now_us + longest_lifetime // _MICROSECOND
+            before = now.timestamp() - longest_lifetime.total_seconds()
         removed = 0
-        for shard in self._shards():
-            names = self._names(shard)
-            expired = []
-            for name in names:
-                if _is_session(shard, name):
-                    expires = self._read_expiry(os.path.join(shard, name))
-                    if expires is not None and expires <= now_us:
-                        expired.append(name)
-            temps = any(n.startswith(self.temp_prefix) for n in names)
-            if not expired and not temps:
-                continue
-            with self._locked(shard) as locked:
-                if not locked:
+        with self._io("purge sessions"):
+            if longest_lifetime is not None:
+                self._drop_planted_shards(before)
+            for shard, fd in self._shards():
+                names = self._names(fd)
+                sessions = [n for n in names if _KEY.fullmatch(n) and n[:2] == shard]
+                doomed = [n for n in sessions if self._doomed(fd, n, now_us, far_us, before)]
+                if not doomed and not any(n.startswith(self.temp_prefix) for n in names):
                     continue
-                for name in expired:
-                    # Checked again under the lock: a renewal may have just happened.
-                    path = os.path.join(shard, name)
-                    expires = self._read_expiry(path)
-                    if expires is not None and expires <= now_us and self._unlink(path):
-                        removed += 1
-                for name in self._names(shard):
-                    if name.startswith(self.temp_prefix):
-                        self._unlink(os.path.join(shard, name))
+                with _files.locked(fd):
+                    for name in doomed:
+                        # Checked again under the lock: a save may have just happened.
+                        if self._doomed(fd, name, now_us, far_us, before):
+                            removed += _files.remove(fd, name)
+                    for name in self._names(fd):
+                        if name.startswith(self.temp_prefix):
+                            _files.remove(fd, name)
         return removed
 
     def count(self, now: datetime) -> int:
         now_us = _to_us(now)
         live = 0
-        for shard in self._shards():
-            for name in self._names(shard):
-                if _is_session(shard, name):
-                    expires = self._read_expiry(os.path.join(shard, name))
-                    if expires is not None and expires > now_us:
-                        live += 1
+        with self._io("count sessions"):
+            for shard, fd in self._shards():
+                for name in self._names(fd):
+                    if _KEY.fullmatch(name) and name[:2] == shard:
+                        expires = self._expiry(fd, name, self._where(shard, name))
+                        if expires is not None and expires > now_us:
+                            live += 1
         return live
 
     def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
-        for shard in self._shards():
-            for name in sorted(self._names(shard)):
-                if not _is_session(shard, name):
-                    continue
-                path = os.path.join(shard, name)
-                try:
-                    record = self._record(path)
-                except CorruptRecordError as e:
-                    logger.error("Skipping corrupt session file %s: %s", path, e)
-                    continue
-                if record is not None and record.expires_at > now:
-                    yield name, record
+        with self._io("list sessions"):
+            for shard, fd in self._shards():
+                for name in self._names(fd):
+                    if not (_KEY.fullmatch(name) and name[:2] == shard):
+                        continue
+                    try:
+                        record = self._load(fd, name)
+                    except CorruptRecordError as e:
+                        logger.error("Skipping corrupt session %s: %s", name, e)
+                        continue
+                    if record is not None and record.expires_at > now:
+                        yield name, record
 
     def clear(self) -> int:
         removed = 0
-        for shard in self._shards():
-            with self._locked(shard) as locked:
-                if not locked:
-                    continue
-                for name in self._names(shard):
-                    path = os.path.join(shard, name)
-                    if _is_session(shard, name):
-                        try:
-                            regular = stat.S_ISREG(os.lstat(path).st_mode)
-                        except FileNotFoundError:
-                            continue
-                        except OSError as e:
-                            raise BackendError(f"Cannot inspect {path!r}: {e}") from e
-                        if self._unlink(path) and regular:
-                            removed += 1
-                    elif name.startswith(self.temp_prefix):
-                        self._unlink(path)
+        with self._io("clear sessions"):
+            for shard, fd in self._shards():
+                with _files.locked(fd):
+                    for name in self._names(fd):
+                        if _KEY.fullmatch(name) and name[:2] == shard:
+                            try:
+                                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                            except FileNotFoundError:
+                                continue
+                            if _files.remove(fd, name) and stat.S_ISREG(st.st_mode):
+                                removed += 1
+                        elif name.startswith(self.temp_prefix):
+                            _files.remove(fd, name)
         return removed

@@ -21,15 +21,18 @@ import pytest
 from flask import Flask
 
 from flask_serversession.backends.base import CorruptRecordError
+from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.config import build_backend
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError
+from flask_serversession.errors import SessionTooLargeError
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +46,12 @@ def record(data: dict[str, str], *, expires_in: timedelta = HOUR) -> Record:
 
 def path_of(root: Path, key: str) -> Path:
     return root / key[:2] / key
+
+
+def age(path: Path, by: timedelta) -> None:
+    """Set the lstat mtime of ``path`` to ``by`` before NOW, never following a link."""
+    stamp = (NOW - by).timestamp()
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -298,10 +307,16 @@ def test_corrupt_file_raises_and_is_skipped(
         assert [k for k, _ in fs.items(NOW)] == [good]
         assert fs.update(bad, Delta(NOW + HOUR, {"k": "2"}), NOW) is False
     assert sum(bad in r.getMessage() for r in caplog.records) == 2
-    # Purge trusts a readable header's expiry; an unreadable file stays for inspection.
+    # Purge trusts a readable header's expiry; a file without one stays while
+    # a save could have written it recently enough to be live.
     header_ok = len(damaged) >= 24 and damaged.startswith(FileSystemBackend.magic)
     assert fs.purge_expired(NOW + 2 * HOUR) == 1 + header_ok
     assert path.exists() is not header_ok
+    if not header_ok:
+        assert fs.purge_expired(NOW + 2 * HOUR, longest_lifetime=DAY) == 0
+        age(path, 2 * DAY)
+        assert fs.purge_expired(NOW + 2 * HOUR, longest_lifetime=DAY) == 1
+        assert not path.exists()
 
 
 @pytest.mark.parametrize(
@@ -336,14 +351,17 @@ def test_directory_where_a_session_file_should_be(fs: FileSystemBackend, root: P
     assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
     assert fs.count(NOW) == 1
     assert [k for k, _ in fs.items(NOW)] == [key_of("b" * 3)]
-    fs.delete(key)
     with pytest.raises(BackendError):
         fs.create(key, record({"k": "1"}))
     assert path.is_dir()
     assert temp_files(root) == []
     assert fs.purge_expired(NOW + 2 * HOUR) == 1
-    assert fs.clear() == 0
     assert path.is_dir()
+    fs.delete(key)
+    assert not path.exists()
+    fs.create(key, record({"k": "1"}))
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.data == {"k": "1"}
 
 
 def test_planted_symlink_is_never_followed(
@@ -517,3 +535,421 @@ def test_file_size_limit_keeps_the_previous_file(fs: FileSystemBackend, root: Pa
     loaded = fs.load("ab" * 32)
     assert loaded is not None and loaded.data == {"k": '"small"'}
     assert temp_files(root) == []
+
+
+# take()
+
+
+def test_take_returns_the_record_and_removes_it(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key, record({"k": '"v"'}))
+    taken = fs.take(key, NOW)
+    assert taken is not None and taken.data == {"k": '"v"'}
+    assert taken.expires_at == NOW + HOUR
+    assert not path_of(root, key).exists()
+    assert fs.load(key) is None
+    assert fs.take(key, NOW) is None
+    assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+
+
+def test_take_of_an_expired_record_removes_it_and_returns_none(
+    fs: FileSystemBackend, root: Path
+) -> None:
+    key = key_of("a")
+    fs.create(key, record({"k": "1"}, expires_in=timedelta(0)))
+    assert fs.take(key, NOW) is None
+    assert not path_of(root, key).exists()
+
+
+def test_take_of_unknown_or_invalid_keys_creates_nothing(fs: FileSystemBackend, root: Path) -> None:
+    assert fs.take(key_of("nobody"), NOW) is None
+    assert fs.take("../" + "a" * 61, NOW) is None
+    assert list(root.iterdir()) == []
+
+
+def together(*calls: t.Callable[[], object]) -> list[object]:
+    """Run ``calls`` in threads released at one moment; return results or errors in order."""
+    start = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(n: int) -> None:
+        start.wait(5)
+        try:
+            results[n] = calls[n]()
+        except Exception as e:
+            results[n] = e
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(10)
+    assert not any(w.is_alive() for w in workers)
+    return results
+
+
+def test_take_is_atomic_between_threads(fs: FileSystemBackend) -> None:
+    key = key_of("a")
+    for attempt in range(20):
+        fs.create(key, record({"n": str(attempt)}))
+        taken = together(*[lambda: fs.take(key, NOW)] * 4)
+        winners = [r for r in taken if r is not None]
+        assert [r.data for r in winners if isinstance(r, Record)] == [{"n": str(attempt)}]
+        assert len(winners) == 1
+
+
+# The size limit.
+
+
+def big(n: int) -> str:
+    return '"' + "x" * n + '"'
+
+
+def test_update_past_max_size_raises_and_writes_nothing(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key, record({"a": big(100)}))
+    path = path_of(root, key)
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+    with pytest.raises(SessionTooLargeError, match="SERVERSESSION_MAX_SIZE"):
+        fs.update(key, Delta(NOW + 2 * HOUR, {"b": big(100)}, max_size=150), NOW)
+    assert path.read_bytes() == before
+    assert path.stat().st_ino == inode
+    assert temp_files(root) == []
+    # A delta that fits, or that shrinks a session already over the limit, is saved.
+    assert fs.update(key, Delta(NOW + HOUR, {"b": '"small"'}, max_size=150), NOW)
+    assert fs.update(key, Delta(NOW + HOUR, {"b": '"tiny"'}, max_size=10), NOW)
+    assert fs.update(key, Delta(NOW + 2 * HOUR, max_size=10), NOW)
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.data == {"a": big(100), "b": '"tiny"'}
+
+
+def test_concurrent_additions_cannot_pass_max_size_together(fs: FileSystemBackend) -> None:
+    key = key_of("a")
+    limit = 500
+    for _attempt in range(10):
+        fs.create(key, record({"base": big(100)}))
+        outcomes = together(
+            lambda: fs.update(key, Delta(NOW + HOUR, {"k1": big(250)}, max_size=limit), NOW),
+            lambda: fs.update(key, Delta(NOW + HOUR, {"k2": big(250)}, max_size=limit), NOW),
+        )
+        assert outcomes.count(True) == 1
+        assert sum(isinstance(o, SessionTooLargeError) for o in outcomes) == 1
+        loaded = fs.load(key)
+        assert loaded is not None and len(loaded.data) == 2
+        assert data_size(loaded.data) <= limit
+
+
+# Entries that are not session files.
+
+
+def load_in_time(fs: FileSystemBackend, key: str) -> BaseException | Record | None:
+    """Load ``key`` in a thread; fail instead of hanging if it blocks."""
+    result: list[BaseException | Record | None] = []
+
+    def run() -> None:
+        try:
+            result.append(fs.load(key))
+        except BaseException as e:
+            result.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert result, "load() blocked"
+    return result[0]
+
+
+def plant_fifo(path: Path, donor: bytes) -> None:
+    os.mkfifo(path, 0o600)
+
+
+def plant_symlink(path: Path, donor: bytes) -> None:
+    outside = path.parents[2] / "outside-session"
+    outside.write_bytes(donor)
+    path.symlink_to(outside)
+
+
+def plant_directory(path: Path, donor: bytes) -> None:
+    path.mkdir()
+    (path / "inner").write_bytes(donor)
+
+
+def plant_socket(path: Path, donor: bytes) -> None:
+    os.mknod(path, stat.S_IFSOCK | 0o600)
+
+
+def plant_foreign_file(path: Path, donor: bytes) -> None:
+    path.write_bytes(donor)
+    os.chown(path, nobody(), -1)
+
+
+def nobody() -> int:
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files to another user")
+    return pwd.getpwnam("nobody").pw_uid
+
+
+PLANTS = [
+    pytest.param(plant_fifo, id="fifo"),
+    pytest.param(plant_symlink, id="symlink"),
+    pytest.param(plant_directory, id="directory"),
+    pytest.param(plant_socket, id="socket"),
+    pytest.param(plant_foreign_file, id="foreign-owned"),
+]
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+def test_planted_entry_is_corrupt_and_never_read(
+    fs: FileSystemBackend,
+    root: Path,
+    plant: t.Callable[[Path, bytes], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    donor, key = key_of("donor"), key_of("a")
+    fs.create(donor, record({"stolen": '"secret"'}))
+    path = path_of(root, key)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    plant(path, path_of(root, donor).read_bytes())
+
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert isinstance(load_in_time(fs, key), CorruptRecordError)
+        assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+        assert fs.count(NOW) == 1
+        assert [k for k, _ in fs.items(NOW)] == [donor]
+        assert fs.take(key, NOW) is None
+    assert sum(key in r.getMessage() for r in caplog.records) == 3
+    assert not os.path.lexists(path)
+    assert (root.parent / "outside-session").exists() is (plant is plant_symlink)
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+def test_delete_removes_a_planted_entry_without_following_it(
+    fs: FileSystemBackend, root: Path, plant: t.Callable[[Path, bytes], None]
+) -> None:
+    donor, key = key_of("donor"), key_of("a")
+    fs.create(donor, record({}))
+    path = path_of(root, key)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    plant(path, path_of(root, donor).read_bytes())
+    fs.delete(key)
+    assert not os.path.lexists(path)
+    assert fs.load(donor) is not None
+
+
+# Purge of damaged entries.
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        *PLANTS,
+        pytest.param(lambda p, d: p.write_bytes(d[:10]), id="truncated"),
+        pytest.param(lambda p, d: p.write_bytes(b"XXXX" + d[4:]), id="bad-magic"),
+        pytest.param(lambda p, d: p.write_bytes(b""), id="empty"),
+    ],
+)
+def test_purge_removes_damaged_entries_once_older_than_any_lifetime(
+    fs: FileSystemBackend, root: Path, plant: t.Callable[[Path, bytes], None]
+) -> None:
+    live, key = key_of("live"), key_of("a")
+    fs.create(live, record({}, expires_in=30 * DAY))
+    path = path_of(root, key)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    plant(path, path_of(root, live).read_bytes())
+    age(path_of(root, live), 3 * DAY)
+
+    assert fs.purge_expired(NOW) == 0
+    assert fs.purge_expired(NOW, longest_lifetime=DAY) == 0
+    assert os.path.lexists(path)
+    age(path, 2 * DAY)
+    assert fs.purge_expired(NOW) == 0
+    assert fs.purge_expired(NOW, longest_lifetime=3 * DAY) == 0
+    assert os.path.lexists(path)
+    assert fs.purge_expired(NOW, longest_lifetime=DAY) == 1
+    assert not os.path.lexists(path)
+    assert fs.load(live) is not None
+    assert (root.parent / "outside-session").exists() is (plant is plant_symlink)
+
+
+def test_purge_never_follows_links_inside_a_planted_directory(
+    fs: FileSystemBackend, root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "keep").write_text("keep")
+    key = key_of("a")
+    path = path_of(root, key)
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "link").symlink_to(outside)
+    (path / "link").symlink_to(outside / "deep")
+    (path / "file").write_text("x")
+    for entry in [path, path / "sub", path / "sub" / "link", path / "link"]:
+        age(entry, 2 * DAY)
+    assert fs.purge_expired(NOW, longest_lifetime=DAY) == 1
+    assert not os.path.lexists(path)
+    assert (outside / "deep" / "keep").read_text() == "keep"
+
+
+def test_purge_removes_records_with_an_impossible_expiry_only_if_damaged(
+    fs: FileSystemBackend, root: Path
+) -> None:
+    good, bad = key_of("good"), key_of("bad")
+    fs.create(good, record({"k": "1"}, expires_in=10 * DAY))
+    fs.create(bad, record({"k": "1"}, expires_in=10 * DAY))
+    path = path_of(root, bad)
+    path.write_bytes(path.read_bytes()[:-2] + b"!}")
+    assert fs.purge_expired(NOW) == 0
+    assert fs.purge_expired(NOW, longest_lifetime=20 * DAY) == 0
+    assert fs.purge_expired(NOW, longest_lifetime=DAY) == 1
+    assert not path.exists()
+    assert fs.load(good) is not None
+
+
+# Trust in the directory.
+
+
+def test_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    for mode in (0o777, 0o770, 0o722, 0o702):
+        directory = tmp_path / f"shared-{mode:o}"
+        directory.mkdir()
+        directory.chmod(mode)
+        with pytest.raises(PermissionError) as info:
+            FileSystemBackend(directory)
+        message = str(info.value)
+        assert str(directory) in message
+        assert f"{mode:04o}" in message
+        assert f"uid {os.geteuid()}" in message
+        assert "chmod 0700" in message
+        assert list(directory.iterdir()) == []
+
+
+def test_readable_directory_of_this_user_is_accepted(tmp_path: Path) -> None:
+    directory = tmp_path / "sessions"
+    directory.mkdir()
+    directory.chmod(0o755)
+    FileSystemBackend(directory).create(key_of("a"), record({}))
+
+
+def test_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    uid = nobody()
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, uid, -1)
+    with pytest.raises(PermissionError, match=f"owned by uid {uid} with mode 0700") as info:
+        FileSystemBackend(directory)
+    assert str(directory) in str(info.value) and f"chown {os.geteuid()}" in str(info.value)
+    assert list(directory.iterdir()) == []
+
+
+def test_untrusted_directory_is_a_config_error(
+    tmp_path: Path, make_app: t.Callable[..., Flask]
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o777)
+    with pytest.raises(ConfigError, match="SERVERSESSION_FILE_DIR") as info:
+        make_app(backend="filesystem", SERVERSESSION_FILE_DIR=str(directory))
+    assert "mode 0777" in str(info.value) and str(directory) in str(info.value)
+
+
+def test_directory_opened_up_later_fails_every_access(fs: FileSystemBackend, root: Path) -> None:
+    fs.create(key_of("a"), record({}))
+    root.chmod(0o777)
+    for access in (
+        lambda: fs.load(key_of("a")),
+        lambda: fs.create(key_of("b"), record({})),
+        lambda: fs.count(NOW),
+        lambda: fs.purge_expired(NOW),
+    ):
+        with pytest.raises(BackendError, match="mode 0777"):
+            access()
+    root.chmod(0o700)
+    assert fs.load(key_of("a")) is not None
+
+
+def test_symlinked_shard_is_never_followed(
+    fs: FileSystemBackend, root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, donor = key_of("a"), key_of("donor")
+    fs.create(donor, record({"stolen": '"secret"'}))
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    (outside / key).write_bytes(path_of(root, donor).read_bytes())
+    (outside / ".lock").touch()
+    shard = root / key[:2]
+    if shard.exists():
+        pytest.skip("the donor shares the shard")
+    shard.symlink_to(outside)
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        with pytest.raises(CorruptRecordError, match="not a directory"):
+            fs.load(key)
+        assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW) is False
+        assert fs.take(key, NOW) is None
+        fs.delete(key)
+        assert fs.count(NOW) == 1
+        assert [k for k, _ in fs.items(NOW)] == [donor]
+        assert fs.purge_expired(NOW + 2 * HOUR) == 1
+        assert fs.clear() == 0
+        assert shard.is_symlink()
+        # Creating a session there replaces the link by a private directory.
+        fs.create(key, record({"k": '"mine"'}))
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+    assert not shard.is_symlink() and shard.is_dir()
+    assert stat.S_IMODE(shard.stat().st_mode) == 0o700
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.data == {"k": '"mine"'}
+    assert any("not a directory" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_non_directory_planted_as_a_shard_is_replaced(
+    fs: FileSystemBackend, root: Path, kind: str
+) -> None:
+    key = key_of("a")
+    shard = root / key[:2]
+    if kind == "file":
+        shard.write_bytes(b"x")
+    else:
+        os.mkfifo(shard)
+    assert isinstance(load_in_time(fs, key), CorruptRecordError)
+    fs.create(key, record({"k": "1"}))
+    assert shard.is_dir() and fs.load(key) is not None
+
+
+def test_planted_shard_is_purged_once_old(
+    fs: FileSystemBackend, root: Path, tmp_path: Path
+) -> None:
+    shard = root / "ab"
+    shard.symlink_to(tmp_path)
+    assert fs.purge_expired(NOW, longest_lifetime=DAY) == 0
+    assert shard.is_symlink()
+    age(shard, 2 * DAY)
+    assert fs.purge_expired(NOW) == 0
+    assert shard.is_symlink()
+    fs.purge_expired(NOW, longest_lifetime=DAY)
+    assert not os.path.lexists(shard) and tmp_path.is_dir()
+
+
+@pytest.mark.parametrize("problem", ["foreign", "writable"])
+def test_untrusted_shard_holds_no_sessions(fs: FileSystemBackend, root: Path, problem: str) -> None:
+    key = key_of("a")
+    fs.create(key, record({"k": "1"}))
+    shard = root / key[:2]
+    if problem == "foreign":
+        os.chown(shard, nobody(), -1)
+    else:
+        shard.chmod(0o777)
+    with pytest.raises(CorruptRecordError, match="session shard"):
+        fs.load(key)
+    assert fs.update(key, Delta(NOW + HOUR, {"k": "2"}), NOW) is False
+    assert fs.take(key, NOW) is None
+    assert fs.count(NOW) == 0
+    assert list(fs.items(NOW)) == []
+    with pytest.raises(BackendError, match="chmod 0700"):
+        fs.create(key_of("a"), record({"k": "3"}))
+    assert path_of(root, key).exists()

@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import typing as t
+from contextlib import contextmanager
+from contextlib import suppress
+
+from .base import CorruptRecordError
+from .base import logger
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a planted FIFO must not wait for a writer.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: How deep a planted directory tree may be before removing it gives up.
+MAX_DEPTH = 32
+
+# What open() reports for a socket or a device without a driver.
+_NOT_A_FILE = {errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP}
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def distrust(path: str, st: os.stat_result, what: str) -> str | None:
+    """Say why a directory must not hold sessions, or None when it may.
+
+    It must belong to the user the app runs as and be writable by no one
+    else: anyone else who can write there can plant or swap sessions.
+    """
+    euid = os.geteuid()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == euid and not mode & 0o022:
+        return None
+    return (
+        f"The {what} {path!r} is owned by uid {st.st_uid} with mode {mode:04o}; it must"
+        f" be owned by uid {euid} (the user the app runs as) and writable by no one"
+        " else, or other users could read, plant or replace sessions. Fix it with"
+        f" 'chown {euid} {path} && chmod 0700 {path}', or use a new directory."
+    )
+
+
+def open_root(path: str) -> int:
+    """Open the session directory and check that it can be trusted.
+
+    :raise PermissionError: it belongs to another user or others may write it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        problem = distrust(path, os.fstat(fd), "session directory")
+        if problem is not None:
+            raise PermissionError(errno.EPERM, problem)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_shard(root_fd: int, name: str, path: str) -> int | None:
+    """Open shard ``name`` of the session directory; None if it does not exist.
+
+    :raise CorruptRecordError: it is not a directory (never followed through a
+        symbolic link) or it is not trusted.
+    """
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise CorruptRecordError(f"{path!r} is not a directory") from e
+        raise
+    problem = distrust(path, os.fstat(fd), "session shard")
+    if problem is not None:
+        os.close(fd)
+        raise CorruptRecordError(problem)
+    return fd
+
+
+def make_shard(root_fd: int, name: str, path: str) -> int:
+    """Open shard ``name``, creating it (0700) or replacing a non-directory planted there.
+
+    :raise PermissionError: it is a directory that is not trusted.
+    """
+    for _attempt in range(3):
+        with suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=root_fd)
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            # The session directory is ours alone, so whatever sits at a
+            # shard's name (a symbolic link, a FIFO) was planted: drop it.
+            logger.error("Replacing %r, which is not a directory, by a new shard", path)
+            with suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=root_fd)
+            continue
+        problem = distrust(path, os.fstat(fd), "session shard")
+        if problem is not None:
+            os.close(fd)
+            raise PermissionError(errno.EPERM, problem)
+        return fd
+    raise OSError(errno.EAGAIN, f"{path!r} keeps changing while it is being created")
+
+
+@contextmanager
+def locked(dir_fd: int) -> t.Iterator[None]:
+    """Hold the ``flock`` of the directory's ``.lock`` file."""
+    fd = os.open(".lock", LOCK_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        # Closing the only descriptor of this open file releases the lock.
+        os.close(fd)
+
+
+def describe(st: os.stat_result) -> str | None:
+    """Say why an entry is not a session file this process wrote, or None."""
+    kind = stat.S_IFMT(st.st_mode)
+    if kind != stat.S_IFREG:
+        return f"is not a regular file but {_KINDS.get(kind, 'something else')}"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to this process"
+    return None
+
+
+def read(dir_fd: int, name: str, path: str, size: int = -1) -> bytes | None:
+    """Return the content (its first ``size`` bytes) of file ``name``, or None if absent.
+
+    :raise CorruptRecordError: the entry is not a regular file of this process.
+    """
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptRecordError(f"{path!r} is not a regular file but a symbolic link") from e
+        if e.errno in _NOT_A_FILE:
+            raise CorruptRecordError(f"{path!r} is not a regular file: {e.strerror}") from e
+        raise
+    try:
+        problem = describe(os.fstat(fd))
+        if problem is not None:
+            raise CorruptRecordError(f"{path!r} {problem}")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(size)
+    finally:
+        os.close(fd)
+
+
+def write(dir_fd: int, name: str, content: bytes, prefix: str) -> None:
+    """Replace file ``name`` (0600) with ``content`` in one atomic step.
+
+    The caller holds the directory's lock.
+    """
+    # A save never writes into the session file itself: it writes a temp
+    # file in the same directory, fsyncs it and renames it over the old
+    # one. rename() is atomic, so a reader without the lock, a crash or a
+    # full disk leaves the old file or the new one, never a torn one, and a
+    # symlink planted at ``name`` is replaced, not written through. Every
+    # writer of a shard holds its lock from creating the temp file to the
+    # rename, so a temp file seen by someone holding the lock is a crash
+    # leftover, and purge can remove it at once without an age threshold. We
+    # do not fsync the directory: after a power loss the rename may be lost,
+    # which gives the previous version of the session, not a broken one.
+    for _attempt in range(8):
+        temp = f"{prefix}{secrets.token_hex(8)}.part"
+        try:
+            fd = os.open(temp, TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free name for a temporary file")
+    try:
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
+
+
+def remove(dir_fd: int, name: str) -> bool:
+    """Remove entry ``name`` whatever it is, never following a symbolic link.
+
+    Returns False when there was nothing to remove.
+    """
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        # Linux refuses to unlink a directory with EISDIR, POSIX allows EPERM.
+        if e.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            raise
+        _remove_tree(dir_fd, name, 0)
+    return True
+
+
+def _remove_tree(parent_fd: int, name: str, depth: int) -> None:
+    # Every step is relative to a descriptor opened with O_NOFOLLOW, so a
+    # symbolic link swapped in anywhere is removed, never followed.
+    if depth > MAX_DEPTH:
+        raise OSError(errno.ELOOP, f"directory tree deeper than {MAX_DEPTH} levels", name)
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for child, is_dir in children:
+            if is_dir:
+                _remove_tree(fd, child, depth + 1)
+            else:
+                with suppress(FileNotFoundError):
+                    os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with suppress(FileNotFoundError):
+        os.rmdir(name, dir_fd=parent_fd)
