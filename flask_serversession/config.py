@@ -13,6 +13,8 @@ from .errors import ConfigError
 if t.TYPE_CHECKING:
     from flask import Flask
 
+    from .adoption import Adopter
+
 RENEW_ON_CHOICES = ("modify", "access", "never")
 BACKEND_NAMES = ("sqlalchemy", "filesystem", "redis", "memory")
 
@@ -38,6 +40,8 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_REDIS": None,
     "SERVERSESSION_REDIS_URL": "redis://localhost:6379/0",
     "SERVERSESSION_MEMORY_MAX_ENTRIES": 100_000,
+    "SERVERSESSION_ADOPT_COOKIE_SESSIONS": False,
+    "SERVERSESSION_ADOPT_FLASK_SESSION": False,
 }
 
 
@@ -54,6 +58,8 @@ class Settings:
     header_name: str | None
     max_size: int
     purge_every: int
+    #: Takes over sessions of the mechanism the app used before (None: off).
+    adopter: Adopter | None = None
 
 
 def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
@@ -155,7 +161,18 @@ def read_settings(app: Flask) -> Settings:
         header_name=optional_string(config, "SERVERSESSION_HEADER_NAME"),
         max_size=integer(config, "SERVERSESSION_MAX_SIZE", minimum=1),
         purge_every=integer(config, "SERVERSESSION_PURGE_EVERY", minimum=0),
+        adopter=_adopter(app),
     )
+
+
+def _adopter(app: Flask) -> Adopter | None:
+    cookie_sessions = boolean(app.config, "SERVERSESSION_ADOPT_COOKIE_SESSIONS")
+    flask_session = boolean(app.config, "SERVERSESSION_ADOPT_FLASK_SESSION")
+    if not (cookie_sessions or flask_session):
+        return None
+    from .adoption import build_adopter
+
+    return build_adopter(app, cookie_sessions=cookie_sessions, flask_session=flask_session)
 
 
 def build_backend(app: Flask) -> Backend:
