@@ -62,11 +62,13 @@ class ServerSessionInterface(SessionInterface):
             # that says the secret key is missing.
             return None
         token = self.get_token(app, request)
+        adopter = self.store.settings.adopter
         return self.session_class(
             partial(self.store.open, token),
             has_token=token is not None,
             permanent_default=self.store.settings.permanent,
             differs=self.store.differs,
+            adoption=None if adopter is None else adopter.start(app, request, self.store),
         )
 
     def save_session(
@@ -88,6 +90,8 @@ class ServerSessionInterface(SessionInterface):
             logger.error("Saving the session failed: %s", e)
             self._replace_with_error(response, e)
             return
+        if session.adoption is not None:
+            session.adoption.finish()
         name = self.get_cookie_name(app)
         cookie: dict[str, t.Any] = {
             "domain": self.get_cookie_domain(app),

@@ -8,6 +8,9 @@ from datetime import timedelta
 
 from flask.sessions import SessionMixin
 
+if t.TYPE_CHECKING:
+    from .adoption import Adoption
+
 
 @dataclass(frozen=True)
 class StoredSession:
@@ -51,6 +54,8 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     :param permanent_default: the value of :attr:`permanent` when not set.
     :param differs: tells whether the loaded session differs from what was
         loaded; without it only writes through the dict API count.
+    :param adoption: takes over a session of the mechanism the app used before,
+        when none is stored.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         has_token: bool,
         permanent_default: bool,
         differs: ChangeCheck | None = None,
+        adoption: Adoption | None = None,
     ) -> None:
         super().__init__()
         self._loader = loader
@@ -76,6 +82,9 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self.destroyed_sid: str | None = None
         self.regenerate_requested = False
         self.renew_requested = False
+        self.adoption = adoption
+        #: Whether the data was taken over from the mechanism the app used before.
+        self.adopted = False
         #: The lifetime given by :meth:`set_lifetime`, or _MISSING when not called.
         self.requested_lifetime: t.Any = _MISSING
 
@@ -89,6 +98,10 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self._loaded = True
         if self.stored is not None:
             dict.update(self, self.stored.values)
+        elif self.adoption is not None:
+            values = self.adoption.load()
+            self.adopted = bool(values)
+            dict.update(self, values)
 
     def _write(self) -> None:
         self._load()
@@ -127,9 +140,9 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
 
     @property
     def new(self) -> bool:  # type: ignore[override]
-        """True when no stored session was found for this request."""
+        """True when no stored session was found for this request, nor one to adopt."""
         self._load()
-        return self.stored is None
+        return self.stored is None and not self.adopted
 
     @property
     def created_at(self) -> datetime | None:
@@ -180,6 +193,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         if self.stored is not None:
             self.destroyed_sid = self.stored.sid
         self.stored = None
+        self.adopted = False
         self.assigned.clear()
         self.regenerate_requested = False
         self.renew_requested = False
