@@ -4,6 +4,7 @@ import logging
 import typing as t
 from dataclasses import dataclass
 
+from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadData
 
 from ..errors import ConfigError
@@ -11,7 +12,6 @@ from ..errors import ConfigError
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Request
-    from flask.sessions import SecureCookieSessionInterface
 
     from ..store import SessionStore
 
@@ -47,10 +47,8 @@ class CookieSessionSource:
     name = "Flask cookie session"
 
     def __init__(self) -> None:
-        from flask.sessions import SecureCookieSessionInterface
-
         #: Verifies and reads the cookie: salt, serializer, keys and max age are Flask's.
-        self.interface: SecureCookieSessionInterface = SecureCookieSessionInterface()
+        self.interface = SecureCookieSessionInterface()
 
     def find(self, app: Flask, cookie: str) -> Found | None:
         serializer = self.interface.get_signing_serializer(app)
@@ -140,9 +138,10 @@ def adoptable(
     kept: dict[str, t.Any] = {}
     size = 0
     for key, value in values.items():
+        if key == LIFETIME_KEY:
+            logger.warning("The %s key %r is not adopted: the name is reserved.", source, key)
+            continue
         try:
-            if key == LIFETIME_KEY:
-                raise TypeError("the key is reserved")
             text = store.serialize(key, value)
         except TypeError:
             logger.warning(

@@ -45,7 +45,7 @@ def decode_record(raw: bytes) -> dict[t.Any, t.Any]:
     for decoder in _DECODERS:
         try:
             value = decoder.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             continue
         if isinstance(value, dict):
             return value
@@ -115,8 +115,13 @@ class SQLRecords:
         self.errors: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError,)
 
     def _engine(self) -> t.Any:
+        # A setup mistake, not a store failure: it is raised, not logged away.
         try:
-            return self.db.engines[self.bind_key]
+            engines = self.db.engines
+        except RuntimeError as e:
+            raise ConfigError(f"SESSION_SQLALCHEMY cannot be used: {e}") from None
+        try:
+            return engines[self.bind_key]
         except KeyError:
             raise ConfigError(
                 f"SESSION_SQLALCHEMY_BIND_KEY = {self.bind_key!r} names no engine of"
