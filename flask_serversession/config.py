@@ -29,6 +29,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_HEADER_NAME": None,
     "SERVERSESSION_MAX_SIZE": 1024 * 1024,
     "SERVERSESSION_PURGE_EVERY": 0,
+    "SERVERSESSION_PURGE_INTERVAL": 0,
     "SERVERSESSION_KEY_PREFIX": "serversession:",
     "SERVERSESSION_SQLALCHEMY": None,
     "SERVERSESSION_SQLALCHEMY_BIND_KEY": None,
@@ -58,6 +59,7 @@ class Settings:
     header_name: str | None
     max_size: int
     purge_every: int
+    purge_interval: timedelta
     #: Takes over sessions of the mechanism the app used before (None: off).
     adopter: Adopter | None = None
 
@@ -161,6 +163,7 @@ def read_settings(app: Flask) -> Settings:
         header_name=optional_string(config, "SERVERSESSION_HEADER_NAME"),
         max_size=integer(config, "SERVERSESSION_MAX_SIZE", minimum=1),
         purge_every=integer(config, "SERVERSESSION_PURGE_EVERY", minimum=0),
+        purge_interval=duration(config, "SERVERSESSION_PURGE_INTERVAL", zero=True),  # type: ignore[arg-type]
         adopter=_adopter(app),
     )
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import typing as t
 from datetime import datetime
+from datetime import timedelta
 from functools import partial
 
 from flask import current_app
@@ -12,6 +13,9 @@ from .cli import cli
 from .config import build_backend
 from .config import read_settings
 from .interface import ServerSessionInterface
+from .purging import EXTENSION_KEY as PURGER_KEY
+from .purging import purger_of
+from .purging import seconds
 from .store import SessionStore
 
 
@@ -51,13 +55,21 @@ class ServerSession:
         app.extensions["serversession"] = store
         app.session_interface = ServerSessionInterface(store)
         app.cli.add_command(cli)
+        if settings.purge_interval:
+            # Started by the first request of each process, not here: a
+            # thread started now would not survive a forking server's fork.
+            purger_of(app).enable(settings.purge_interval.total_seconds())
 
     def _get_store(self) -> SessionStore:
+        return self._store_of(current_app)
+
+    @staticmethod
+    def _store_of(app: Flask) -> SessionStore:
         try:
-            return current_app.extensions["serversession"]  # type: ignore[no-any-return]
+            return app.extensions["serversession"]  # type: ignore[no-any-return]
         except KeyError:
             raise RuntimeError(
-                "The current Flask app is not registered with this 'ServerSession' instance."
+                f"The Flask app {app.name!r} is not registered with this 'ServerSession' instance."
                 " Did you forget to call 'init_app'?"
             ) from None
 
@@ -96,6 +108,45 @@ class ServerSession:
     def purge_expired(self) -> int:
         """Remove expired sessions; return how many were removed."""
         return self._get_store().purge_expired()
+
+    def start_purging(self, app: Flask, interval: timedelta | float | None = None) -> None:
+        """Purge the expired sessions of ``app`` every ``interval``, from a thread.
+
+        The daemon thread starts now in this process, and on the first
+        request of any process forked from it later. Calling it again while
+        the thread runs starts no second thread; a different ``interval``
+        replaces the old one from now on.
+
+        :param app: the app whose sessions are purged.
+        :param interval: a ``timedelta`` or a number of seconds;
+            ``SERVERSESSION_PURGE_INTERVAL`` when None.
+        :raises ValueError: the interval is not positive.
+
+        .. versionadded:: 0.2
+        """
+        store = self._store_of(app)
+        if interval is None:
+            interval = store.settings.purge_interval
+            if not interval:
+                raise ValueError("No purge interval: pass one or set SERVERSESSION_PURGE_INTERVAL.")
+        purger_of(app).start(seconds(interval))
+
+    def stop_purging(self, app: Flask, *, timeout: float | None = None) -> None:
+        """Stop the timed purge of ``app`` in this process and wait for its thread to end.
+
+        The wait between purges ends at once; only a purge in progress is
+        waited for. Requests do not start it again; :meth:`start_purging` does.
+
+        :param app: the app whose timed purge stops.
+        :param timeout: wait at most this many seconds for a purge in
+            progress; the thread ends after it all the same.
+
+        .. versionadded:: 0.2
+        """
+        self._store_of(app)
+        purger = app.extensions.get(PURGER_KEY)
+        if purger is not None:
+            purger.stop(timeout)
 
     def count(self) -> int:
         """Return the number of live sessions."""
