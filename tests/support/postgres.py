@@ -127,7 +127,8 @@ class PostgresServer:
             os.chown(self.base, owner.pw_uid, owner.pw_gid)
         self._watchdog = _watchdog(self._stop_command("immediate"), self.base)
         command = ["initdb", "-D", self.data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
-        init = _run_as_postgres(command if self.durable else [*command, "--no-sync"])
+        # --no-sync only skips initdb's final flush: a server crash loses nothing by it.
+        init = _run_as_postgres([*command, "--no-sync"])
         if init.returncode:
             self.close()
             _unavailable(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
@@ -156,6 +157,12 @@ class PostgresServer:
             ) as conn:
                 conn.execute(f"CREATE DATABASE {DATABASE}")
         return self
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def stop(self, mode: t.Literal["smart", "fast", "immediate"] = "fast") -> None:
         """Stop the server; ``"immediate"`` aborts it the way a crash would."""
