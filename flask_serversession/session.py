@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 
+from flask import has_request_context
+from flask import request
 from flask.sessions import SessionMixin
 
 if t.TYPE_CHECKING:
@@ -30,6 +32,15 @@ class StoredSession:
     expires_at: datetime
     #: The session's own lifetime (:meth:`ServerSideSession.set_lifetime`).
     lifetime: timedelta | None = None
+
+
+def in_socketio_event() -> bool:
+    """Whether the current request context runs a Flask-SocketIO event, which sends no cookie."""
+    return (
+        has_request_context()
+        and getattr(request, "sid", None) is not None
+        and getattr(request, "event", None) is not None
+    )
 
 
 Loader = t.Callable[[], "StoredSession | None"]
@@ -179,7 +190,16 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
 
         Call it when a user signs in, so that an id planted before sign-in
         (session fixation) is worth nothing after it.
+
+        :raises RuntimeError: in a Flask-SocketIO event handler, where no
+            response can carry the new id to the client.
         """
+        if in_socketio_event():
+            raise RuntimeError(
+                "session.regenerate() cannot work in a Socket.IO event handler: no HTTP"
+                " response carries the new session id to the client, which would be"
+                " signed out. Regenerate in the HTTP view that signs the user in."
+            )
         self._write()
         self.regenerate_requested = True
 

@@ -27,6 +27,7 @@ from .errors import SessionNotFoundError
 from .serialization import ACCEPTED
 from .serialization import check_key
 from .serialization import SessionSerializer
+from .session import in_socketio_event
 from .session import ServerSideSession
 from .session import StoredSession
 from .signals import send
@@ -343,6 +344,12 @@ class SessionStore:
         if stored is None:
             if empty:
                 return SaveOutcome(delete_cookie=session.has_token)
+            if in_socketio_event():
+                logger.warning(
+                    "A Socket.IO event handler wrote to a session that is not stored; it is"
+                    " not saved, since no cookie can carry a new session id to the client."
+                )
+                return _NOTHING
             sid, expires_at = self._create(values, now, lifetime)
             return SaveOutcome(
                 self.token_for(sid), expires_at, id_changed=True, persistent=persistent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
+import pytest
 from flask import Flask
 from flask import session
 from flask.testing import FlaskClient
@@ -151,19 +152,37 @@ def test_destroy_in_a_handler_deletes_the_record(
     assert session_cookie(client) is None
 
 
-def test_regenerate_in_a_handler_signs_the_client_out(make_app: t.Callable[..., Flask]) -> None:
+def test_regenerate_in_a_handler_is_refused(make_app: t.Callable[..., Flask]) -> None:
     app = make_app()
     socketio = add_socketio(app)
     client = signed_in(app)
     socket = connect(socketio, app, client)
     (old_key,) = storage_keys(app)
 
-    socket.emit("regenerate", callback=True)
+    with pytest.raises(RuntimeError, match=r"Socket\.IO event handler"):
+        socket.emit("regenerate", callback=True)
 
-    # The data moved to a new id that only the discarded response carried.
-    assert old_key not in storage_keys(app)
-    assert client.get("/dump").json == {}
-    assert socket.emit("dump", callback=True) == {}
+    # Nothing moved: the client keeps its session.
+    assert storage_keys(app) == {old_key}
+    assert client.get("/dump").json == {"user": "alice"}
+    assert socket.emit("dump", callback=True) == {"user": "alice"}
+
+
+def test_writes_after_destroy_in_a_handler_store_nothing(
+    make_app: t.Callable[..., Flask], backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(backend)
+    socketio = add_socketio(app)
+    client = signed_in(app)
+    socket = connect(socketio, app, client)
+
+    socket.emit("destroy", callback=True)
+    for i in range(3):
+        socket.emit("set", "late", i, callback=True)
+
+    # No client could ever reach a session created here.
+    assert storage_keys(app) == set()
+    assert "Socket.IO event handler wrote to a session" in caplog.text
 
 
 def test_managed_session_is_a_socket_local_copy(make_app: t.Callable[..., Flask]) -> None:
