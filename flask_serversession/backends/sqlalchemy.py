@@ -6,18 +6,25 @@ import threading
 import typing as t
 from contextlib import contextmanager
 from datetime import datetime
-from datetime import timezone
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite
 
 from ..errors import BackendError
 from ..errors import ConfigError
+from ._sql import merged
+from ._sql import plain
+from ._sql import serializer_for
+from ._sql import sqlite_on_connect
+from ._sql import statements_for
+from ._sql import twice
+from ._sql import utc
 from .base import Backend
+from .base import check_size
 from .base import CorruptRecordError
+from .base import data_size
 from .base import Delta
 from .base import logger
 from .base import Record
@@ -26,15 +33,8 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
+_T = t.TypeVar("_T")
 _COLUMNS = ("key", "data", "created_at", "expires_at")
-_SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def _utc(value: datetime) -> datetime:
-    """Return ``value`` in UTC; SQLite drops the zone, so every value is stored in UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 def make_table(
@@ -84,10 +84,18 @@ class SQLAlchemyBackend(Backend):
     :meth:`from_flask_sqlalchemy`; see :func:`make_table` for plain Alembic.
 
     A save changes only the keys it names, in one ``UPDATE`` on SQLite
-    (``json_patch``) and PostgreSQL (``jsonb``), and a row lock elsewhere, so
-    concurrent requests changing different keys of one session both survive.
+    (``json_patch``) and PostgreSQL (``jsonb``) that also checks the size
+    limit on the merged data, and under a row lock elsewhere, so concurrent
+    requests changing different keys of one session both survive and cannot
+    together pass the limit. A row that no save could have written (data that
+    is not a JSON object of strings, timestamps that do not read, such as
+    PostgreSQL's ``'infinity'``) raises
+    :class:`~flask_serversession.backends.base.CorruptRecordError` on load.
     Connections come from ``engine`` and are committed on their own; the
-    application's ``db.session`` is never used.
+    application's ``db.session`` is never used. An operation whose pooled
+    connection died while idle (a database restart) runs once more on a new
+    one. Where the pool shares one connection between threads (in-memory
+    SQLite), operations run one at a time.
 
     :param engine: the engine to connect with.
     :param table_name: the name of the session table.
@@ -113,9 +121,10 @@ class SQLAlchemyBackend(Backend):
         extras: t.Callable[[t.Mapping[str, t.Any]], t.Mapping[str, t.Any]] | None = None,
     ) -> None:
         self.engine = engine
-        # On PostgreSQL every operation is a single statement, so autocommit
-        # saves the BEGIN and COMMIT round trips around each one.
-        self._statements = (
+        # On PostgreSQL every operation but a merge under a row lock is a
+        # single statement, so autocommit saves the BEGIN and COMMIT round
+        # trips around each one.
+        self._direct = (
             engine.execution_options(isolation_level="AUTOCOMMIT")
             if engine.dialect.name == "postgresql"
             else engine
@@ -126,6 +135,8 @@ class SQLAlchemyBackend(Backend):
         )
         self.extras = extras
         self._extra_names = frozenset(c.name for c in extra_columns)
+        self._sql = statements_for(self.table, engine.dialect)
+        self._serial = serializer_for(engine)
         self._owns_engine = False
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -155,7 +166,7 @@ class SQLAlchemyBackend(Backend):
             os.makedirs(directory, exist_ok=True)
         engine = sa.create_engine(url, **engine_options)
         if url.get_backend_name() == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect(wal=not memory))
+            event.listen(engine, "connect", sqlite_on_connect(wal=not memory))
         backend = cls(engine, **kwargs)
         backend._owns_engine = True
         return backend
@@ -222,19 +233,23 @@ class SQLAlchemyBackend(Backend):
             if self._ready:
                 return
             with self._errors("create the session table"):
-                try:
-                    self.table.create(self.engine, checkfirst=True)
-                except exc.DatabaseError:
-                    # Another process created it between the check and the create.
-                    if not sa.inspect(self.engine).has_table(self.table.name, self.table.schema):
-                        raise
+                twice(self._create_table)
             self._ready = True
 
-    @contextmanager
-    def _begin(self, action: str) -> t.Iterator[sa.Connection]:
-        self._ensure_table()
-        with self._errors(action), self._statements.begin() as conn:
-            yield conn
+    def _create_table(self) -> None:
+        try:
+            self.table.create(self.engine, checkfirst=True)
+        except exc.DatabaseError:
+            # Another process created it between the check and the create.
+            if not sa.inspect(self.engine).has_table(self.table.name, self.table.schema):
+                raise
+
+    def _run(self, action: str, operation: t.Callable[[], _T]) -> _T:
+        """Run one operation on a ready table; store failures raise :class:`BackendError`."""
+        with self._serial:
+            self._ensure_table()
+            with self._errors(action):
+                return twice(operation)
 
     def _extra_values(self, values: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         if self.extras is None or values is None:
@@ -248,173 +263,182 @@ class SQLAlchemyBackend(Backend):
             )
         return result
 
-    def _decode(self, key: str, data: t.Any) -> dict[str, str]:
+    def _live_data(
+        self, conn: sa.Connection, key: str, now: datetime, *, lock: bool = False
+    ) -> dict[str, str] | None:
+        """Read the data of ``key``; None unless its row is live and readable."""
         try:
-            decoded = json.loads(data)
-        except (TypeError, ValueError) as e:
-            raise CorruptRecordError(f"Session row {key} has data that is not JSON: {e}") from e
-        if not isinstance(decoded, dict) or not all(isinstance(v, str) for v in decoded.values()):
-            raise CorruptRecordError(
-                f"Session row {key} has data that is not a JSON object of strings."
-            )
-        return decoded
-
-    def _record(self, row: sa.Row[t.Any]) -> Record:
-        if not isinstance(row.created_at, datetime) or not isinstance(row.expires_at, datetime):
-            raise CorruptRecordError(f"Session row {row.key} has invalid timestamps.")
-        data = self._decode(row.key, row.data)
-        return Record(data, _utc(row.created_at), _utc(row.expires_at))
-
-    def _select(self) -> sa.Select[t.Any]:
-        c = self.table.c
-        return sa.select(c.key, c.data, c.created_at, c.expires_at)
-
-    def _merged_data(self, conn: sa.Connection, delta: Delta, live: t.Any) -> t.Any:
-        """Return the new ``data``: an SQL expression, or text; None if no live row."""
-        data = self.table.c.data
-        dialect = conn.dialect.name
-        if dialect == "sqlite":
-            # Values are strings, so a merge patch's null deletes and nothing nests.
-            patch: dict[str, str | None] = dict.fromkeys(delta.deleted)
-            patch.update(delta.set)
-            return sa.func.json_patch(data, json.dumps(patch), type_=sa.Text)
-        if dialect == "postgresql":
-            merged: t.Any = sa.cast(data, postgresql.JSONB)
-            if delta.deleted:
-                deleted = sa.cast(sorted(delta.deleted), postgresql.ARRAY(sa.Text))
-                merged = merged.op("-", return_type=postgresql.JSONB)(deleted)
-            if delta.set:
-                added = sa.cast(sa.literal(json.dumps(delta.set), sa.Text), postgresql.JSONB)
-                merged = merged.op("||", return_type=postgresql.JSONB)(added)
-            return sa.cast(merged, sa.Text)
-        row = conn.execute(sa.select(self.table.c.key, data).where(live).with_for_update()).first()
-        if row is None:
+            row = self._sql.read(conn, key, lock=lock)
+            record = None if row is None else self._sql.record(row)
+        except CorruptRecordError:
             return None
-        stored = self._decode(row.key, row.data)
-        values = {k: v for k, v in stored.items() if k not in delta.deleted}
-        values.update(delta.set)
-        return json.dumps(values)
+        return record.data if record is not None and record.expires_at > now else None
 
-    def _page(self, live: t.Any) -> list[tuple[str, t.Any]]:
-        """Return ``(key, row)`` pairs, the row None where its timestamps do not parse."""
+    def _live(self, key: str, now: datetime) -> sa.ColumnElement[bool]:
         c = self.table.c
-        with self._errors("list sessions"), self._statements.connect() as conn:
+        return sa.and_(c.key == key, c.expires_at > now)
+
+    def _set_if_live(self, key: str, now: datetime, changes: dict[str, t.Any]) -> bool:
+        statement = sa.update(self.table).where(self._live(key, now)).values(changes)
+        with self._direct.begin() as conn:
+            return bool(conn.execute(statement).rowcount)
+
+    def _merge(self, key: str, delta: Delta, now: datetime, changes: dict[str, t.Any]) -> bool:
+        statement = self._sql.merge_update(self._live(key, now), delta, changes)
+        texts = [*delta.set, *delta.set.values(), *delta.deleted]
+        if statement is not None and all(plain(text) for text in texts):
             try:
-                rows = conn.execute(
-                    self._select().where(live).order_by(c.key).limit(self.items_page_size)
-                )
-                return [(row.key, row) for row in rows.all()]
-            except (TypeError, ValueError):
-                keys = sa.select(c.key).where(live).order_by(c.key).limit(self.items_page_size)
-                return [(key, None) for key in conn.execute(keys).scalars().all()]
+                with self._direct.begin() as conn:
+                    if conn.execute(statement).rowcount:
+                        return True
+            except exc.DataError:
+                # jsonb refuses the stored text (not JSON, or a NUL that an
+                # older version wrote); Python reads it under the row lock.
+                pass
+            else:
+                # No row matched: only now find out why, with one more read.
+                with self._direct.connect() as conn:
+                    data = self._live_data(conn, key, now)
+                if data is None:
+                    return False
+                check_size(data_size(data), data_size(merged(data, delta)), delta.max_size)
+                # It fits now: the row changed since the UPDATE.
+        return self._merge_locked(key, delta, now, changes)
+
+    def _merge_locked(
+        self, key: str, delta: Delta, now: datetime, changes: dict[str, t.Any]
+    ) -> bool:
+        with self.engine.begin() as conn:
+            data = self._live_data(conn, key, now, lock=True)
+            if data is None:
+                return False
+            new = merged(data, delta)
+            if delta.max_size is not None:
+                check_size(data_size(data), data_size(new), delta.max_size)
+            statement = sa.update(self.table).where(self.table.c.key == key)
+            conn.execute(statement.values(data=json.dumps(new), **changes))
+            return True
+
+    def _page(self, live: sa.ColumnElement[bool]) -> list[tuple[str, sa.Row[t.Any] | None]]:
+        """Return ``(key, row)`` pairs, the row None where the driver cannot read it."""
+        c = self.table.c
+
+        def read() -> list[tuple[str, sa.Row[t.Any] | None]]:
+            with self._direct.connect() as conn:
+                try:
+                    query = self._sql.select().where(live).order_by(c.key)
+                    rows = conn.execute(query.limit(self.items_page_size)).all()
+                    return [(row.key, row) for row in rows]
+                except (TypeError, ValueError):
+                    keys = sa.select(c.key).where(live).order_by(c.key)
+                    found = conn.execute(keys.limit(self.items_page_size)).scalars().all()
+                    return [(key, None) for key in found]
+
+        return self._run("list sessions", read)
 
     def load(self, key: str) -> Record | None:
-        self._ensure_table()
-        with self._errors("load a session"), self._statements.connect() as conn:
-            try:
-                row = conn.execute(self._select().where(self.table.c.key == key)).first()
-            except (TypeError, ValueError) as e:
-                raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
-        return None if row is None else self._record(row)
+        def read() -> sa.Row[t.Any] | None:
+            with self._direct.connect() as conn:
+                return self._sql.read(conn, key)
+
+        row = self._run("load a session", read)
+        return None if row is None else self._sql.record(row)
 
     def create(self, key: str, record: Record) -> None:
         row = {
             "key": key,
             "data": json.dumps(record.data),
-            "created_at": _utc(record.created_at),
-            "expires_at": _utc(record.expires_at),
+            "created_at": utc(record.created_at),
+            "expires_at": utc(record.expires_at),
             **self._extra_values(record.values),
         }
-        with self._begin("create a session") as conn:
-            dialect = conn.dialect.name
-            if dialect in ("sqlite", "postgresql"):
-                insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(self.table)
-                changes = {k: insert.excluded[k] for k in row if k != "key"}
-                conn.execute(
-                    insert.values(row).on_conflict_do_update(
-                        index_elements=[self.table.c.key], set_=changes
-                    )
-                )
-                return
-            updated = conn.execute(sa.update(self.table).where(self.table.c.key == key).values(row))
-            if not updated.rowcount:
-                conn.execute(sa.insert(self.table).values(row))
+
+        def write() -> None:
+            with self._direct.begin() as conn:
+                self._sql.upsert(conn, row)
+
+        self._run("create a session", write)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
-        c = self.table.c
-        changes: dict[str, t.Any] = {"expires_at": _utc(delta.expires_at)}
+        now = utc(now)
+        changes: dict[str, t.Any] = {"expires_at": utc(delta.expires_at)}
         changes.update(self._extra_values(delta.values))
-        live = sa.and_(c.key == key, c.expires_at > _utc(now))
-        with self._begin("save a session") as conn:
-            if delta.set or delta.deleted:
-                changes["data"] = self._merged_data(conn, delta, live)
-                if changes["data"] is None:
-                    return False
-            return bool(conn.execute(sa.update(self.table).where(live).values(changes)).rowcount)
+        if delta.set or delta.deleted:
+            return self._run("save a session", lambda: self._merge(key, delta, now, changes))
+        return self._run("save a session", lambda: self._set_if_live(key, now, changes))
 
     def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
-        c = self.table.c
-        live = sa.and_(c.key == key, c.expires_at > _utc(now))
-        with self._begin("renew a session") as conn:
-            statement = sa.update(self.table).where(live).values(expires_at=_utc(expires_at))
-            return bool(conn.execute(statement).rowcount)
+        changes = {"expires_at": utc(expires_at)}
+        return self._run("renew a session", lambda: self._set_if_live(key, utc(now), changes))
+
+    def take(self, key: str, now: datetime) -> Record | None:
+        def remove() -> sa.Row[t.Any] | None:
+            with self._direct.begin() as conn:
+                return self._sql.take(conn, key)
+
+        row = self._run("take a session", remove)
+        if row is None:
+            return None
+        try:
+            record = self._sql.record(row)
+        except CorruptRecordError as e:
+            logger.error("Removed a damaged session record: %s", e)
+            return None
+        return record if record.expires_at > utc(now) else None
 
     def delete(self, key: str) -> None:
-        with self._begin("delete a session") as conn:
-            conn.execute(sa.delete(self.table).where(self.table.c.key == key))
+        def remove() -> None:
+            with self._direct.begin() as conn:
+                conn.execute(sa.delete(self.table).where(self.table.c.key == key))
 
-    def purge_expired(self, now: datetime) -> int:
+        self._run("delete a session", remove)
+
+    def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
+        expires_at = self.table.c.expires_at
+        now = utc(now)
+        stale = expires_at <= now
+        if longest_lifetime is not None:
+            try:
+                horizon = now + longest_lifetime
+            except OverflowError:
+                pass
+            else:
+                # No save sets an expiry this far ahead ('infinity', say):
+                # such a row would otherwise never expire.
+                stale = sa.or_(stale, expires_at > horizon)
+
+        def batch() -> int:
+            with self._direct.begin() as conn:
+                return self._sql.purge_batch(conn, stale, self.purge_batch_size)
+
         total = 0
         while True:
             # Short transactions, so SQLite's write lock is never held for long.
-            with self._begin("purge expired sessions") as conn:
-                removed = self._purge_batch(conn, _utc(now))
+            removed = self._run("purge expired sessions", batch)
             total += removed
             if removed < self.purge_batch_size:
                 return total
 
-    def _purge_batch(self, conn: sa.Connection, now: datetime) -> int:
-        c = self.table.c
-        size = self.purge_batch_size
-        dialect = conn.dialect.name
-        if dialect == "postgresql":
-            # Rows found by the expiry index are deleted by their physical
-            # address, not found a second time through the primary key.
-            table = conn.dialect.identifier_preparer.format_table(self.table)
-            by_address = sa.text(
-                f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                f"SELECT ctid FROM {table} WHERE expires_at <= :now LIMIT :n))"
-            )
-            return int(conn.execute(by_address, {"now": now, "n": size}).rowcount)
-        if dialect == "sqlite":
-            rowid: sa.ColumnClause[int] = sa.literal_column("rowid")
-            batch = sa.select(rowid).select_from(self.table).where(c.expires_at <= now).limit(size)
-            by_rowid = sa.delete(self.table).where(rowid.in_(batch.scalar_subquery()))
-            return int(conn.execute(by_rowid).rowcount)
-        keys = conn.execute(sa.select(c.key).where(c.expires_at <= now).limit(size)).scalars()
-        found = keys.all()
-        if found:
-            conn.execute(sa.delete(self.table).where(c.key.in_(found)))
-        return len(found)
-
     def count(self, now: datetime) -> int:
-        self._ensure_table()
-        statement = sa.select(sa.func.count()).where(self.table.c.expires_at > _utc(now))
-        with self._errors("count sessions"), self._statements.connect() as conn:
-            return int(conn.execute(statement).scalar_one())
+        statement = sa.select(sa.func.count()).where(self.table.c.expires_at > utc(now))
+
+        def read() -> int:
+            with self._direct.connect() as conn:
+                return int(conn.execute(statement).scalar_one())
+
+        return self._run("count sessions", read)
 
     def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
-        self._ensure_table()
         c = self.table.c
         after = ""
         while True:
             # Pages by key, each on a short connection: nothing stays open between yields.
-            page = self._page(sa.and_(c.expires_at > _utc(now), c.key > after))
+            page = self._page(sa.and_(c.expires_at > utc(now), c.key > after))
             for key, row in page:
                 try:
-                    record = self.load(key) if row is None else self._record(row)
+                    record = self.load(key) if row is None else self._sql.record(row)
                 except CorruptRecordError as e:
-                    logger.error("Skipping a corrupt session record: %s", e)
+                    logger.error("Skipping a damaged session record: %s", e)
                     continue
                 if record is not None:
                     yield key, record
@@ -423,8 +447,11 @@ class SQLAlchemyBackend(Backend):
             after = page[-1][0]
 
     def clear(self) -> int:
-        with self._begin("clear sessions") as conn:
-            return int(conn.execute(sa.delete(self.table)).rowcount)
+        def remove() -> int:
+            with self._direct.begin() as conn:
+                return int(conn.execute(sa.delete(self.table)).rowcount)
+
+        return self._run("clear sessions", remove)
 
     def close(self) -> None:
         if self._owns_engine:
@@ -439,19 +466,3 @@ def _fsa_engines(db: SQLAlchemy) -> t.Mapping[str | None, sa.Engine]:
             "The Flask-SQLAlchemy db is not set up for this app. Call db.init_app(app)"
             " before ServerSession.init_app(app)."
         ) from e
-
-
-def _sqlite_on_connect(*, wal: bool) -> t.Callable[[t.Any, t.Any], None]:
-    def on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                # With WAL, a commit survives an app crash without an fsync;
-                # only a power loss may drop the last commits.
-                cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
-
-    return on_connect

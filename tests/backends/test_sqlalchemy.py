@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 import typing as t
+from contextlib import contextmanager
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
@@ -15,18 +19,30 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask import jsonify
+from flask import session
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
+from werkzeug.serving import make_server
 
+from flask_serversession import ServerSession
+from flask_serversession.backends._sql import SQLiteStatements
+from flask_serversession.backends._sql import Statements
 from flask_serversession.backends.base import CorruptRecordError
+from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError
+from flask_serversession.errors import SessionTooLargeError
 
+from ..conftest import session_cookie
+from ..conftest import store_of
 from ..support.postgres import free_port
+from ..support.postgres import make_postgres  # noqa: F401
+from ..support.postgres import PostgresServer
 from ..support.sql import build_sql_backend
 from ..support.sql import dispose_fsa
 from ..support.sql import drop_table
@@ -691,3 +707,484 @@ def test_unwritable_sqlite_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="SERVERSESSION_SQLALCHEMY_URI"):
         build_sql_backend(app)
     assert not os.path.exists(blocker / "sub")
+
+
+# Take, the size limit, odd text, shared connections and restarts.
+
+
+@pytest.fixture(params=["sqlite", "postgres", "fsa_sqlite", "fsa_postgres"])
+def each_sql(request: pytest.FixtureRequest) -> SQLAlchemyBackend:
+    backend = t.cast(SQLAlchemyBackend, request.getfixturevalue(f"{request.param}_backend"))
+    backend.count(NOW)  # the table exists before statements are counted
+    return backend
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def generic_sql(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> SQLAlchemyBackend:
+    """A backend as on databases without JSON functions or ``DELETE ... RETURNING``.
+
+    Rows are still locked as the database does it (SQLite has no FOR UPDATE).
+    """
+    backend = t.cast(SQLAlchemyBackend, request.getfixturevalue(f"{request.param}_backend"))
+    kind = SQLiteStatements if request.param == "sqlite" else Statements
+    statements = kind(backend.table, backend.engine.dialect)
+    statements.delete_returning = False
+    monkeypatch.setattr(statements, "merge_update", lambda *args: None)
+    backend._sql = statements
+    backend._direct = backend.engine  # such databases get no autocommit shortcut
+    return backend
+
+
+@contextmanager
+def statements_run(backend: SQLAlchemyBackend) -> t.Iterator[list[str]]:
+    """Collect the SQL statements ``backend`` sends inside the block."""
+    seen: list[str] = []
+
+    def note(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(backend.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(backend.engine, "before_cursor_execute", note)
+
+
+def together(*calls: t.Callable[[], object]) -> list[object]:
+    """Run ``calls`` in threads released at one moment; each one's result or exception."""
+    barrier = threading.Barrier(len(calls), timeout=10)
+    results: list[object] = [None] * len(calls)
+
+    def run(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = calls[n]()
+        except Exception as e:
+            results[n] = e
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+    return results
+
+
+def text_of(n: int, char: str = "x") -> str:
+    return '"' + char * n + '"'
+
+
+def test_take_returns_the_live_record_and_removes_it(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    each_sql.create(key, record({"user": '"alice"', "ü": '"✓"'}))
+    each_sql.create(key_of("other"), record({"user": '"bob"'}))
+    with statements_run(each_sql) as seen:
+        taken = each_sql.take(key, NOW)
+    assert taken == record({"user": '"alice"', "ü": '"✓"'})
+    assert len(seen) == 1 and seen[0].startswith("DELETE") and "RETURNING" in seen[0]
+    assert each_sql.load(key) is None
+    assert each_sql.take(key, NOW) is None
+    assert each_sql.load(key_of("other")) is not None
+
+
+def test_take_removes_an_expired_record_and_returns_none(sql_backend: SQLAlchemyBackend) -> None:
+    sql_backend.create(key_of("old"), record({"x": '"1"'}, expires_in=-HOUR))
+    sql_backend.create(key_of("now"), record({"x": '"1"'}, expires_in=timedelta(0)))
+    assert sql_backend.take(key_of("old"), NOW) is None
+    assert sql_backend.take(key_of("now"), NOW) is None
+    assert raw_rows(sql_backend) == []
+
+
+def test_take_and_save_at_once_lose_nothing(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    for round_ in range(8):
+        each_sql.create(key, record({"user": '"alice"'}))
+        saved, taken = together(
+            lambda n=round_: each_sql.update(key, Delta(NOW + HOUR, {"late": f'"{n}"'}), NOW),
+            lambda: each_sql.take(key, NOW),
+        )
+        assert isinstance(taken, Record), taken
+        # Either the save landed first and was taken along, or it found nothing.
+        assert saved is ("late" in taken.data), (saved, taken)
+        assert each_sql.load(key) is None
+
+
+def test_only_one_of_concurrent_takes_gets_the_record(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    for _round in range(5):
+        each_sql.create(key, record({"user": '"alice"'}))
+        taken = together(*[lambda: each_sql.take(key, NOW)] * 3)
+        assert sorted(taken, key=lambda r: r is None) == [record({"user": '"alice"'}), None, None]
+
+
+UNICODE_DATA = {
+    "user": '"alice"',
+    "ключ": '"значение"',
+    "🎉 party": '"\\ud83c\\udf89"',
+    "nul": '"a\\u0000b"',
+    "\ufeff\uffff": '"☃ ✓ 中文"',
+    "": '""',
+}
+
+
+def test_size_limit_counts_bytes_exactly_as_data_size(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    delta_set = {"ü🎉": '"' + "✓" * 7 + '"', "ключ": '"короче"', "new": '"\\u0000\\\\u0000"'}
+    deleted = frozenset({"user", "absent"})
+    merged = {k: v for k, v in UNICODE_DATA.items() if k not in deleted} | delta_set
+    size = data_size(merged)
+    assert size > data_size(UNICODE_DATA)
+    for limit, fits in ((size - 1, False), (size, True)):
+        each_sql.create(key, record(UNICODE_DATA))
+        delta = Delta(NOW + 2 * HOUR, delta_set, deleted, max_size=limit)
+        if fits:
+            assert each_sql.update(key, delta, NOW)
+            assert each_sql.load(key) == Record(merged, NOW, NOW + 2 * HOUR)
+        else:
+            with pytest.raises(
+                SessionTooLargeError, match=rf"would take {size} bytes.*\({limit}\)"
+            ):
+                each_sql.update(key, delta, NOW)
+            assert each_sql.load(key) == record(UNICODE_DATA)
+
+
+def test_size_limit_lets_a_session_over_it_shrink(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    each_sql.create(key, record({"a": text_of(100), "b": text_of(100)}))
+    assert each_sql.update(key, Delta(NOW + HOUR, {"b": text_of(50)}, max_size=10), NOW)
+    assert each_sql.update(key, Delta(NOW + HOUR, {}, frozenset({"a"}), max_size=10), NOW)
+    assert each_sql.update(key, Delta(NOW + HOUR, {"b": text_of(50, "y")}, max_size=10), NOW)
+    with pytest.raises(SessionTooLargeError):
+        each_sql.update(key, Delta(NOW + HOUR, {"b": text_of(51)}, max_size=10), NOW)
+    loaded = each_sql.load(key)
+    assert loaded is not None and loaded.data == {"b": text_of(50, "y")}
+
+
+def test_a_save_that_fits_is_one_statement(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    each_sql.create(key, record({"user": '"alice"'}))
+    with statements_run(each_sql) as seen:
+        delta = Delta(NOW + HOUR, {"cart": "[1,2]"}, frozenset({"user"}), max_size=1000)
+        assert each_sql.update(key, delta, NOW)
+    assert [s.split()[0] for s in seen] == ["UPDATE"]
+
+
+def test_a_refused_save_reads_once_to_say_why(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    each_sql.create(key, record({"user": '"alice"'}))
+    too_big = Delta(NOW + HOUR, {"cart": text_of(100)}, max_size=50)
+    with statements_run(each_sql) as seen, pytest.raises(SessionTooLargeError):
+        each_sql.update(key, too_big, NOW)
+    assert [s.split()[0] for s in seen] == ["UPDATE", "SELECT"]
+    each_sql.delete(key)
+    with statements_run(each_sql) as seen:
+        assert not each_sql.update(key, too_big, NOW)
+    assert [s.split()[0] for s in seen] == ["UPDATE", "SELECT"]
+
+
+def test_two_writers_that_fit_alone_cannot_pass_max_size_together(
+    each_sql: SQLAlchemyBackend,
+) -> None:
+    key = key_of("a")
+    base = {"user": '"alice"'}
+    limit = data_size(base) + 60
+    deltas = [Delta(NOW + HOUR, {f"note{n}": text_of(40)}, max_size=limit) for n in (1, 2)]
+    assert all(data_size(base | d.set) <= limit for d in deltas)
+    for round_ in range(6):
+        each_sql.create(key, record(base))
+        outcomes = together(*(lambda d=d: each_sql.update(key, d, NOW) for d in deltas))
+        assert True in outcomes, (round_, outcomes)
+        assert [type(o) for o in outcomes if o is not True] == [SessionTooLargeError], outcomes
+        loaded = each_sql.load(key)
+        assert loaded is not None and len(loaded.data) == 2
+        assert data_size(loaded.data) <= limit
+
+
+def test_writers_queued_behind_a_row_lock_cannot_pass_max_size(
+    postgres_backend: SQLAlchemyBackend,
+) -> None:
+    # Both saves wait for the same row lock, then PostgreSQL checks each
+    # against the row as the other left it.
+    backend, key = postgres_backend, key_of("a")
+    base = {"user": '"alice"'}
+    limit = data_size(base) + 60
+    backend.create(key, record(base))
+    deltas = [Delta(NOW + HOUR, {f"note{n}": text_of(40)}, max_size=limit) for n in (1, 2)]
+    outcomes: list[object] = []
+    with backend.engine.connect() as holder:
+        holder.execute(sa.select(backend.table.c.key).with_for_update())
+        threads = [
+            threading.Thread(target=lambda d=d: outcomes.append(_outcome(backend, key, d)))
+            for d in deltas
+        ]
+        for thread in threads:
+            thread.start()
+        _wait_for_lock_waiters(holder, 2)
+        holder.commit()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive()
+    assert sorted(map(repr, map(type, outcomes))) == sorted(
+        [repr(bool), repr(SessionTooLargeError)]
+    )
+    loaded = backend.load(key)
+    assert loaded is not None and data_size(loaded.data) <= limit
+
+
+def _outcome(backend: SQLAlchemyBackend, key: str, delta: Delta) -> object:
+    try:
+        return backend.update(key, delta, NOW)
+    except SessionTooLargeError as e:
+        return e
+
+
+def _wait_for_lock_waiters(conn: sa.Connection, n: int) -> None:
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database()"
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with conn.engine.connect() as probe:
+            if probe.execute(waiting).scalar_one() >= n:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{n} saves never waited for the row lock")
+
+
+def test_generic_statements_merge_limit_and_take(generic_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    generic_sql.create(key, record({"user": '"alice"', "drop": '"x"'}))
+    delta = Delta(NOW + 2 * HOUR, {"cart": "[1]"}, frozenset({"drop"}), max_size=100)
+    with statements_run(generic_sql) as seen:
+        assert generic_sql.update(key, delta, NOW)
+    assert any("FOR UPDATE" in s for s in seen) or generic_sql.engine.dialect.name == "sqlite"
+    assert generic_sql.load(key) == Record({"user": '"alice"', "cart": "[1]"}, NOW, NOW + 2 * HOUR)
+    with pytest.raises(SessionTooLargeError):
+        generic_sql.update(key, Delta(NOW + HOUR, {"big": text_of(100)}, max_size=100), NOW)
+    assert not generic_sql.update(key_of("gone"), delta, NOW)
+    generic_sql.create(key_of("old"), record({"x": '"1"'}, expires_in=-HOUR))
+    assert not generic_sql.update(key_of("old"), delta, NOW)
+    assert generic_sql.take(key_of("old"), NOW) is None
+    taken = generic_sql.take(key, NOW)
+    assert taken is not None and taken.data == {"user": '"alice"', "cart": "[1]"}
+    assert raw_rows(generic_sql) == []
+
+
+def test_generic_statements_under_contention(generic_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    base = {"user": '"alice"'}
+    limit = data_size(base) + 60
+    deltas = [Delta(NOW + HOUR, {f"note{n}": text_of(40)}, max_size=limit) for n in (1, 2)]
+    for _round in range(4):
+        generic_sql.create(key, record(base))
+        outcomes = together(*(lambda d=d: generic_sql.update(key, d, NOW) for d in deltas))
+        assert sorted(map(repr, map(type, outcomes))) == sorted(
+            [repr(bool), repr(SessionTooLargeError)]
+        )
+    generic_sql.create(key, record({}))
+    writes = together(
+        *(
+            lambda n=n: [
+                generic_sql.update(key, Delta(NOW + HOUR, {f"t{n}": f'"{i}"'}), NOW)
+                for i in range(10)
+            ]
+            for n in range(4)
+        )
+    )
+    assert writes == [[True] * 10] * 4
+    loaded = generic_sql.load(key)
+    assert loaded is not None and loaded.data == {f"t{n}": '"9"' for n in range(4)}
+
+
+# Text that SQL JSON functions read differently from Python: NUL, lone surrogates.
+
+ODD_DATA = {
+    "user": '"alice"',
+    "a\x00b": '"a NUL in the key, as older versions stored it"',
+    "raw": '"a raw NUL \x00 in the text"',
+    "lone": '"\ud800"',
+    "emoji": '"\U0001f600"',
+}
+
+
+def test_nul_and_lone_surrogates_round_trip_and_stay_writable(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    each_sql.create(key, record(ODD_DATA))
+    assert each_sql.load(key) == record(ODD_DATA)
+    assert each_sql.update(key, Delta(NOW + HOUR, {"after": '"1"'}), NOW)
+    delta = Delta(NOW + HOUR, {"new\x00": '"\x00"', "\udfff": '"x"'}, frozenset({"a\x00b"}))
+    assert each_sql.update(key, delta, NOW)
+    expected = {k: v for k, v in ODD_DATA.items() if k != "a\x00b"}
+    expected |= {"after": '"1"', "new\x00": '"\x00"', "\udfff": '"x"'}
+    loaded = each_sql.load(key)
+    assert loaded is not None and loaded.data == expected
+    taken = each_sql.take(key, NOW)
+    assert taken is not None and taken.data == expected
+
+
+def test_nul_in_stored_data_is_measured_exactly(each_sql: SQLAlchemyBackend) -> None:
+    key = key_of("a")
+    stored = {"a\x00b": text_of(10), "v": '"a\\u0000b"', "raw": '"\x00\x00"'}
+    delta_set = {"more": text_of(20)}
+    size = data_size(stored | delta_set)
+    each_sql.create(key, record(stored))
+    with pytest.raises(SessionTooLargeError, match=f"would take {size} bytes"):
+        each_sql.update(key, Delta(NOW + HOUR, delta_set, max_size=size - 1), NOW)
+    assert each_sql.update(key, Delta(NOW + HOUR, delta_set, max_size=size), NOW)
+    loaded = each_sql.load(key)
+    assert loaded is not None and loaded.data == stored | delta_set
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def odd_text_app(request: pytest.FixtureRequest, make_app: t.Callable[..., Flask]) -> Flask:
+    backend = request.getfixturevalue(f"{request.param}_backend")
+    app = make_app(backend)
+
+    @app.get("/dump-exact")
+    def dump_exact() -> t.Any:
+        return jsonify({k: [type(v).__name__, repr(v)] for k, v in session.items()})
+
+    return app
+
+
+ODD_VALUES: dict[str, t.Any] = {
+    "nul": "a\x00b",
+    "only_nul": "\x00",
+    "lone": "\ud800 and \udfff",
+    "escape_lookalike": "\\u0000 \\ud800",
+    "emoji": "\U0001f600",
+    "rtl_and_bom": "\u202e\ufeff",
+    "nested": {"\x00": ["\x00", {"k": "\ud83d"}]},
+    "max": "\U0010ffff",
+}
+
+
+def test_nul_and_odd_unicode_values_through_the_app(odd_text_app: Flask) -> None:
+    client = odd_text_app.test_client()
+    assert client.post("/set", json=ODD_VALUES).status_code == 200
+    assert client.post("/set", json={"after": 1}).status_code == 200
+    assert client.post("/delete/nul").status_code == 200
+    assert client.post("/set", json={"nul": "again\x00"}).status_code == 200
+    expected = ODD_VALUES | {"after": 1, "nul": "again\x00"}
+    assert client.get("/dump-exact").json == {
+        k: [type(v).__name__, repr(v)] for k, v in expected.items()
+    }
+    client.post("/regenerate")
+    assert client.post("/set", json={"later": True}).status_code == 200
+    assert client.get("/dump").json == expected | {"later": True}
+
+
+def test_a_stored_nul_key_keeps_the_session_writable(odd_text_app: Flask) -> None:
+    client = odd_text_app.test_client()
+    client.post("/set", json={"user": "alice"})
+    with odd_text_app.app_context():
+        store = store_of(odd_text_app)
+        key = store.storage_key(t.cast(str, store.sid_from(session_cookie(client))))
+        stored = store.backend.load(key)
+        assert stored is not None
+        # As earlier versions stored a NUL key, before keys were checked.
+        data = {**stored.data, "k\x00": '"v"'}
+        store.backend.create(key, Record(data, stored.created_at, stored.expires_at))
+    assert client.post("/set", json={"theme": "dark"}).status_code == 200
+    assert client.get("/dump").json == {"user": "alice", "k\x00": "v", "theme": "dark"}
+
+
+# An in-memory database shares one connection between all threads.
+
+
+def test_in_memory_sqlite_under_a_threaded_server(make_app: t.Callable[..., Flask]) -> None:
+    app = make_app("sqlalchemy", SERVERSESSION_SQLALCHEMY_URI="sqlite://")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    clients, writes = 8, 12
+    try:
+
+        def client(n: int) -> list[int]:
+            statuses, cookie = [], ""
+            for i in range(writes):
+                conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+                try:
+                    headers = {"Content-Type": "application/json", "Cookie": cookie}
+                    conn.request("POST", "/set", json.dumps({f"k{i}": n}), headers)
+                    response = conn.getresponse()
+                    response.read()
+                finally:
+                    conn.close()
+                statuses.append(response.status)
+                cookie = (response.getheader("Set-Cookie") or cookie).split(";")[0]
+            return statuses
+
+        results = together(*(lambda n=n: client(n) for n in range(clients)))
+    finally:
+        server.shutdown()
+        serving.join(10)
+        server.server_close()
+    assert results == [[200] * writes] * clients
+    with app.app_context():
+        sessions = [data for _key, data in store_of(app).items()]
+    expected = [{f"k{i}": n for i in range(writes)} for n in range(clients)]
+    assert sorted(sessions, key=lambda data: data["k0"]) == expected
+    store_of(app).backend.close()
+
+
+# A database restart while the app is idle.
+
+
+@pytest.fixture(params=["own engine", "Flask-SQLAlchemy"])
+def restart_app(
+    request: pytest.FixtureRequest, make_app: t.Callable[..., Flask]
+) -> t.Iterator[tuple[Flask, PostgresServer]]:
+    # Durable: an immediate stop must keep what was committed, as in production.
+    server = request.getfixturevalue("make_postgres")(durable=True)
+    if request.param == "own engine":
+        app = make_app("sqlalchemy", SERVERSESSION_SQLALCHEMY_URI=server.url)
+        yield app, server
+        store_of(app).backend.close()
+        return
+    db = SQLAlchemy()
+    app = make_app("memory", SQLALCHEMY_DATABASE_URI=server.url)
+    db.init_app(app)
+    app.config.update(SERVERSESSION_BACKEND="sqlalchemy", SERVERSESSION_SQLALCHEMY=db)
+    app.extensions.pop("serversession")
+    ServerSession(app)
+    yield app, server
+    dispose_fsa(app, db)
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_restart_while_idle_is_invisible(
+    restart_app: tuple[Flask, PostgresServer], mode: t.Literal["fast", "immediate"]
+) -> None:
+    app, server = restart_app
+    clients = [app.test_client() for _ in range(3)]
+    for n, client in enumerate(clients):
+        assert client.post("/set", json={"user": n}).status_code == 200
+    # Idle connections in the pool, as several workers' requests leave them.
+    engine = store_of(app).backend.engine
+    with engine.connect(), engine.connect(), engine.connect():
+        pass
+    assert t.cast(sa.QueuePool, engine.pool).checkedin() >= 3
+    server.restart(mode)
+    for n, client in enumerate(clients):
+        response = client.get("/dump")
+        assert response.status_code == 200, response.data
+        assert response.json == {"user": n}
+    server.restart(mode)
+    assert clients[0].post("/set", json={"after": "restart"}).status_code == 200
+    assert clients[0].get("/dump").json == {"user": 0, "after": "restart"}
+
+
+@pytest.mark.parametrize("restart_app", ["own engine"], indirect=True)
+def test_database_down_still_answers_503(restart_app: tuple[Flask, PostgresServer]) -> None:
+    app, server = restart_app
+    client = app.test_client()
+    assert client.post("/set", json={"user": "alice"}).status_code == 200
+    server.stop()
+    assert client.get("/dump").status_code == 503
+    server.start()
+    assert client.get("/dump").json == {"user": "alice"}
