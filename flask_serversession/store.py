@@ -53,6 +53,7 @@ LIFETIME_KEY = "_serversession_lifetime"
 # Damaged records are kept at least this long after their last write when no
 # absolute lifetime bounds every session: longer than any "remember me" span.
 _DAMAGED_RECORD_GRACE = timedelta(days=400)
+_CLOCK_MARGIN = timedelta(days=1)
 
 
 def utcnow() -> datetime:
@@ -161,7 +162,8 @@ class SessionStore:
         """
         settings = self.settings
         if settings.absolute_lifetime is not None:
-            return settings.absolute_lifetime
+            # A margin for app servers whose clocks run ahead of the purging one.
+            return settings.absolute_lifetime + _CLOCK_MARGIN
         return max(settings.expire_time, settings.renew_time, _DAMAGED_RECORD_GRACE)
 
     def _is_expired(self, record: Record, now: datetime) -> bool:
