@@ -23,12 +23,15 @@ class Record:
     :param expires_at: when the session stops being valid, aware UTC.
     :param values: the decoded session as the app sees it, given on writes for
         backends that index fields of it (see ``SQLAlchemyBackend`` extras).
+    :param user: the signed-in user the session belongs to, for the user
+        index (``SERVERSESSION_USER_KEY``); None for no user.
     """
 
     data: dict[str, str]
     created_at: datetime
     expires_at: datetime
     values: t.Mapping[str, t.Any] | None = field(default=None, compare=False)
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Delta:
     :param values: the decoded session after the change, as in :class:`Record`.
     :param max_size: the largest :func:`data_size` the stored data may reach
         through this delta; None for no limit.
+    :param user: the session's user after the change, when ``user_changed``.
+    :param user_changed: the session changed hands (sign-in, sign-out, another
+        user); the user index moves in the same atomic step.
     """
 
     expires_at: datetime
@@ -48,6 +54,8 @@ class Delta:
     deleted: frozenset[str] = frozenset()
     values: t.Mapping[str, t.Any] | None = field(default=None, compare=False)
     max_size: int | None = None
+    user: str | None = None
+    user_changed: bool = False
 
 
 def data_size(data: t.Mapping[str, str]) -> int:
@@ -158,3 +166,17 @@ class Backend(ABC):
     def close(self) -> None:
         """Release connections or handles held by the backend."""
         return None
+
+    def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
+        """Return ``(key, record)`` for every live record of ``user``.
+
+        Backends that keep a user index override it. The index is kept with
+        the writes (``Record.user``, ``Delta.user``): every record listed is
+        live and belongs to ``user`` when listed, and index entries left by
+        deletes, expiry or a change of user are bounded and cleaned.
+
+        .. versionadded:: 0.2
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps no user index, which SERVERSESSION_USER_KEY needs."
+        )
