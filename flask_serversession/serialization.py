@@ -5,6 +5,7 @@ import typing as t
 from base64 import b64decode
 from base64 import b64encode
 from datetime import datetime
+from datetime import timedelta
 from uuid import UUID
 
 from markupsafe import Markup
@@ -23,6 +24,10 @@ _TAGS = frozenset({_TUPLE, _BYTES, _MARKUP, _UUID, _DICT, _DATETIME, _HTTP_DATE}
 
 # Values of these exact types are JSON as they are.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_NUMBERS = frozenset({int, float, bool, type(None)})
+#: JSON nesting levels a value may take; decoding deeper could exhaust the stack.
+MAX_DEPTH = 200
+_SECOND = timedelta(seconds=1)
 
 ACCEPTED = (
     "dict (with str keys), list, tuple, str, bytes, int, float, bool, None, datetime, UUID, Markup"
@@ -50,10 +55,11 @@ class SessionSerializer:
 
         :raises TypeError: the value, or a value inside it, would not come back as it is.
         """
-        if type(value) in _PLAIN:
+        kind = type(value)
+        if kind in _NUMBERS or (kind is str and value.isascii()):
             return self._encoder.encode(value)
         try:
-            return self._encoder.encode(self._tag(value))
+            return self._encoder.encode(self._tag(value, 0))
         except RecursionError:
             raise TypeError("the value is nested too deeply or refers to itself") from None
 
@@ -61,32 +67,42 @@ class SessionSerializer:
         """Return the value that :meth:`dumps` turned into ``text``."""
         return self._decoder.decode(text)
 
-    def _tag(self, value: t.Any) -> t.Any:
+    def _tag(self, value: t.Any, depth: int) -> t.Any:
         kind = type(value)
-        if kind in _PLAIN:
+        if kind in _NUMBERS:
             return value
+        if kind is str:
+            return _text(value)
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise TypeError(f"the value nests deeper than {MAX_DEPTH} levels")
         if kind is dict:
             for key in value:
                 if type(key) is not str:
                     raise TypeError(f"a dict key {key!r} is a {type(key).__name__}, not a str")
+                _text(key)
             if len(value) == 1:
                 key = next(iter(value))
                 if key in _TAGS:
-                    return {_DICT: {key + "__": self._tag(value[key])}}
-            return {k: self._tag(v) for k, v in value.items()}
+                    return {_DICT: {key + "__": self._tag(value[key], depth + 1)}}
+            return {k: self._tag(v, depth) for k, v in value.items()}
         if kind is list:
-            return [self._tag(v) for v in value]
+            return [self._tag(v, depth) for v in value]
         if kind is tuple:
-            return {_TUPLE: [self._tag(v) for v in value]}
+            # A tagged container takes two JSON levels.
+            return {_TUPLE: [self._tag(v, depth + 1) for v in value]}
         if kind is bytes:
             return {_BYTES: b64encode(value).decode("ascii")}
         if kind is Markup:
-            return {_MARKUP: str(value)}
+            return {_MARKUP: _text(str(value))}
         if kind is UUID:
             return {_UUID: value.hex}
         if kind is datetime:
-            if value.tzinfo is not None and value.utcoffset() is None:
+            offset = value.utcoffset()
+            if value.tzinfo is not None and offset is None:
                 raise TypeError(f"the datetime {value!r} has a tzinfo that gives no offset")
+            if offset is not None and offset % _SECOND:
+                raise TypeError(f"the datetime {value!r} has an offset with a fraction of a second")
             return {_DATETIME: value.isoformat()}
         raise TypeError(f"a {kind.__module__}.{kind.__qualname__} would not come back as it is")
 
@@ -111,6 +127,20 @@ class SessionSerializer:
         if key == _HTTP_DATE:
             return parse_date(value)
         return obj
+
+
+def _text(value: str) -> str:
+    """Return ``value`` if it is text JSON keeps as it is: no surrogate code points."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Escaped surrogates that form a pair come back as one character.
+            raise TypeError(
+                "a str holds a surrogate code point, which is not text and may not come back"
+                " as it is"
+            ) from None
+    return value
 
 
 def check_key(key: t.Any) -> str:

@@ -1,17 +1,11 @@
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
 import typing as t
 from dataclasses import dataclass
 from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
-
-from itsdangerous import BadSignature
-from itsdangerous import Signer
 
 from .backends.base import Backend
 from .backends.base import check_size
@@ -35,12 +29,10 @@ from .signals import session_created
 from .signals import session_destroyed
 from .signals import session_expired
 from .signals import session_regenerated
-
-SecretKeys = t.Callable[[], t.Sequence[str | bytes]]
-
-_ID_PATTERN = "[A-Za-z0-9_-]{43}"
-_UNSIGNED_TOKEN = re.compile(_ID_PATTERN)
-_SIGNED_TOKEN = re.compile(rf"{_ID_PATTERN}\.[A-Za-z0-9_-]{{43}}")
+from .tokens import new_sid
+from .tokens import SecretKeys
+from .tokens import storage_key
+from .tokens import Tokens
 
 # Values of these exact types cannot change without an assignment, so a save
 # need not serialize them again to find out whether they changed.
@@ -107,51 +99,20 @@ class SessionStore:
     ) -> None:
         self.backend = backend
         self.settings = settings
-        self._secret_keys = secret_keys
-        self._signers: tuple[tuple[bytes, ...], Signer] | None = None
-
-    def _signer(self) -> Signer | None:
-        if not self.settings.sign_id:
-            return None
-        keys = tuple(k.encode() if isinstance(k, str) else k for k in self._secret_keys() if k)
-        cached = self._signers
-        if cached is not None and cached[0] == keys:
-            return cached[1]
-        if not keys:
-            raise RuntimeError(
-                "SECRET_KEY is not set: session tokens are signed with it. Set app.secret_key."
-            )
-        signer = Signer(list(keys), salt=self.salt, digest_method=hashlib.sha256)
-        self._signers = (keys, signer)
-        return signer
+        self.tokens = Tokens(sign=settings.sign_id, secret_keys=secret_keys, salt=self.salt)
 
     def new_sid(self) -> str:
-        return secrets.token_urlsafe(32)
+        return new_sid()
 
     def token_for(self, sid: str) -> str:
         """Return the token a client holds for ``sid``."""
-        signer = self._signer()
-        if signer is None:
-            return sid
-        return signer.sign(sid).decode("ascii")
+        return self.tokens.token_for(sid)
 
     def sid_from(self, token: str | None) -> str | None:
         """Return the id in a well-formed, correctly signed token, or None."""
-        if not token or not isinstance(token, str):
-            return None
-        signer = self._signer()
-        if signer is None:
-            return token if _UNSIGNED_TOKEN.fullmatch(token) else None
-        if not _SIGNED_TOKEN.fullmatch(token):
-            return None
-        try:
-            return signer.unsign(token).decode("ascii")
-        except BadSignature:
-            return None
+        return self.tokens.sid_from(token)
 
-    @staticmethod
-    def storage_key(sid: str) -> str:
-        return hashlib.sha256(sid.encode("ascii")).hexdigest()
+    storage_key = staticmethod(storage_key)
 
     @property
     def longest_lifetime(self) -> timedelta:
@@ -248,6 +209,8 @@ class SessionStore:
         :raises TypeError: the key or the value would not come back as it is.
         """
         check_key(key)
+        if key == LIFETIME_KEY:
+            raise TypeError(f"Session key {key!r} is reserved for the session's own lifetime.")
         try:
             return self.serializer.dumps(value)
         except (TypeError, ValueError) as e:

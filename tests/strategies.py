@@ -158,10 +158,8 @@ def _fixed_offsets() -> st.SearchStrategy[timezone]:
     return st.one_of(
         st.just(timezone.utc),
         st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m))),
-        # Offsets under a second are left out: see test_known_losses.
-        st.timedeltas(min_value=-day, max_value=day)
-        .filter(lambda offset: not timedelta(0) < abs(offset) < timedelta(seconds=1))
-        .map(timezone),
+        # Offsets with a fraction of a second are refused.
+        st.timedeltas(min_value=-day, max_value=day).map(timezone),
     )
 
 
@@ -175,16 +173,10 @@ _huge_ints = st.builds(
 )
 
 
-def _split_surrogate_pairs(text: str) -> str:
-    # A high and a low surrogate in a row come back joined: see test_known_losses.
-    return re.sub("([\ud800-\udbff])(?=[\udc00-\udfff])", "\\1-", text)
-
-
 text_values = st.one_of(
     st.text(),
-    st.text(st.sampled_from("\x00\ud800\udfff\u2028\\\"'\n\x7fa\U0001f600")).map(
-        _split_surrogate_pairs
-    ),
+    # Surrogate code points, paired or not, are refused.
+    st.text(st.sampled_from("\x00\ud800\udfff\u2028\\\"'\n\x7fa\U0001f600")),
 )
 
 #: Leaves that come back exactly (a few huge ints and lone surrogates may be refused).
@@ -342,18 +334,18 @@ class Nested:
         return value
 
 
-#: Deep values, near the depth where Python's stack runs out too. Tuples,
-#: two JSON levels each, are left out: see test_known_losses.
+#: Deep values, near the depth where Python's stack runs out too (tuples take
+#: two JSON levels each).
 nested = st.builds(
     Nested,
-    st.sampled_from(["l", "d", "ld"]),
+    st.sampled_from(["l", "d", "ld", "t", "lt"]),
     st.one_of(st.integers(DEEP, 1200), st.integers(400, 600)),
 )
 
 #: Session keys every store must accept, some shaped like its own fields.
 good_session_keys = st.one_of(
     st.text(max_size=30).filter(lambda k: k != "_permanent"),
-    # Not "_serversession_lifetime": see test_known_losses.
+    # Not "_serversession_lifetime": it is reserved and refused.
     st.sampled_from((*TAG_LIKE_KEYS, "_fresh", "_flashes", "_id", "_user_id", "csrf_token")),
 )
 
@@ -411,6 +403,8 @@ def key_verdict(key: t.Any) -> str:
     """Whether every store must accept ``key`` as a session key."""
     if type(key) is not str or "\x00" in key or _SURROGATE.search(key):
         return REFUSED
+    if key == "_serversession_lifetime":
+        return REFUSED
     return OK
 
 
@@ -434,6 +428,9 @@ def value_verdict(value: t.Any) -> str:
                 verdict = worst([verdict, EITHER])
         elif kind is datetime:
             if item.tzinfo is not None and type(item.tzinfo) is not timezone:
+                return REFUSED
+            offset = item.utcoffset()
+            if offset is not None and offset % timedelta(seconds=1):
                 return REFUSED
         elif kind is list or kind is tuple:
             pending.extend((v, depth + 1) for v in item)

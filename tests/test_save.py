@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import typing as t
 import uuid
 from collections import OrderedDict
@@ -65,7 +66,7 @@ EXACT_VALUES = [
     float("inf"),
     -0.0,
     2**80,
-    "\x00 NUL, \ud800 lone surrogate, ☃",
+    "\x00 NUL, \u2028, ☃",
     {"\x00": "NUL in a nested key is JSON like any other"},
 ]
 
@@ -104,6 +105,10 @@ LOSSY_VALUES = [
     Size.LARGE,
     OrderedDict(a=1),
     [1, {2: "deep"}],
+    "\ud800 a lone surrogate",
+    "\ud800\udfff a pair of surrogates that JSON would join",
+    datetime(2026, 1, 2, tzinfo=timezone(timedelta(microseconds=1))),
+    functools.reduce(lambda inner, _: [inner], range(300), []),
 ]
 
 
