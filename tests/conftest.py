@@ -23,6 +23,7 @@ from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.backends.memory import MemoryBackend
 from flask_serversession.store import SessionStore
 
+from .support.postgres import make_postgres  # noqa: F401
 from .support.postgres import postgres_url  # noqa: F401
 from .support.redis_servers import make_redis_server  # noqa: F401
 from .support.redis_servers import redis_backend  # noqa: F401
@@ -36,6 +37,21 @@ from .support.sql import postgres_backend  # noqa: F401
 from .support.sql import sqlite_backend  # noqa: F401
 
 IN_CI = bool(os.environ.get("CI"))
+
+_FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _FIGURES.extend(str(v) for k, v in report.user_properties if k == "figures")
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    """Print the figures that fuzz and fault tests record, so CI logs show them."""
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
 
 
 def server_unavailable(reason: str) -> t.NoReturn:

@@ -309,6 +309,7 @@ def measure(server: Gunicorn, run: Run) -> tuple[Figures, list[str]]:
 
 def report(request: pytest.FixtureRequest, name: str, figures: Figures) -> None:
     print(f"\n{figures.line(name)}")
+    request.node.user_properties.append(("figures", figures.line(name)))
     for field, value in dataclasses.asdict(figures).items():
         count = field == "logged_after_recovery"
         request.node.user_properties.append((field, len(value) if count else value))

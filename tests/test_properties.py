@@ -67,7 +67,7 @@ class Tally:
         if name == "values":
             line += f", {self.refused} refused saves"
         print(f"\n{line}")
-        request.node.user_properties.append((f"fuzz {name}", line))
+        request.node.user_properties.append(("figures", line))
 
 
 def _wire(text: str) -> str:
