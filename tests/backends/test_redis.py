@@ -15,6 +15,7 @@ import redis.cluster
 from flask import Flask
 
 from flask_serversession.backends.base import CorruptRecordError
+from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.redis import RedisBackend
@@ -22,9 +23,14 @@ from flask_serversession.config import build_backend
 from flask_serversession.config import DEFAULTS
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError
+from flask_serversession.errors import SessionTooLargeError
 
+from ..conftest import session_cookie
 from ..support.redis_servers import Counter
+from ..support.redis_servers import DAMAGES
 from ..support.redis_servers import free_port
+from ..support.redis_servers import LAYOUT_DAMAGES
+from ..support.redis_servers import redis_decoded_backend  # noqa: F401
 from ..support.redis_servers import RedisCluster
 from ..support.redis_servers import RedisSentinel
 from ..support.redis_servers import RedisServer
@@ -73,6 +79,7 @@ def session_operations(
         "create": lambda: backend.create(key, record({"a": "1", "b": "2"})),
         "update": lambda: backend.update(key, Delta(start + 2 * HOUR, {"c": "3"}), start),
         "touch": lambda: backend.touch(key, start + 3 * HOUR, start),
+        "take": lambda: backend.take(key, start),
         "delete": lambda: backend.delete(key),
     }
 
@@ -90,10 +97,11 @@ def test_each_operation_is_one_round_trip(redis_server: RedisServer) -> None:
     backend.update(key_of("warm up"), Delta(start + HOUR), start)  # loads the script
 
     operations = session_operations(backend, key, start)
-    for name in ("create", "load", "update", "touch", "delete"):
+    backend.take(key_of("warm up"), start)  # loads the script
+    for name in ("create", "load", "update", "touch", "take", "create", "delete"):
         n, sent = counter.measure(operations[name])
         assert n == 1, name
-        if name in ("update", "touch"):
+        if name in ("update", "touch", "take"):
             assert b"EVALSHA" in sent[0]
 
     # What the server ran for each: one command, or one MULTI block, or one script.
@@ -102,6 +110,8 @@ def test_each_operation_is_one_round_trip(redis_server: RedisServer) -> None:
     assert created == {"multi": 1, "del": 1, "hset": 1, "pexpireat": 1, "exec": 1}
     updated = server_commands(admin, lambda: backend.update(key, Delta(start + HOUR), start))
     assert updated["evalsha"] == 1 and "script|load" not in updated and "eval" not in updated
+    taken = server_commands(admin, lambda: backend.take(key, start))
+    assert taken["evalsha"] == 1 and "script|load" not in taken and "eval" not in taken
     backend.clear()
     client.close()
     admin.close()
@@ -113,6 +123,8 @@ def test_script_is_reloaded_after_the_server_forgets_it(redis_backend: RedisBack
     backend.client.script_flush()
     assert backend.update(key, Delta(now() + 2 * HOUR, {"x": "1"}), now())
     assert backend.load(key).data == {"k": '"v"', "x": "1"}  # type: ignore[union-attr]
+    backend.client.script_flush()
+    assert backend.take(key, now()).data == {"k": '"v"', "x": "1"}  # type: ignore[union-attr]
 
 
 def test_cluster_operations_are_one_round_trip(redis_cluster: RedisCluster) -> None:
@@ -126,9 +138,10 @@ def test_cluster_operations_are_one_round_trip(redis_cluster: RedisCluster) -> N
     backend = RedisBackend(client, key_prefix=unique_prefix())
     start = now()
     keys = [key_of(f"s{i}") for i in range(6)]
-    for key in keys:  # opens a connection to every node and loads the script there
+    for key in keys:  # opens a connection to every node and loads the scripts there
         backend.create(key, record())
         backend.update(key, Delta(start + HOUR), start)
+        backend.take(key, start)
     for key in keys:
         for name, call in session_operations(backend, key, start).items():
             assert counter.measure(call)[0] == 1, name
@@ -229,12 +242,6 @@ def test_corrupt_hashes_raise_on_load_and_are_skipped_by_items(
     assert len([r for r in caplog.records if r.name == "flask_serversession"]) == 5
     assert backend.count(now()) == 3  # count reads only the expiry: "stray field", "bad utf8"
     assert backend.clear() == 6
-
-
-def test_purge_expired_is_a_no_op(redis_backend: RedisBackend) -> None:
-    redis_backend.create(key_of("a"), record())
-    assert redis_backend.purge_expired(now() + 10 * HOUR) == 0
-    assert redis_backend.load(key_of("a")) is not None
 
 
 def test_prefixes_isolate_backends_on_one_server(redis_server: RedisServer) -> None:
@@ -461,7 +468,9 @@ OPERATIONS: dict[str, t.Callable[[RedisBackend], object]] = {
     "create": lambda b: b.create(key_of("a"), record()),
     "update": lambda b: b.update(key_of("a"), Delta(now() + HOUR, {"k": "1"}), now()),
     "touch": lambda b: b.touch(key_of("a"), now() + HOUR, now()),
+    "take": lambda b: b.take(key_of("a"), now()),
     "delete": lambda b: b.delete(key_of("a")),
+    "purge": lambda b: b.purge_expired(now(), longest_lifetime=HOUR),
     "count": lambda b: b.count(now()),
     "items": lambda b: list(b.items(now())),
     "clear": lambda b: b.clear(),
@@ -511,6 +520,8 @@ def test_a_read_only_replica_refuses_writes_with_backend_error(
     with pytest.raises(BackendError, match=r"ReadOnlyError|READONLY"):
         on_replica.delete(key_of("a"))
     with pytest.raises(BackendError, match=r"ReadOnlyError|READONLY"):
+        on_replica.take(key_of("a"), now())
+    with pytest.raises(BackendError, match=r"ReadOnlyError|READONLY"):
         on_replica.clear()
     assert on_replica.load(key_of("b")) is None
     assert on_replica.load(key_of("a")).data == {"k": "1"}  # type: ignore[union-attr]
@@ -542,3 +553,338 @@ def test_a_failed_save_leaves_no_half_written_hash(
     assert backend.load(key_of("a")).data == {"k": "2", "new": "3"}  # type: ignore[union-attr]
     backend.client.config_set("maxmemory", 0)
     backend.close()
+
+
+@pytest.fixture(params=["redis", "redis_cluster"])
+def either_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    """An empty backend on the plain server, then on the cluster."""
+    return t.cast(RedisBackend, request.getfixturevalue(f"{request.param}_backend"))
+
+
+@pytest.fixture(params=["redis", "redis_cluster", "redis_decoded"])
+def any_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    """As ``either_backend``, and on a plain client built with decode_responses."""
+    return t.cast(RedisBackend, request.getfixturevalue(f"{request.param}_backend"))
+
+
+def raw(backend: RedisBackend, key: str) -> bytes | None:
+    """The server's serialization of the key (DUMP), to tell that nothing changed."""
+    return t.cast("bytes | None", backend.client.dump(backend.key_prefix + key))
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == "flask_serversession" and r.levelno >= logging.ERROR
+    ]
+
+
+def test_take_returns_the_live_record_and_removes_it(either_backend: RedisBackend) -> None:
+    backend, key = either_backend, key_of("a")
+    created = record({"user": '"alice"', "cart": "[1,2]"})
+    backend.create(key, created)
+    assert backend.take(key, now()) == created
+    assert backend.client.exists(backend.key_prefix + key) == 0
+    assert backend.take(key, now()) is None
+    # A save of the old session that lands after the take brings nothing back.
+    assert backend.update(key, Delta(now() + HOUR, {"late": "1"}), now()) is False
+    assert backend.touch(key, now() + HOUR, now()) is False
+    assert backend.load(key) is None
+
+
+def test_take_of_a_session_expired_by_the_app_clock_removes_it(
+    either_backend: RedisBackend,
+) -> None:
+    backend, key = either_backend, key_of("a")
+    created = record({"k": "1"})
+    backend.create(key, created)
+    assert backend.take(key, created.expires_at + timedelta(seconds=1)) is None
+    assert backend.client.exists(backend.key_prefix + key) == 0
+    assert backend.take(key_of("never existed"), now()) is None
+
+
+def at_once(*calls: t.Callable[[], object]) -> list[object]:
+    """Run ``calls`` in threads released together; each one's result or exception."""
+    barrier = threading.Barrier(len(calls), timeout=10)
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    return results
+
+
+def test_only_one_of_two_concurrent_takes_gets_the_session(either_backend: RedisBackend) -> None:
+    backend, key = either_backend, key_of("a")
+    for _ in range(10):
+        created = record({"k": "1"})
+        backend.create(key, created)
+        taken = at_once(lambda: backend.take(key, now()), lambda: backend.take(key, now()))
+        assert sorted(taken, key=lambda r: r is None) == [created, None]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_key_fails_load_and_update_and_take_removes_it(
+    any_backend: RedisBackend, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, key = any_backend, key_of("a")
+    backend.create(key, record({"user": '"alice"'}))
+    DAMAGES[damage](backend.client, backend.key_prefix + key)
+
+    with pytest.raises(CorruptRecordError):
+        backend.load(key)
+    if damage in LAYOUT_DAMAGES:
+        before = raw(backend, key)
+        assert backend.update(key, Delta(now() + HOUR, {"k": "2"}, max_size=10**6), now()) is False
+        assert backend.update(key, Delta(now() + HOUR, {"k": "2"}), now()) is False
+        assert backend.touch(key, now() + 2 * HOUR, now()) is False
+        assert raw(backend, key) == before
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert list(backend.items(now())) == []
+        assert backend.take(key, now()) is None
+    assert len(errors_logged(caplog)) == 2
+    assert backend.client.exists(backend.key_prefix + key) == 0
+    assert backend.load(key) is None
+
+
+def test_damaged_keys_next_to_good_ones(
+    any_backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = any_backend
+    backend.create(key_of("good"), record({"k": "1"}))
+    for damage, apply in DAMAGES.items():
+        backend.create(key_of(damage), record({"user": '"alice"'}))
+        apply(backend.client, backend.key_prefix + key_of(damage))
+    backend.client.set(backend.key_prefix.encode() + b"\xff\xfe", "a key name that is not UTF-8")
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert [k for k, _ in backend.items(now())] == [key_of("good")]
+    assert len(errors_logged(caplog)) == len(DAMAGES) + 1
+    assert backend.clear() == len(DAMAGES) + 2
+
+
+def test_update_enforces_max_size_on_the_merged_data(either_backend: RedisBackend) -> None:
+    backend, key = either_backend, key_of("a")
+    backend.create(key, record({"a": '"' + "x" * 40 + '"'}))
+    size = data_size({"a": '"' + "x" * 40 + '"'})  # 43
+    before = raw(backend, key)
+    grow = Delta(now() + 2 * HOUR, {"b": '"' + "y" * 20 + '"'}, max_size=50)
+    with pytest.raises(SessionTooLargeError, match=rf"would take {size + 23} bytes.*\(50\)"):
+        backend.update(key, grow, now())
+    assert raw(backend, key) == before
+    assert 0 < pttl(backend, key) <= 3_600_001  # the expiry did not move either
+
+    assert backend.update(key, replace_max(grow, None), now())  # no limit
+    # Over the limit already: a save that does not grow it still goes through.
+    assert backend.update(key, Delta(now() + HOUR, {"b": '"' + "z" * 20 + '"'}, max_size=50), now())
+    shrink = Delta(now() + HOUR, {"a": '"x"'}, max_size=50)
+    assert backend.update(key, shrink, now())
+    assert backend.update(key, Delta(now() + HOUR, deleted=frozenset({"b"}), max_size=1), now())
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.data == {"a": '"x"'}
+
+
+def replace_max(delta: Delta, max_size: int | None) -> Delta:
+    return Delta(delta.expires_at, delta.set, delta.deleted, max_size=max_size)
+
+
+UNICODE_DATA = {
+    "ключ": '"значение"',
+    "🎉 party": '"\\ud83c\\udf89"',
+    "a\x00b": '"nul \x00 inside"',
+    "\x00": '"\\u0000"',
+    "\ufeff\uffff": '"☃ ✓ 中文"',
+    "d:x": '"looks like a field"',
+    "": '""',
+    "created_us": '"a session key named like metadata"',
+}
+
+
+def test_the_script_counts_bytes_exactly_as_data_size(either_backend: RedisBackend) -> None:
+    backend, key = either_backend, key_of("a")
+    delta_set = {"ü🎉": '"' + "✓" * 7 + '"', "ключ": '"короче"', "\x00k": '"\x00"'}
+    deleted = frozenset({"a\x00b", "absent"})
+    merged = {k: v for k, v in UNICODE_DATA.items() if k not in deleted} | delta_set
+    size = data_size(merged)
+    assert size > data_size(UNICODE_DATA)
+    for limit, fits in ((size - 1, False), (size, True)):
+        backend.create(key, record(UNICODE_DATA))
+        delta = Delta(now() + HOUR, delta_set, deleted, max_size=limit)
+        if fits:
+            assert backend.update(key, delta, now())
+            assert backend.load(key).data == merged  # type: ignore[union-attr]
+        else:
+            with pytest.raises(SessionTooLargeError, match=f"would take {size} bytes"):
+                backend.update(key, delta, now())
+            assert backend.load(key).data == UNICODE_DATA  # type: ignore[union-attr]
+
+
+def test_two_writers_that_fit_alone_cannot_pass_max_size_together(
+    either_backend: RedisBackend,
+) -> None:
+    backend, key = either_backend, key_of("a")
+    base = {"user": '"alice"'}
+    limit = data_size(base) + 60
+    for round_ in range(5):
+        backend.create(key, record(base))
+        # Each writer loaded the same session; its own change fits the limit.
+        deltas = [
+            Delta(now() + HOUR, {f"note{n}": '"' + "n" * 40 + '"'}, max_size=limit) for n in (1, 2)
+        ]
+        assert all(data_size(base | d.set) <= limit for d in deltas)
+        outcomes = at_once(*(lambda d=d: backend.update(key, d, now()) for d in deltas))
+        assert True in outcomes, round_
+        assert [type(o) for o in outcomes if o is not True] == [SessionTooLargeError], round_
+        loaded = backend.load(key)
+        assert loaded is not None and data_size(loaded.data) <= limit
+        assert len(loaded.data) == 2
+
+
+def test_unicode_and_nul_round_trip_in_keys_and_values(any_backend: RedisBackend) -> None:
+    backend, key = any_backend, key_of("a")
+    created = record(UNICODE_DATA)
+    backend.create(key, created)
+    assert backend.load(key) == created
+    delta = Delta(
+        created.expires_at,
+        {"🎉 party": '"again"', "новый\x00": '"\x00\x00"', "\U0010fffd": '"\U0001f600"'},
+        frozenset({"ключ", "\x00"}),
+        max_size=10**6,
+    )
+    assert backend.update(key, delta, now())
+    expected = {k: v for k, v in UNICODE_DATA.items() if k not in delta.deleted} | delta.set
+    assert backend.load(key).data == expected  # type: ignore[union-attr]
+    assert dict(backend.items(now()))[key].data == expected
+    assert backend.take(key, now()).data == expected  # type: ignore[union-attr]
+
+
+def test_unicode_and_nul_round_trip_through_requests(
+    make_app: t.Callable[..., Flask], either_backend: RedisBackend
+) -> None:
+    client = make_app(either_backend).test_client()
+    values = {
+        "ключ 🎉": "a\x00b ☃",
+        "\ufeffbom": ["\x00", "\U0010fffd", {"中文": "\x00"}],
+        "d:user": "looks like a field",
+        "created_us": 1,
+    }
+    assert client.post("/set", json=values).status_code == 200
+    assert client.get("/dump").json == values
+    assert client.post("/set", json={"ключ 🎉": "\x00 changed"}).status_code == 200
+    assert client.post("/delete/created_us").status_code == 200
+    expected = {k: v for k, v in values.items() if k != "created_us"} | {"ключ 🎉": "\x00 changed"}
+    assert client.get("/dump").json == expected
+    assert session_cookie(client) is not None
+
+
+def no_ttl_keys(backend: RedisBackend) -> dict[str, t.Callable[[], object]]:
+    """Keys under the prefix without a TTL, as damage or other code leaves them."""
+    client, prefix = backend.client, backend.key_prefix
+
+    def persisted(name: str, damage: str | None) -> t.Callable[[], object]:
+        def make() -> None:
+            backend.create(key_of(name), record({"k": "1"}))
+            if damage is not None:
+                DAMAGES[damage](client, prefix + key_of(name))
+            client.persist(prefix + key_of(name))
+
+        return make
+
+    return {
+        "persisted session": persisted("persisted session", None),
+        "no metadata": persisted("no metadata", "metadata missing"),
+        "stray field": persisted("stray field", "stray field"),
+        "string": lambda: client.set(prefix + key_of("string"), "x"),
+        "list": lambda: client.rpush(prefix + key_of("list"), "x"),
+        "set": lambda: client.sadd(prefix + key_of("set"), "x"),
+    }
+
+
+def test_purge_gives_keys_without_a_ttl_one_and_leaves_sessions_alone(
+    either_backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, client, prefix = either_backend, either_backend.client, either_backend.key_prefix
+    sessions = {key_of(f"s{i}"): record({"i": str(i)}, expires_in=(i + 1) * HOUR) for i in range(5)}
+    for key, created in sessions.items():
+        backend.create(key, created)
+    backend.create(key_of("damaged with ttl"), record({"k": "1"}))
+    DAMAGES["stray field"](client, prefix + key_of("damaged with ttl"))
+    lasting = no_ttl_keys(backend)
+    for make in lasting.values():
+        make()
+    expiry = {name: client.pexpiretime(name) for name in client.keys(_glob(prefix))}
+    assert all(pttl(backend, key_of(n)) == -1 for n in lasting)
+
+    assert backend.purge_expired(now(), longest_lifetime=None) == 0
+    assert all(pttl(backend, key_of(n)) == -1 for n in lasting)
+
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert backend.purge_expired(now(), longest_lifetime=2 * HOUR) == 0
+    assert [r.getMessage() for r in errors_logged(caplog)] == [
+        f"6 keys under {prefix!r} had no TTL (damaged, or not written by this backend);"
+        " Redis removes them in 2:00:00."
+    ]
+    for name in lasting:
+        assert 7_190_000 < pttl(backend, key_of(name)) <= 7_200_000, name
+    for name, expire_ms in expiry.items():
+        if expire_ms != -1:
+            assert client.pexpiretime(name) == expire_ms
+    for key, created in sessions.items():
+        assert backend.load(key) == created
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert backend.purge_expired(now(), longest_lifetime=timedelta(seconds=1)) == 0
+    assert errors_logged(caplog) == []  # a key given a TTL once keeps it
+    assert 7_100_000 < pttl(backend, key_of("string")) <= 7_200_000
+
+
+def _glob(prefix: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+
+
+def test_keys_given_a_ttl_by_purge_are_gone_after_it(either_backend: RedisBackend) -> None:
+    backend = either_backend
+    backend.create(key_of("good"), record())
+    lasting = no_ttl_keys(backend)
+    for make in lasting.values():
+        make()
+    assert backend.purge_expired(now(), longest_lifetime=timedelta(milliseconds=100)) == 0
+    deadline = time.monotonic() + 5
+    while any(backend.client.exists(backend.key_prefix + key_of(n)) for n in lasting):
+        assert time.monotonic() < deadline, "Redis did not drop the keys"
+        time.sleep(0.05)
+    assert [k for k, _ in backend.items(now())] == [key_of("good")]
+
+
+def test_purge_works_in_batches_over_every_primary(either_backend: RedisBackend) -> None:
+    backend, client, prefix = either_backend, either_backend.client, either_backend.key_prefix
+    pipe = client.pipeline(transaction=False)
+    for i in range(1300):
+        name = prefix + key_of(f"k{i}")
+        if i % 2:
+            pipe.hset(name, mapping={"created_us": 1, "expires_us": 2**52, "d:i": str(i)})
+        else:
+            pipe.set(name, "damaged")
+        if i % 3 == 0:
+            pipe.pexpire(name, 3_600_000)
+    pipe.execute()
+    assert backend.purge_expired(now(), longest_lifetime=2 * HOUR) == 0
+    ttls = [pttl(backend, key_of(f"k{i}")) for i in range(1300)]
+    assert all(3_500_000 < ms <= 3_600_000 for ms in ttls[::3])
+    assert all(7_100_000 < ms <= 7_200_000 for i, ms in enumerate(ttls) if i % 3)
+    if isinstance(client, redis.cluster.RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        for node in primaries:
+            connection = t.cast(t.Any, node.redis_connection)
+            names = list(connection.scan_iter(match=_glob(prefix)))
+            assert names and all(connection.pttl(n) > 0 for n in names)
+    assert backend.clear() == 1300

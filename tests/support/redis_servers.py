@@ -325,6 +325,54 @@ def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[RedisBacken
     client.close()
 
 
+@pytest.fixture
+def redis_decoded_backend(redis_server: RedisServer) -> t.Iterator[RedisBackend]:
+    """As ``redis_backend``, on a client built with ``decode_responses=True``."""
+    from flask_serversession.backends.redis import RedisBackend
+
+    client = redis_server.client(decode_responses=True)
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    yield backend
+    backend.clear()
+    client.close()
+
+
+def _replace(client: t.Any, name: str, kind: str) -> None:
+    client.delete(name)
+    if kind == "string":
+        client.set(name, "not a session")
+    elif kind == "list":
+        client.rpush(name, "d:user", '"alice"')
+    elif kind == "set":
+        client.sadd(name, "d:user")
+    else:
+        client.zadd(name, {"d:user": 1.0})
+
+
+#: Ways to damage the session hash at ``name``, each ``damage(client, name)``,
+#: through any client (plain or cluster). Every one makes it undecodable.
+DAMAGES: dict[str, t.Callable[[t.Any, str], object]] = {
+    "created_us garbage": lambda c, n: c.hset(n, "created_us", "yesterday"),
+    "expires_us garbage": lambda c, n: c.hset(n, "expires_us", "soon"),
+    "expires_us float": lambda c, n: c.hset(n, "expires_us", "4e15"),
+    "expires_us signed": lambda c, n: c.hset(n, "expires_us", "+4000000000000000"),
+    "expires_us huge": lambda c, n: c.hset(n, "expires_us", "9" * 18),
+    "created_us missing": lambda c, n: c.hdel(n, "created_us"),
+    "expires_us missing": lambda c, n: c.hdel(n, "expires_us"),
+    "metadata missing": lambda c, n: c.hdel(n, "created_us", "expires_us"),
+    "stray field": lambda c, n: c.hset(n, "stray", "1"),
+    "non-UTF-8 value": lambda c, n: c.hset(n, "d:user", b'"\xff\xfe"'),
+    "non-UTF-8 name": lambda c, n: c.hset(n, b"d:\xc3(", '"x"'),
+    "string": lambda c, n: _replace(c, n, "string"),
+    "list": lambda c, n: _replace(c, n, "list"),
+    "set": lambda c, n: _replace(c, n, "set"),
+    "sorted set": lambda c, n: _replace(c, n, "zset"),
+}
+
+#: The damages an update sees by itself (the layout, not bytes inside a field).
+LAYOUT_DAMAGES = [n for n in DAMAGES if not n.startswith("non-UTF-8")]
+
+
 class Counter:
     """Counts the requests a client writes to its socket: one per round trip."""
 
