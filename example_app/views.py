@@ -4,6 +4,7 @@ import itertools
 import typing as t
 from datetime import datetime
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from flask import abort
 from flask import Blueprint
@@ -20,9 +21,31 @@ from . import server_session
 bp = Blueprint("pages", __name__)
 api = Blueprint("api", __name__, url_prefix="/api")
 
-# The forms in the templates post without a CSRF token to keep the example
-# short. A real app must protect every state-changing form (e.g. Flask-WTF's
-# CSRFProtect); SameSite=Lax cookies alone are not enough everywhere.
+#: How long "Remember me" keeps a session, and its cookie, alive.
+REMEMBER_FOR = timedelta(days=30)
+
+
+@bp.before_app_request
+def refuse_cross_origin() -> None:
+    """Refuse state-changing requests that a browser sent from another origin (CSRF).
+
+    Browsers say where a request comes from in ``Sec-Fetch-Site``, or in
+    ``Origin`` if they are older; clients that send neither (curl, the test
+    client) are no browser that a forged page could drive. SameSite=Lax alone
+    is not enough: a page on another port of the same host is the same site,
+    and its forms would post with the session cookie. Flask-WTF's
+    ``CSRFProtect`` (a token in every form) is the other common choice.
+    """
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        if fetch_site not in ("same-origin", "none"):
+            abort(403)
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        abort(403)
 
 
 def utc(value: datetime | None) -> str:
@@ -33,7 +56,12 @@ def utc(value: datetime | None) -> str:
 @bp.route("/")
 def index() -> str:
     session["visits"] = session.get("visits", 0) + 1
-    return render_template("index.html", visits=session["visits"], user=session.get("user"))
+    return render_template(
+        "index.html",
+        visits=session["visits"],
+        user=session.get("user"),
+        remembered=session.get("remembered", False),
+    )
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -42,13 +70,17 @@ def login() -> t.Any:
         username = request.form.get("username", "").strip()
         if not username:
             flash("Enter a username.")
-            return render_template("login.html"), 400
+            return render_template("login.html", remember_days=REMEMBER_FOR.days), 400
         # A new id on sign-in: a token planted before it is worth nothing after.
         session.regenerate()
         session["user"] = username
+        if request.form.get("remember"):
+            # This session's own lifetime; its cookie outlives the browser.
+            session.set_lifetime(REMEMBER_FOR)
+            session["remembered"] = True
         flash(f"Signed in as {username}.")
         return redirect(url_for("pages.index"))
-    return render_template("login.html")
+    return render_template("login.html", remember_days=REMEMBER_FOR.days)
 
 
 @bp.post("/logout")
@@ -92,6 +124,7 @@ def session_info() -> str:
         created_at=session.created_at,
         expires_at=session.expires_at,
         permanent=session.permanent,
+        remembered=session.get("remembered", False),
         keys=sorted(session.keys()),
     )
 
@@ -100,6 +133,17 @@ def session_info() -> str:
 def renew() -> t.Any:
     session.renew()
     flash("Expiry pushed back.")
+    return redirect(url_for("pages.session_info"))
+
+
+@bp.post("/session/permanent")
+def set_permanent() -> t.Any:
+    # Changing the flag re-sends the cookie, with an expiry or without one.
+    session.permanent = request.form.get("permanent") == "on"
+    if session.permanent:
+        flash("The cookie now has an expiry and outlives the browser.")
+    else:
+        flash("The cookie now ends when the browser closes.")
     return redirect(url_for("pages.session_info"))
 
 

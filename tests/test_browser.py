@@ -1,9 +1,12 @@
-"""The example app in headless Chromium: sign in, cart, tabs, sign out, cookie flags."""
+"""The example app in headless Chromium: sign in, cart, tabs, sign out, cookie flags,
+remember me across browser restarts, and forms posted from another origin."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 import typing as t
 import urllib.request
 from pathlib import Path
@@ -18,14 +21,14 @@ from .conftest import server_unavailable
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 10
+DAY = 24 * 60 * 60
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> t.Iterator[str]:
-    """Serve the example app, with its default SQLite store, on a free loopback port."""
-    app = create_app(instance_path=str(tmp_path / "instance"))
+@contextlib.contextmanager
+def serve(app: t.Any, name: str) -> t.Iterator[str]:
+    """Serve a WSGI app on a free loopback port; yield its base URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="example-app", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
@@ -33,47 +36,109 @@ def live_server(tmp_path: Path) -> t.Iterator[str]:
         server.shutdown()
         thread.join()
         server.server_close()
-        app.extensions["serversession"].backend.close()
 
 
 @pytest.fixture
-def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[t.Any]:
+def live_server(tmp_path: Path) -> t.Iterator[str]:
+    """Serve the example app, with its default SQLite store, on a free loopback port."""
+    app = create_app(instance_path=str(tmp_path / "instance"))
+    try:
+        with serve(app, "example-app") as url:
+            yield url
+    finally:
+        app.extensions["serversession"].backend.close()
+
+
+class Browsers:
+    """Starts headless Chromium instances, each on a profile directory of its own.
+
+    A profile directory outlives its browser, so :meth:`restart` shows what a
+    user sees after closing the browser and opening it again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(exist_ok=True)
+        #: Each open browser and its profile directory's name.
+        self.running: dict[t.Any, str] = {}
+
+    def start(self, profile: str) -> t.Any:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={self.root / profile}",
+        ):
+            options.add_argument(argument)
+        service = Service(CHROMEDRIVER, log_output=str(self.root / f"chromedriver-{profile}.log"))
+        try:
+            browser = webdriver.Chrome(options=options, service=service)
+        except Exception as e:
+            server_unavailable(f"Chromium did not start: {e}")
+        browser.set_page_load_timeout(WAIT_SECONDS)
+        self.running[browser] = profile
+        return browser
+
+    def restart(self, browser: t.Any) -> t.Any:
+        """Close the browser and open it again on the same profile."""
+        profile = self.running.pop(browser)
+        browser.quit()
+        return self.start(profile)
+
+    def screenshot_all(self, name: str) -> None:
+        for browser, profile in self.running.items():
+            path = self.root / f"{name}-{profile}.png"
+            with contextlib.suppress(Exception):
+                browser.save_screenshot(str(path))
+                print(f"Screenshot of the failure: {path}")
+
+    def quit_all(self) -> None:
+        while self.running:
+            browser, _ = self.running.popitem()
+            # One browser that crashed must not leave the others running.
+            with contextlib.suppress(Exception):
+                browser.quit()
+
+
+@pytest.fixture
+def browsers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> t.Iterator[Browsers]:
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
             server_unavailable(f"{path} is missing: install chromium and chromium-driver")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         server_unavailable("selenium is not installed")
 
     # Both paths are given, so selenium-manager has nothing to look up; offline
     # mode makes sure it never downloads a browser or driver anyway.
     monkeypatch.setenv("SE_OFFLINE", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(argument)
-    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    started = Browsers(tmp_path / "chromium")
+    failed_before = request.session.testsfailed
     try:
-        browser = webdriver.Chrome(options=options, service=service)
-    except Exception as e:
-        server_unavailable(f"Chromium did not start: {e}")
-    browser.set_page_load_timeout(WAIT_SECONDS)
-    try:
-        yield browser
+        yield started
+        # The test's own report is counted before its fixtures are torn down.
+        if request.session.testsfailed > failed_before:
+            started.screenshot_all(request.node.name)
     finally:
-        browser.quit()
+        started.quit_all()
+
+
+@pytest.fixture
+def driver(browsers: Browsers) -> t.Any:
+    return browsers.start("profile")
 
 
 def wait_for_text(driver: t.Any, element_id: str, text: str) -> None:
@@ -92,6 +157,12 @@ def submit(driver: t.Any, field_id: str, value: str, button_id: str) -> None:
     driver.find_element(By.ID, button_id).click()
 
 
+def click(driver: t.Any, element_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, element_id).click()
+
+
 def cart_items(driver: t.Any) -> list[str]:
     from selenium.webdriver.common.by import By
 
@@ -104,65 +175,174 @@ def page_with_cookie(url: str, value: str) -> str:
         return t.cast(str, response.read().decode())
 
 
-def test_sign_in_cart_tabs_and_sign_out(
-    live_server: str, driver: t.Any, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def sign_in(driver: t.Any, base: str, username: str, *, remember: bool = False) -> None:
+    driver.get(f"{base}/login")
+    if remember:
+        click(driver, "remember")
+    submit(driver, "username", username, "sign-in")
+    wait_for_text(driver, "status", f"Signed in as {username}.")
+
+
+def session_cookie(driver: t.Any) -> dict[str, t.Any]:
+    cookies = [c for c in driver.get_cookies() if c["name"] == "session"]
+    assert len(cookies) == 1, cookies
+    return t.cast(dict[str, t.Any], cookies[0])
+
+
+def test_sign_in_cart_tabs_and_sign_out(live_server: str, driver: t.Any) -> None:
     from selenium.webdriver.common.by import By
 
-    try:
-        driver.get(f"{live_server}/")
-        wait_for_text(driver, "status", "You are not signed in.")
+    driver.get(f"{live_server}/")
+    wait_for_text(driver, "status", "You are not signed in.")
 
-        driver.get(f"{live_server}/login")
-        submit(driver, "username", "alice", "sign-in")
-        wait_for_text(driver, "status", "Signed in as alice.")
+    sign_in(driver, live_server, "alice")
 
-        driver.get(f"{live_server}/cart")
-        submit(driver, "item", "apple", "add")
-        wait_for_text(driver, "cart", "apple")
-        submit(driver, "item", "pear", "add")
-        wait_for_text(driver, "cart", "pear")
-        driver.refresh()
-        wait_for_text(driver, "cart", "pear")
-        assert cart_items(driver) == ["apple", "pear"]
+    driver.get(f"{live_server}/cart")
+    submit(driver, "item", "apple", "add")
+    wait_for_text(driver, "cart", "apple")
+    submit(driver, "item", "pear", "add")
+    wait_for_text(driver, "cart", "pear")
+    driver.refresh()
+    wait_for_text(driver, "cart", "pear")
+    assert cart_items(driver) == ["apple", "pear"]
 
-        cookie = driver.get_cookie("session")
-        assert cookie is not None
-        assert cookie["httpOnly"] is True
-        assert cookie["sameSite"] == "Lax"
-        assert cookie["path"] == "/"
-        signed_in = cookie["value"]
+    cookie = driver.get_cookie("session")
+    assert cookie is not None
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Lax"
+    assert cookie["path"] == "/"
+    signed_in = cookie["value"]
 
-        first_tab = driver.current_window_handle
-        driver.switch_to.new_window("tab")
-        driver.get(f"{live_server}/cart")
-        wait_for_text(driver, "cart", "pear")
-        submit(driver, "item", "lamp", "add")
-        wait_for_text(driver, "cart", "lamp")
-        driver.get(f"{live_server}/admin")
-        wait_for_text(driver, "count", "1")
-        driver.close()
+    first_tab = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    driver.get(f"{live_server}/cart")
+    wait_for_text(driver, "cart", "pear")
+    submit(driver, "item", "lamp", "add")
+    wait_for_text(driver, "cart", "lamp")
+    driver.get(f"{live_server}/admin")
+    wait_for_text(driver, "count", "1")
+    driver.close()
 
-        driver.switch_to.window(first_tab)
-        driver.refresh()
-        wait_for_text(driver, "cart", "lamp")
-        assert cart_items(driver) == ["apple", "pear", "lamp"]
-        assert driver.get_cookie("session")["value"] == signed_in
+    driver.switch_to.window(first_tab)
+    driver.refresh()
+    wait_for_text(driver, "cart", "lamp")
+    assert cart_items(driver) == ["apple", "pear", "lamp"]
+    assert driver.get_cookie("session")["value"] == signed_in
 
-        driver.find_element(By.ID, "logout").click()
-        wait_for_text(driver, "status", "You are not signed in.")
-        assert "Signed out." in driver.page_source
-        assert driver.get_cookie("session")["value"] != signed_in
+    driver.find_element(By.ID, "logout").click()
+    wait_for_text(driver, "status", "You are not signed in.")
+    assert "Signed out." in driver.page_source
+    assert driver.get_cookie("session")["value"] != signed_in
 
-        assert "You are not signed in." in page_with_cookie(f"{live_server}/", signed_in)
-        driver.delete_all_cookies()
-        driver.add_cookie({"name": "session", "value": signed_in, "path": "/"})
-        driver.get(f"{live_server}/cart")
-        wait_for_text(driver, "cart-empty", "The cart is empty.")
-        driver.get(f"{live_server}/")
-        wait_for_text(driver, "status", "You are not signed in.")
-    except BaseException:
-        screenshot = tmp_path / f"{request.node.name}.png"
-        driver.save_screenshot(str(screenshot))
-        print(f"Screenshot of the failure: {screenshot}")
-        raise
+    assert "You are not signed in." in page_with_cookie(f"{live_server}/", signed_in)
+    driver.delete_all_cookies()
+    driver.add_cookie({"name": "session", "value": signed_in, "path": "/"})
+    driver.get(f"{live_server}/cart")
+    wait_for_text(driver, "cart-empty", "The cart is empty.")
+    driver.get(f"{live_server}/")
+    wait_for_text(driver, "status", "You are not signed in.")
+
+
+def test_remember_me_keeps_the_user_signed_in_across_browser_restarts(
+    live_server: str, browsers: Browsers
+) -> None:
+    browser = browsers.start("remembered")
+    sign_in(browser, live_server, "alice", remember=True)
+    wait_for_text(browser, "remembered", "you stay signed in after it closes")
+    cookie = session_cookie(browser)
+    # A persistent cookie that expires with the session's own 30-day lifetime.
+    assert abs(cookie["expiry"] - (time.time() + 30 * DAY)) < 120
+    browser.get(f"{live_server}/session")
+    wait_for_text(browser, "cookie", "kept until it expires (Remember me)")
+
+    browser = browsers.restart(browser)
+    browser.get(f"{live_server}/")
+    wait_for_text(browser, "status", "Signed in as alice.")
+    assert session_cookie(browser)["value"] == cookie["value"]
+
+
+def test_without_remember_me_a_browser_restart_signs_the_user_out(
+    live_server: str, browsers: Browsers
+) -> None:
+    browser = browsers.start("forgotten")
+    sign_in(browser, live_server, "bob")
+    cookie = session_cookie(browser)
+    assert "expiry" not in cookie
+    browser.get(f"{live_server}/session")
+    wait_for_text(browser, "cookie", "ends when the browser closes")
+
+    # Headless Chromium drops session cookies when it restarts ("continue where
+    # you left off" is off in a new profile); the stored session is untouched.
+    browser = browsers.restart(browser)
+    browser.get(f"{live_server}/")
+    wait_for_text(browser, "status", "You are not signed in.")
+    assert session_cookie(browser)["value"] != cookie["value"]
+    assert "Signed in as <strong>bob</strong>." in page_with_cookie(
+        f"{live_server}/", cookie["value"]
+    )
+
+
+def test_changing_session_permanent_resends_the_cookie(
+    live_server: str, browsers: Browsers
+) -> None:
+    browser = browsers.start("permanent")
+    sign_in(browser, live_server, "carol")
+    signed_in = session_cookie(browser)
+    assert "expiry" not in signed_in
+
+    browser.get(f"{live_server}/session")
+    click(browser, "toggle-permanent")
+    wait_for_text(browser, "permanent", "yes")
+    cookie = session_cookie(browser)
+    # The same id, now with the session's expiry: 24 hours after sign-in.
+    assert cookie["value"] == signed_in["value"]
+    assert abs(cookie["expiry"] - (time.time() + DAY)) < 120
+
+    browser = browsers.restart(browser)
+    browser.get(f"{live_server}/session")
+    wait_for_text(browser, "permanent", "yes")
+    assert session_cookie(browser)["value"] == signed_in["value"]
+
+    click(browser, "toggle-permanent")
+    wait_for_text(browser, "permanent", "no")
+    cookie = session_cookie(browser)
+    assert cookie["value"] == signed_in["value"]
+    assert "expiry" not in cookie
+
+    browser = browsers.restart(browser)
+    browser.get(f"{live_server}/")
+    wait_for_text(browser, "status", "You are not signed in.")
+
+
+FORGED_PAGE = """<!doctype html>
+<form method="post" action="{action}" id="forged"></form>
+<script>document.getElementById("forged").submit();</script>
+"""
+
+
+def test_forms_posted_from_another_origin_are_refused(live_server: str, driver: t.Any) -> None:
+    sign_in(driver, live_server, "dave")
+    signed_in = session_cookie(driver)["value"]
+
+    def forger(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        action = live_server + environ["PATH_INFO"]
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [FORGED_PAGE.format(action=action).encode()]
+
+    # Another port of the same host: the same site, so the SameSite=Lax
+    # session cookie goes along with the forged post.
+    with serve(forger, "forger") as other_origin:
+        driver.get(f"{other_origin}/logout")
+        wait_for_url(driver, f"{live_server}/logout")
+        assert "Forbidden" in driver.page_source
+
+    driver.get(f"{live_server}/")
+    wait_for_text(driver, "status", "Signed in as dave.")
+    assert session_cookie(driver)["value"] == signed_in
+
+
+def wait_for_url(driver: t.Any, url: str) -> None:
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))
