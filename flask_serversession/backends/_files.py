@@ -66,54 +66,91 @@ def open_root(path: str) -> int:
     return fd
 
 
-def open_shard(root_fd: int, name: str, path: str) -> int | None:
-    """Open shard ``name`` of the session directory; None if it does not exist.
+def open_shard(parent_fd: int, name: str, path: str, what: str = "session shard") -> int | None:
+    """Open directory ``name`` (a shard) of ``parent_fd``; None if it does not exist.
 
+    :param what: what the directory is, for messages.
     :raise CorruptRecordError: it is not a directory (never followed through a
         symbolic link) or it is not trusted.
     """
     try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ELOOP):
             raise CorruptRecordError(f"{path!r} is not a directory") from e
         raise
-    problem = distrust(path, os.fstat(fd), "session shard")
+    problem = distrust(path, os.fstat(fd), what)
     if problem is not None:
         os.close(fd)
         raise CorruptRecordError(problem)
     return fd
 
 
-def make_shard(root_fd: int, name: str, path: str) -> int:
-    """Open shard ``name``, creating it (0700) or replacing a non-directory planted there.
+def make_shard(parent_fd: int, name: str, path: str, what: str = "session shard") -> int:
+    """Open directory ``name``, creating it (0700) or replacing a non-directory planted there.
 
+    :param what: what the directory is, for messages.
     :raise PermissionError: it is a directory that is not trusted.
     """
     for _attempt in range(3):
         with suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=root_fd)
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
         try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
             continue
         except OSError as e:
             if e.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
             # The session directory is ours alone, so whatever sits at a
-            # shard's name (a symbolic link, a FIFO) was planted: drop it.
-            logger.error("Replacing %r, which is not a directory, by a new shard", path)
+            # directory's name (a symbolic link, a FIFO) was planted: drop it.
+            logger.error("Replacing %r, which is not a directory, by a new %s", path, what)
             with suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=root_fd)
+                os.unlink(name, dir_fd=parent_fd)
             continue
-        problem = distrust(path, os.fstat(fd), "session shard")
+        problem = distrust(path, os.fstat(fd), what)
         if problem is not None:
             os.close(fd)
             raise PermissionError(errno.EPERM, problem)
         return fd
     raise OSError(errno.EAGAIN, f"{path!r} keeps changing while it is being created")
+
+
+@contextmanager
+def shard(directory: str, name: str, *, lock: bool, create: bool = False) -> t.Iterator[int | None]:
+    """Yield a descriptor of trusted shard ``name``, locked if asked; None if it is missing.
+
+    :param create: create the shard (see :func:`make_shard`) if it is missing.
+    :raise CorruptRecordError: the shard is not a trusted directory.
+    """
+    root = open_root(directory)
+    path = os.path.join(directory, name)
+    try:
+        fd = make_shard(root, name, path) if create else open_shard(root, name, path)
+    finally:
+        os.close(root)
+    if fd is None:
+        yield None
+        return
+    try:
+        if lock:
+            with locked(fd):
+                yield fd
+        else:
+            yield fd
+    finally:
+        os.close(fd)
+
+
+def exists(dir_fd: int, name: str) -> bool:
+    """Whether directory ``dir_fd`` has an entry ``name``, whatever it is."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 @contextmanager
@@ -154,11 +191,20 @@ def read(dir_fd: int, name: str, path: str, size: int = -1) -> bytes | None:
             raise CorruptRecordError(f"{path!r} is not a regular file: {e.strerror}") from e
         raise
     try:
-        problem = describe(os.fstat(fd))
+        st = os.fstat(fd)
+        problem = describe(st)
         if problem is not None:
             raise CorruptRecordError(f"{path!r} {problem}")
-        with open(fd, "rb", closefd=False) as f:
-            return f.read(size)
+        parts: list[bytes] = []
+        total = 0
+        while size < 0 or total < size:
+            # Unbounded, ask for more than the file holds: two reads in all.
+            chunk = os.read(fd, size - total if size >= 0 else st.st_size + 65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        return b"".join(parts)
     finally:
         os.close(fd)
 

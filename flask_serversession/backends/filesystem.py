@@ -1,22 +1,20 @@
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import secrets
 import stat
-import struct
 import typing as t
-import zlib
 from contextlib import contextmanager
 from contextlib import suppress
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 
 from ..errors import BackendError
+from . import _file_format as _format
 from . import _files
+from ._file_index import UserIndex
 from .base import Backend
 from .base import check_size
 from .base import CorruptRecordError
@@ -27,16 +25,7 @@ from .base import Record
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def _to_us(value: datetime) -> int:
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
 class FileSystemBackend(Backend):
@@ -44,11 +33,18 @@ class FileSystemBackend(Backend):
 
     A session lives in ``<directory>/<key[:2]>/<key>`` (directories 0700,
     files 0600): a header with a format version, the creation and expiry
-    times and a CRC32, then the serialized values as a JSON object. Writes
-    in a shard are serialized across threads and processes by ``fcntl.flock``
-    on the shard's ``.lock`` file, so several workers may share the
-    directory. It needs ``fcntl`` (Linux, other POSIX systems; not Windows) and
-    a local filesystem where ``flock`` works.
+    times and a CRC32, then the serialized values as a JSON object, or
+    ``[user, values]`` for a session that has a user. Writes in a shard are
+    serialized across threads and processes by ``fcntl.flock`` on the
+    shard's ``.lock`` file, so several workers may share the directory. It
+    needs ``fcntl`` (Linux, other POSIX systems; not Windows) and a local
+    filesystem where ``flock`` works.
+
+    The user index is an empty file ``users/<h[:2]>/<h>/<key>`` per session
+    of a user, ``h`` being the sha256 of the user. It is written (and
+    fsynced) before the session file names the user and removed after, under
+    the session shard's lock; :meth:`user_records` checks each session file
+    and removes the entries that no longer match.
 
     Only this process's user may own or write the directory, and nothing in
     it is followed through a symbolic link: a shard that is not a trusted
@@ -64,12 +60,12 @@ class FileSystemBackend(Backend):
     :raise OSError: when ``directory`` cannot be created or written.
     """
 
-    #: Magic and format version at the start of every session file.
-    magic = b"FSS\x01"
+    #: Magic and format version at the start of a session file without a user.
+    magic = _format.MAGIC
+    #: Magic of the format whose body is ``[user, values]``.
+    user_magic = _format.USER_MAGIC
     #: Name prefix of in-flight temporary files; never a valid key.
     temp_prefix = ".tmp-"
-
-    _header = struct.Struct(">4sqqI")
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
@@ -83,6 +79,7 @@ class FileSystemBackend(Backend):
             os.unlink(probe, dir_fd=root)
         finally:
             os.close(root)
+        self._index = UserIndex(self.directory)
 
     def _where(self, *names: str) -> str:
         return os.path.join(self.directory, *names)
@@ -94,31 +91,10 @@ class FileSystemBackend(Backend):
         except OSError as e:
             raise BackendError(f"Cannot {action} in {self.directory!r}: {e}") from e
 
-    @contextmanager
-    def _shard(self, name: str, *, lock: bool, create: bool = False) -> t.Iterator[int | None]:
-        """Yield a descriptor of a trusted shard, locked if asked; None if it does not exist.
-
-        :raise CorruptRecordError: the shard is not a trusted directory.
-        """
-        root = _files.open_root(self.directory)
-        try:
-            if create:
-                fd: int | None = _files.make_shard(root, name, self._where(name))
-            else:
-                fd = _files.open_shard(root, name, self._where(name))
-        finally:
-            os.close(root)
-        if fd is None:
-            yield None
-            return
-        try:
-            if lock:
-                with _files.locked(fd):
-                    yield fd
-            else:
-                yield fd
-        finally:
-            os.close(fd)
+    def _shard(
+        self, name: str, *, lock: bool, create: bool = False
+    ) -> t.ContextManager[int | None]:
+        return _files.shard(self.directory, name, lock=lock, create=create)
 
     def _shards(self) -> t.Iterator[tuple[str, int]]:
         """Yield ``(name, descriptor)`` of every trusted shard; log the others."""
@@ -141,60 +117,43 @@ class FileSystemBackend(Backend):
         with os.scandir(fd) as entries:
             return sorted(e.name for e in entries)
 
-    def _unpack(self, path: str, content: bytes) -> tuple[int, int, bytes]:
-        """Return ``(created_us, expires_us, body)`` of a session file's content."""
-        size = self._header.size
-        if len(content) < size:
-            raise CorruptRecordError(f"{path!r} is truncated ({len(content)} bytes)")
-        magic, created, expires, crc = self._header.unpack_from(content)
-        if magic != self.magic:
-            raise CorruptRecordError(f"{path!r} has an unknown format {magic!r}")
-        if zlib.crc32(content[len(magic) : size - 4] + content[size:]) != crc:
-            raise CorruptRecordError(f"{path!r} fails its checksum")
-        return created, expires, content[size:]
-
-    @staticmethod
-    def _decode(path: str, body: bytes) -> dict[str, str]:
-        try:
-            data = json.loads(body)
-        except ValueError as e:
-            raise CorruptRecordError(f"{path!r} holds no valid JSON: {e}") from e
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise CorruptRecordError(f"{path!r} does not hold an object of strings")
-        return data
-
-    def _record(self, path: str, content: bytes) -> Record:
-        created, expires, body = self._unpack(path, content)
-        data = self._decode(path, body)
-        try:
-            return Record(data, _from_us(created), _from_us(expires))
-        except OverflowError as e:
-            raise CorruptRecordError(f"{path!r} holds an impossible time") from e
-
     def _load(self, fd: int, key: str) -> Record | None:
         path = self._where(key[:2], key)
         content = _files.read(fd, key, path)
-        return None if content is None else self._record(path, content)
+        return None if content is None else _format.record(path, content)
 
     def _expiry(self, fd: int, name: str, path: str) -> int | None:
         """Return the expiry in a session file's header; None if absent or unreadable."""
         try:
-            header = _files.read(fd, name, path, self._header.size)
+            return _format.header_expiry(_files.read(fd, name, path, _format.HEADER.size))
         except CorruptRecordError:
             return None
-        if header is None or len(header) < self._header.size:
+
+    def _save(self, fd: int, key: str, head: tuple[bytes, int, int], body: bytes) -> None:
+        """Write a session file; ``head`` is ``(magic, created_us, expires_us)``."""
+        _files.write(fd, key, _format.pack(*head, body), self.temp_prefix)
+
+    def _stored_user(self, fd: int, key: str) -> str | None:
+        """Return the user of the session file ``key``; None if none, absent or damaged."""
+        path = self._where(key[:2], key)
+        try:
+            content = _files.read(fd, key, path)
+            return None if content is None else _format.record(path, content).user
+        except CorruptRecordError:
             return None
-        magic, _created, expires, _crc = self._header.unpack(header)
-        return expires if magic == self.magic else None
 
-    def _save(self, fd: int, key: str, created: int, expires: int, body: bytes) -> None:
-        times = struct.pack(">qq", created, expires)
-        header = self._header.pack(self.magic, created, expires, zlib.crc32(times + body))
-        _files.write(fd, key, header + body, self.temp_prefix)
+    def _unmark(self, user: str | None, key: str) -> None:
+        """Remove a user's index entry of ``key`` after its session stopped naming the user.
 
-    @staticmethod
-    def _encode(data: t.Mapping[str, str]) -> bytes:
-        return json.dumps(data, separators=(",", ":")).encode("ascii")
+        A failure is logged, not raised: the write it follows has succeeded,
+        and a stale entry is dropped when the user's sessions are listed.
+        """
+        if user is None:
+            return
+        try:
+            self._index.remove(user, key)
+        except (OSError, CorruptRecordError) as e:
+            logger.error("Cannot remove a user index entry of session %s: %s", key, e)
 
     def _doomed(self, fd: int, name: str, now_us: int, far_us: int | None, before: float) -> bool:
         """Whether purge removes entry ``name``: expired, or damaged for too long.
@@ -217,7 +176,7 @@ class FileSystemBackend(Backend):
             try:
                 content = _files.read(fd, name, path)
                 if content is not None:
-                    self._record(path, content)
+                    _format.record(path, content)
             except CorruptRecordError:
                 return True
             return False
@@ -251,11 +210,16 @@ class FileSystemBackend(Backend):
         # Only a sha256 hex digest may become a file name: no directory traversal.
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise ValueError(f"{key!r} is not a storage key (64 lowercase hex digits).")
-        body = self._encode(record.data)
-        created, expires = _to_us(record.created_at), _to_us(record.expires_at)
+        magic, body = _format.encode(record.user, record.data)
+        head = (magic, _format.to_us(record.created_at), _format.to_us(record.expires_at))
         with self._io("save a session"), self._shard(key[:2], lock=True, create=True) as fd:
             assert fd is not None
-            self._save(fd, key, created, expires, body)
+            old_user = self._stored_user(fd, key)
+            if record.user is not None:
+                self._index.add(record.user, key)
+            self._save(fd, key, head, body)
+            if old_user != record.user:
+                self._unmark(old_user, key)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         if not isinstance(key, str) or not _KEY.fullmatch(key):
@@ -268,16 +232,22 @@ class FileSystemBackend(Backend):
                 content = _files.read(fd, key, path)
                 if content is None:
                     return False
-                created, expires, body = self._unpack(path, content)
-                if expires <= _to_us(now):
+                magic, created, expires, body = _format.unpack(path, content)
+                if expires <= _format.to_us(now):
                     return False
-                if delta.set or delta.deleted:
-                    old = self._decode(path, body)
+                user = new_user = None
+                if delta.set or delta.deleted or delta.user_changed:
+                    user, old = _format.decode(path, magic, body)
                     data = {k: v for k, v in old.items() if k not in delta.deleted}
                     data.update(delta.set)
                     check_size(data_size(old), data_size(data), delta.max_size)
-                    body = self._encode(data)
-                self._save(fd, key, created, _to_us(delta.expires_at), body)
+                    new_user = delta.user if delta.user_changed else user
+                    if new_user is not None and delta.user_changed:
+                        self._index.add(new_user, key)
+                    magic, body = _format.encode(new_user, data)
+                self._save(fd, key, (magic, created, _format.to_us(delta.expires_at)), body)
+                if user != new_user:
+                    self._unmark(user, key)
                 return True
         except CorruptRecordError as e:
             logger.error("Session %s is corrupt, not updating it: %s", key, e)
@@ -299,7 +269,8 @@ class FileSystemBackend(Backend):
                 if content is None:
                     return None
                 _files.remove(fd, key)
-                record = self._record(path, content)
+                record = _format.record(path, content)
+                self._unmark(record.user, key)
         except CorruptRecordError as e:
             logger.error("Session %s is corrupt, not taking it: %s", key, e)
             return None
@@ -311,13 +282,15 @@ class FileSystemBackend(Backend):
         try:
             with self._io("delete a session"), self._shard(key[:2], lock=True) as fd:
                 if fd is not None:
+                    user = self._stored_user(fd, key)
                     _files.remove(fd, key)
+                    self._unmark(user, key)
         except CorruptRecordError as e:
             # Nothing in an untrusted shard is ever loaded: the session is gone.
             logger.error("Session %s is in an untrusted place: %s", key, e)
 
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
-        now_us, far_us, before = _to_us(now), None, -math.inf
+        now_us, far_us, before = _format.to_us(now), None, -math.inf
         if longest_lifetime is not None:
             far_us = now_us + longest_lifetime // _MICROSECOND
             before = now.timestamp() - longest_lifetime.total_seconds()
@@ -339,10 +312,11 @@ class FileSystemBackend(Backend):
                     for name in self._names(fd):
                         if name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
+            self._index.sweep()
         return removed
 
     def count(self, now: datetime) -> int:
-        now_us = _to_us(now)
+        now_us = _format.to_us(now)
         live = 0
         with self._io("count sessions"):
             for shard, fd in self._shards():
@@ -382,4 +356,15 @@ class FileSystemBackend(Backend):
                                 removed += 1
                         elif name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
+            self._index.sweep()
         return removed
+
+    def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
+        """Return ``(key, record)`` of every live session of ``user``.
+
+        Reads the session file behind each of the user's index entries and
+        keeps those that are live and name ``user``. An entry found stale is
+        checked again under its shard's lock and removed.
+        """
+        with self._io("list a user's sessions"):
+            return self._index.records(user, now)

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import typing as t
+import zlib
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
@@ -953,3 +958,529 @@ def test_untrusted_shard_holds_no_sessions(fs: FileSystemBackend, root: Path, pr
     with pytest.raises(BackendError, match="chmod 0700"):
         fs.create(key_of("a"), record({"k": "3"}))
     assert path_of(root, key).exists()
+
+
+# The user index.
+
+
+def user_dir(root: Path, user: str) -> Path:
+    digest = hashlib.sha256(user.encode()).hexdigest()
+    return root / "users" / digest[:2] / digest
+
+
+def markers(root: Path, user: str) -> set[str]:
+    directory = user_dir(root, user)
+    return {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+
+
+def of_user(data: dict[str, str], user: str | None, *, expires_in: timedelta = HOUR) -> Record:
+    return Record(data, NOW, NOW + expires_in, user=user)
+
+
+def listed(fs: FileSystemBackend, user: str, now: datetime = NOW) -> set[str]:
+    records = fs.user_records(user, now)
+    assert all(r.user == user and r.expires_at > now for _, r in records)
+    assert len(records) == len({k for k, _ in records})
+    return {k for k, _ in records}
+
+
+def test_user_index_lists_a_users_sessions(fs: FileSystemBackend, root: Path) -> None:
+    alice = [key_of(f"alice{i}") for i in range(3)]
+    for key in alice:
+        fs.create(key, of_user({"k": '"v"'}, "alice"))
+    fs.create(key_of("bob"), of_user({}, "bob"))
+    fs.create(key_of("anonymous"), record({}))
+
+    records = dict(fs.user_records("alice", NOW))
+    assert set(records) == set(alice)
+    assert all(r == of_user({"k": '"v"'}, "alice") for r in records.values())
+    assert listed(fs, "bob") == {key_of("bob")}
+    assert listed(fs, "carol") == set()
+    loaded = fs.load(alice[0])
+    assert loaded is not None and loaded.user == "alice"
+    assert path_of(root, alice[0]).read_bytes().startswith(FileSystemBackend.user_magic)
+    assert path_of(root, key_of("anonymous")).read_bytes().startswith(FileSystemBackend.magic)
+    assert {k: r.user for k, r in fs.items(NOW)}[key_of("bob")] == "bob"
+
+    # One empty 0600 file per session under the sha256 of the user, in 0700 directories.
+    assert markers(root, "alice") == set(alice)
+    for path in user_dir(root, "alice").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_size == 0
+    for directory in (root / "users", user_dir(root, "alice").parent, user_dir(root, "alice")):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_sessions_without_a_user_create_no_index(fs: FileSystemBackend, root: Path) -> None:
+    fs.create(key_of("a"), record({"k": "1"}))
+    assert fs.update(key_of("a"), Delta(NOW + HOUR, {"j": "2"}, user_changed=True), NOW)
+    assert not (root / "users").exists()
+
+
+@pytest.mark.parametrize("user", ["../../etc/passwd", "a/b", "", ".lock", "ünï ☃", "x" * 5000])
+def test_users_never_become_paths(fs: FileSystemBackend, root: Path, user: str) -> None:
+    fs.create(key_of("a"), of_user({}, user))
+    assert listed(fs, user) == {key_of("a")}
+    assert markers(root, user) == {key_of("a")}
+    assert sorted(p.name for p in root.iterdir()) == sorted({"users", key_of("a")[:2]})
+    fs.delete(key_of("a"))
+    assert listed(fs, user) == set()
+
+
+def test_change_of_user_moves_the_index(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key, of_user({"k": "1"}, "alice"))
+    assert fs.update(key, Delta(NOW + HOUR, {"j": "2"}, user="bob", user_changed=True), NOW)
+    assert markers(root, "alice") == set()
+    assert listed(fs, "alice") == set()
+    assert dict(fs.user_records("bob", NOW))[key].data == {"k": "1", "j": "2"}
+
+    # Saves that do not change hands keep the user.
+    assert fs.update(key, Delta(NOW + 2 * HOUR, {"j": "3"}, frozenset({"k"})), NOW)
+    assert fs.touch(key, NOW + 3 * HOUR, NOW)
+    loaded = fs.load(key)
+    assert loaded == of_user({"j": "3"}, "bob", expires_in=3 * HOUR)
+    assert listed(fs, "bob") == {key}
+
+    # Signing out keeps the session and leaves no index entry.
+    assert fs.update(key, Delta(NOW + HOUR, user=None, user_changed=True), NOW)
+    assert listed(fs, "bob") == set() and markers(root, "bob") == set()
+    assert path_of(root, key).read_bytes().startswith(FileSystemBackend.magic)
+    loaded = fs.load(key)
+    assert loaded is not None and loaded.user is None and loaded.data == {"j": "3"}
+
+
+def test_refused_saves_do_not_change_hands(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key, of_user({"a": big(100)}, "alice"))
+    delta = Delta(NOW + HOUR, {"b": big(100)}, max_size=150, user="bob", user_changed=True)
+    with pytest.raises(SessionTooLargeError):
+        fs.update(key, delta, NOW)
+    assert listed(fs, "alice") == {key} and listed(fs, "bob") == set()
+    expired = Delta(NOW + HOUR, user="bob", user_changed=True)
+    assert fs.update(key, expired, NOW + 2 * HOUR) is False
+    assert markers(root, "bob") == set()
+
+
+def test_create_over_a_session_of_another_user(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    fs.create(key, of_user({}, "alice"))
+    fs.create(key, of_user({"k": "1"}, "bob"))
+    assert markers(root, "alice") == set() and listed(fs, "bob") == {key}
+    fs.create(key, record({}))
+    assert markers(root, "bob") == set()
+
+
+def test_delete_take_and_clear_remove_index_entries(fs: FileSystemBackend, root: Path) -> None:
+    keys = [key_of(str(i)) for i in range(4)]
+    for key in keys:
+        fs.create(key, of_user({}, "alice"))
+    fs.delete(keys[0])
+    taken = fs.take(keys[1], NOW)
+    assert taken is not None and taken.user == "alice"
+    assert markers(root, "alice") == set(keys[2:])
+    assert listed(fs, "alice") == set(keys[2:])
+    assert fs.clear() == 2
+    assert markers(root, "alice") == set()
+    assert not user_dir(root, "alice").exists()
+
+
+def test_expired_sessions_are_not_listed_and_lose_their_entries(
+    fs: FileSystemBackend, root: Path
+) -> None:
+    live, old, later = key_of("live"), key_of("old"), key_of("later")
+    fs.create(live, of_user({}, "alice", expires_in=DAY))
+    fs.create(old, of_user({}, "alice", expires_in=-HOUR))
+    fs.create(later, of_user({}, "alice", expires_in=2 * HOUR))
+    assert markers(root, "alice") == {live, old, later}
+    # Purge removes the expired files and their entries without a listing.
+    assert fs.purge_expired(NOW) == 1
+    assert markers(root, "alice") == {live, later}
+    # A listing after a session expired drops its entry; purge removes the file.
+    assert listed(fs, "alice", NOW + 3 * HOUR) == {live}
+    assert markers(root, "alice") == {live}
+    assert path_of(root, later).exists()
+    assert fs.purge_expired(NOW + 3 * HOUR) == 1
+    assert listed(fs, "alice") == {live}
+
+
+def test_stale_entry_of_another_users_session_is_removed(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("bob")
+    fs.create(key, of_user({"secret": "1"}, "bob"))
+    fs.create(key_of("a"), of_user({}, "alice"))
+    (user_dir(root, "alice") / key).touch()
+    assert listed(fs, "alice") == {key_of("a")}
+    assert markers(root, "alice") == {key_of("a")}
+    assert listed(fs, "bob") == {key}
+
+
+def test_damaged_session_is_not_listed_and_keeps_its_entry_until_purged(
+    fs: FileSystemBackend, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = key_of("a")
+    fs.create(key, of_user({}, "alice"))
+    path = path_of(root, key)
+    path.write_bytes(path.read_bytes()[:-2] + b"!]")
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert listed(fs, "alice") == set()
+    assert any(key in r.getMessage() for r in caplog.records)
+    assert markers(root, "alice") == {key}
+    assert fs.purge_expired(NOW) == 0
+    assert markers(root, "alice") == {key}
+    # The header's expiry still holds: purge removes the file then, and its entry.
+    assert fs.purge_expired(NOW + 2 * HOUR) == 1
+    assert markers(root, "alice") == set()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b'["alice"]', b"[1, {}]", b"[null, {}]", b'["alice", {"k": 1}]', b'{"k": "v"}'],
+)
+def test_format_2_body_that_is_not_a_user_and_values_is_corrupt(
+    fs: FileSystemBackend, root: Path, body: bytes
+) -> None:
+    key = key_of("a")
+    fs.create(key, of_user({}, "alice"))
+    path = path_of(root, key)
+    times = path.read_bytes()[4:20]
+    crc = struct.pack(">I", zlib.crc32(times + body))
+    path.write_bytes(FileSystemBackend.user_magic + times + crc + body)
+    with pytest.raises(CorruptRecordError):
+        fs.load(key)
+    assert listed(fs, "alice") == set()
+
+
+def format_1_file(created: datetime, expires: datetime, data: dict[str, str]) -> bytes:
+    """Return a session file as version 0.1 wrote it."""
+    micros = [
+        (d - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+        for d in (created, expires)
+    ]
+    times = struct.pack(">qq", *micros)
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return b"FSS\x01" + times + struct.pack(">I", zlib.crc32(times + body)) + body
+
+
+def test_files_of_earlier_versions_stay_readable(fs: FileSystemBackend, root: Path) -> None:
+    key = key_of("a")
+    path = path_of(root, key)
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(format_1_file(NOW, NOW + HOUR, {"_user_id": '"7"'}))
+    path.chmod(0o600)
+    assert fs.load(key) == record({"_user_id": '"7"'})
+    assert fs.update(key, Delta(NOW + HOUR, {"k": "1"}), NOW)
+    assert path.read_bytes().startswith(b"FSS\x01")
+    # The first save that gives it a user moves it to format 2 and indexes it.
+    assert fs.update(key, Delta(NOW + HOUR, user="7", user_changed=True), NOW)
+    assert listed(fs, "7") == {key}
+    assert path.read_bytes().startswith(b"FSS\x02")
+    # Sessions without a user are written as before, for older versions to read.
+    fs.create(key_of("b"), record({"k": "1"}))
+    assert path_of(root, key_of("b")).read_bytes() == format_1_file(NOW, NOW + HOUR, {"k": "1"})
+
+
+MARKER_THEN_FAIL_CHILD = """
+import resource, signal, sys
+from datetime import datetime, timedelta, timezone
+from flask_serversession.backends.base import Delta, Record
+from flask_serversession.backends.filesystem import FileSystemBackend
+from flask_serversession.errors import BackendError
+
+backend = FileSystemBackend(sys.argv[1])
+now = datetime.now(timezone.utc)
+hour = timedelta(hours=1)
+old, new = "ab" * 32, "cd" * 32
+backend.create(old, Record({"k": '"small"'}, now, now + hour, user="bob"))
+# The index entry is an empty file, which fits; the session file does not.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+big = '"' + "x" * 100_000 + '"'
+for save in (
+    lambda: backend.create(new, Record({"k": big}, now, now + hour, user="alice")),
+    lambda: backend.update(
+        old,
+        Delta(now + hour, {"k": big}, user="alice", user_changed=True),
+        now,
+    ),
+):
+    try:
+        save()
+    except BackendError as e:
+        print("BackendError", e.__cause__.errno)
+"""
+
+
+def test_failure_between_index_entry_and_file_leaves_a_stale_entry(
+    fs: FileSystemBackend, root: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MARKER_THEN_FAIL_CHILD), str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["BackendError 27"] * 2
+    old, new = "ab" * 32, "cd" * 32
+    assert markers(root, "alice") == {old, new}
+    assert fs.load(new) is None
+    assert listed(fs, "alice") == set()
+    assert markers(root, "alice") == set()
+    assert listed(fs, "bob") == {old}
+
+
+def check_index(fs: FileSystemBackend, root: Path, users: t.Sequence[str]) -> None:
+    """Every session file that names a user has its entry; a listing leaves no other."""
+    owners: dict[str, set[str]] = {u: set() for u in users}
+    for path in root.glob("[0-9a-f][0-9a-f]/*"):
+        if len(path.name) == 64:
+            loaded = fs.load(path.name)
+            if loaded is not None and loaded.user is not None:
+                owners[loaded.user].add(path.name)
+    for user in users:
+        assert owners[user] <= markers(root, user)
+    for user in users:
+        assert listed(fs, user) == owners[user]
+        assert markers(root, user) == owners[user]
+
+
+KILLED_INDEX_CHILD = """
+import sys
+from datetime import datetime, timedelta, timezone
+from flask_serversession.backends.base import Delta, Record
+from flask_serversession.backends.filesystem import FileSystemBackend
+
+backend = FileSystemBackend(sys.argv[1])
+now = datetime.now(timezone.utc)
+hour = timedelta(hours=1)
+keys = [format(i, "02x") * 32 for i in range(6)]
+users = ["alice", "bob", None]
+i = 0
+while True:
+    key = keys[i % len(keys)]
+    backend.create(key, Record({"n": str(i)}, now, now + hour, user=users[i % 3]))
+    delta = Delta(now + hour, {"m": "1"}, user=users[(i + 1) % 3], user_changed=True)
+    backend.update(key, delta, now)
+    if i % 5 == 0:
+        backend.delete(keys[(i + 3) % len(keys)])
+    if i == 0:
+        print("ready", flush=True)
+    i += 1
+"""
+
+
+def test_killed_writer_leaves_the_index_a_superset(fs: FileSystemBackend, root: Path) -> None:
+    for attempt in range(6):
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_INDEX_CHILD, str(root)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.03 + 0.03 * attempt)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        check_index(fs, root, ["alice", "bob"])
+
+
+USERS = ["alice", "bob", None]
+
+
+def _index_writer(fs: FileSystemBackend, root: Path, keys: list[str], rounds: int) -> None:
+    """Move ``keys`` between users; after each save, the entry must be there."""
+    for i in range(rounds):
+        key = keys[i % len(keys)]
+        user = USERS[i % 3]
+        step = i // len(keys) % 4
+        if step == 0:
+            fs.create(key, of_user({"n": str(i)}, user))
+        elif step == 1:
+            assert fs.update(
+                key, Delta(NOW + HOUR, {"n": str(i)}, user=user, user_changed=True), NOW
+            )
+        elif step == 2:
+            assert fs.update(key, Delta(NOW + HOUR, {"m": str(i)}), NOW)
+            loaded = fs.load(key)
+            assert loaded is not None
+            user = loaded.user
+        else:
+            taken = fs.take(key, NOW) if i % 2 else fs.delete(key)
+            assert taken is None or isinstance(taken, Record)
+            assert fs.load(key) is None
+            continue
+        if user is not None:
+            assert key in markers(root, user), (key, user, i)
+
+
+def _index_process(directory: str, n: int, rounds: int) -> None:
+    fs = FileSystemBackend(directory)
+    _index_writer(fs, Path(directory), [key_of(f"p{n}-{j}") for j in range(3)], rounds)
+
+
+def _index_readers(
+    fs: FileSystemBackend, stable: set[str], done: threading.Event, errors: list[BaseException]
+) -> None:
+    """List both users and purge until ``done``; the stable sessions are always listed."""
+    deadline = time.monotonic() + 60
+    try:
+        while not done.is_set() and time.monotonic() < deadline:
+            assert stable <= listed(fs, "alice")
+            listed(fs, "bob")
+            fs.purge_expired(NOW)
+    except BaseException as e:
+        errors.append(e)
+
+
+def test_concurrent_threads_keep_the_index_a_superset(fs: FileSystemBackend, root: Path) -> None:
+    stable = {key_of(f"stable{i}") for i in range(5)}
+    for key in stable:
+        fs.create(key, of_user({}, "alice"))
+    done, errors = threading.Event(), []
+    readers = [
+        threading.Thread(target=_index_readers, args=(fs, stable, done, errors)) for _ in range(2)
+    ]
+
+    def write(n: int) -> None:
+        try:
+            _index_writer(fs, root, [key_of(f"t{n}-{j}") for j in range(3)], 120)
+        except BaseException as e:
+            errors.append(e)
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for w in readers + writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    done.set()
+    for w in readers:
+        w.join(60)
+    assert not any(w.is_alive() for w in readers + writers)
+    assert errors == []
+    check_index(fs, root, ["alice", "bob"])
+    assert stable <= listed(fs, "alice")
+
+
+def test_concurrent_processes_keep_the_index_a_superset(fs: FileSystemBackend, root: Path) -> None:
+    stable = {key_of(f"stable{i}") for i in range(5)}
+    for key in stable:
+        fs.create(key, of_user({}, "alice"))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_index_process, args=(str(root), n, 150)) for n in range(3)]
+    for w in workers:
+        w.start()
+    done, errors = threading.Event(), []
+    reader = threading.Thread(target=_index_readers, args=(fs, stable, done, errors))
+    reader.start()
+    for w in workers:
+        w.join(60)
+    done.set()
+    reader.join(60)
+    assert [w.exitcode for w in workers] == [0] * len(workers)
+    assert errors == []
+    check_index(fs, root, ["alice", "bob"])
+
+
+def test_symlinks_in_the_user_index_are_never_followed(
+    fs: FileSystemBackend, root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim = key_of("victim")
+    fs.create(victim, of_user({}, "bob"))
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    (outside / victim).touch()
+    (outside / "keep").write_text("keep")
+    target = tmp_path / "target"
+    target.write_text("target")
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+
+    # A link where alice's directory belongs: never listed, replaced on her next save.
+    fs.create(key_of("setup"), of_user({}, "alice"))
+    fs.delete(key_of("setup"))
+    directory = user_dir(root, "alice")
+    assert directory.is_dir()
+    directory.rmdir()
+    directory.symlink_to(outside)
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert listed(fs, "alice") == set()
+        assert fs.purge_expired(NOW) == 0
+    assert any("not a directory" in r.getMessage() for r in caplog.records)
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+    fs.create(key_of("a"), of_user({}, "alice"))
+    assert not directory.is_symlink() and markers(root, "alice") == {key_of("a")}
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+    # A link as an entry only names a session; it is removed, not followed.
+    (directory / key_of("b")).symlink_to(target)
+    assert listed(fs, "alice") == {key_of("a")}
+    assert markers(root, "alice") == {key_of("a")}
+    (directory / key_of("c")).symlink_to(target)
+    assert fs.purge_expired(NOW) == 0
+    assert markers(root, "alice") == {key_of("a")}
+    assert target.read_text() == "target"
+
+    # A link as the whole index.
+    assert fs.clear() == 2
+    shutil.rmtree(root / "users")
+    (root / "users").symlink_to(outside)
+    assert listed(fs, "bob") == set()
+    fs.create(key_of("d"), of_user({}, "bob"))
+    assert (root / "users").is_dir() and not (root / "users").is_symlink()
+    assert listed(fs, "bob") == {key_of("d")}
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+
+@pytest.mark.parametrize("problem", ["foreign", "writable"])
+def test_untrusted_user_index_directory_is_not_used(
+    fs: FileSystemBackend, root: Path, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = key_of("a")
+    fs.create(key, of_user({}, "alice"))
+    directory = user_dir(root, "alice")
+    if problem == "foreign":
+        os.chown(directory, nobody(), -1)
+    else:
+        directory.chmod(0o777)
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert listed(fs, "alice") == set()
+    assert any("user index directory" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BackendError, match="chmod 0700"):
+        fs.create(key_of("b"), of_user({}, "alice"))
+    assert fs.load(key_of("b")) is None
+    # Leaving alice's untrusted directory is allowed: her entry is just left behind.
+    assert fs.update(key, Delta(NOW + HOUR, user="bob", user_changed=True), NOW)
+    assert listed(fs, "bob") == {key}
+    fs.create(key_of("c"), of_user({}, "carol"))
+    assert listed(fs, "carol") == {key_of("c")}
+
+
+@pytest.fixture
+def memory_root(tmp_path: Path) -> t.Iterator[Path]:
+    """A directory in RAM where there is one: creating many sessions costs no disk syncs."""
+    shm = Path("/dev/shm")
+    directory = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path / "ram"
+    try:
+        yield directory / "sessions"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_listing_a_thousand_sessions_of_one_user(
+    memory_root: Path, record_property: t.Callable[[str, object], None]
+) -> None:
+    fs = FileSystemBackend(memory_root)
+    mine = {key_of(f"mine{i}") for i in range(1000)}
+    for key in mine:
+        fs.create(key, of_user({"_user_id": '"42"', "csrf": big(40)}, "42"))
+    for i in range(200):
+        fs.create(key_of(f"other{i}"), of_user({}, f"user{i}"))
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        assert listed(fs, "42") == mine
+        timings.append(time.perf_counter() - start)
+    best = min(timings)
+    record_property("figures", f"filesystem user_records of 1000 sessions: {best * 1000:.0f} ms")
+    assert best < 1.0

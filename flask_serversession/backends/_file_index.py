@@ -1,0 +1,296 @@
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import typing as t
+from contextlib import suppress
+from datetime import datetime
+
+from . import _file_format as _format
+from . import _files
+from .base import CorruptRecordError
+from .base import logger
+from .base import Record
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_MARKER_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_WHAT = "user index directory"
+
+
+def user_hash(user: str) -> str:
+    """Return the name of a user's index directory: a user never becomes a path."""
+    return hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class UserIndex:
+    """Empty marker files ``users/<h[:2]>/<h>/<key>`` naming each user's sessions.
+
+    ``h`` is the sha256 of the user. Only the names matter: a marker says
+    that the session under ``key`` may belong to the user, and a reader
+    checks the session file itself. The caller holds the lock of the
+    session's shard for every change of that session's markers, so a marker
+    is written before the session file names its user and removed only
+    after no session file names that user any more.
+
+    :param directory: the session directory.
+    """
+
+    #: Name of the index's top directory in the session directory.
+    top = "users"
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def _where(self, *names: str) -> str:
+        return os.path.join(self.directory, self.top, *names)
+
+    def _descend(self, names: tuple[str, ...], *, create: bool) -> int | None:
+        """Open ``users/<names...>`` one level at a time, never through a link.
+
+        Returns None when a level does not exist and ``create`` is false. A
+        level created here is made durable by an ``fsync`` of its parent.
+
+        :raise CorruptRecordError: a level is not a trusted directory.
+        :raise PermissionError: creating, a level is an untrusted directory.
+        """
+        fd: int | None = _files.open_root(self.directory)
+        path = self.directory
+        try:
+            for name in (self.top, *names):
+                assert fd is not None
+                path = os.path.join(path, name)
+                try:
+                    child = _files.open_shard(fd, name, path, _WHAT)
+                except CorruptRecordError:
+                    if not create:
+                        raise
+                    child = None
+                if child is None and create:
+                    child = _files.make_shard(fd, name, path, _WHAT)
+                    os.fsync(fd)
+                os.close(fd)
+                fd = child
+                if fd is None:
+                    return None
+            return fd
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+
+    def add(self, user: str, key: str) -> None:
+        """Write the marker of ``key`` for ``user``, durably, unless it is there."""
+        h = user_hash(user)
+        for _attempt in range(5):
+            fd = self._descend((h[:2], h), create=True)
+            assert fd is not None
+            try:
+                os.close(os.open(key, _MARKER_FLAGS, 0o600, dir_fd=fd))
+            except FileExistsError:
+                return
+            except FileNotFoundError:
+                # A sweep removed the empty directory after we opened it.
+                continue
+            else:
+                os.fsync(fd)
+                return
+            finally:
+                os.close(fd)
+        raise OSError(errno.EAGAIN, f"{self._where(h[:2], h)!r} keeps disappearing")
+
+    def remove(self, user: str, key: str) -> None:
+        """Remove the marker of ``key`` for ``user``, if there is one."""
+        h = user_hash(user)
+        fd = self._descend((h[:2], h), create=False)
+        if fd is not None:
+            try:
+                _files.remove(fd, key)
+            finally:
+                os.close(fd)
+
+    def keys(self, user: str) -> list[str]:
+        """Return the keys that ``user``'s markers name.
+
+        :raise CorruptRecordError: the user's directory is not trusted.
+        """
+        h = user_hash(user)
+        fd = self._descend((h[:2], h), create=False)
+        if fd is None:
+            return []
+        try:
+            return self._marker_names(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _marker_names(fd: int) -> list[str]:
+        with os.scandir(fd) as entries:
+            return sorted(e.name for e in entries if _HEX64.fullmatch(e.name))
+
+    def records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
+        """Return ``(key, record)`` of every live session of ``user``.
+
+        Reads the session file that each of the user's markers names, without
+        locks. A marker found stale is checked again under its session
+        shard's lock, so that a save under way cannot lose its marker, and
+        removed.
+        """
+        try:
+            keys = self.keys(user)
+        except CorruptRecordError as e:
+            logger.error("Cannot list the sessions of a user: %s", e)
+            return []
+        by_shard: dict[str, list[str]] = {}
+        for key in keys:
+            by_shard.setdefault(key[:2], []).append(key)
+        found: list[tuple[str, Record]] = []
+        stale: list[str] = []
+        for name, names in by_shard.items():
+            try:
+                with _files.shard(self.directory, name, lock=False) as fd:
+                    for key in names:
+                        record, gone = self._check(fd, key, user, now)
+                        if record is not None:
+                            found.append((key, record))
+                        elif gone:
+                            stale.append(key)
+            except CorruptRecordError as e:
+                logger.error("Skipping a session shard: %s", e)
+        for key in stale:
+            try:
+                with _files.shard(self.directory, key[:2], lock=True) as fd:
+                    record, gone = self._check(fd, key, user, now)
+                    if record is not None:
+                        found.append((key, record))
+                    elif gone:
+                        self.remove(user, key)
+            except CorruptRecordError as e:
+                logger.error("Skipping a session shard: %s", e)
+        return found
+
+    def _check(
+        self, fd: int | None, key: str, user: str, now: datetime
+    ) -> tuple[Record | None, bool]:
+        """Return ``(record, stale)`` for ``user``'s marker of ``key``.
+
+        ``record`` is the session when it is live and ``user``'s; ``stale``
+        says that the marker names no such session: the file is absent,
+        expired or names another user or none. A damaged file is neither:
+        its marker stays until purge has removed the file.
+        """
+        if fd is None:
+            return None, True
+        path = f"{self.directory}/{key[:2]}/{key}"
+        try:
+            content = _files.read(fd, key, path)
+            if content is None:
+                return None, True
+            record = _format.record(path, content)
+        except CorruptRecordError as e:
+            logger.error("Skipping corrupt session %s: %s", key, e)
+            return None, False
+        if record.user != user or record.expires_at <= now:
+            return None, True
+        return record, False
+
+    def sweep(self) -> None:
+        """Remove markers whose session file is gone, and empty user directories."""
+        shards: dict[str, int | None] = {}
+        try:
+            for user_fd, keys in self.walk():
+                for key in keys:
+                    if key[:2] not in shards:
+                        shards[key[:2]] = self._open_trusted(key[:2])
+                    fd = shards[key[:2]]
+                    if fd is not None and _files.exists(fd, key):
+                        continue
+                    try:
+                        # Checked again under the lock: a save may be under way.
+                        with _files.shard(self.directory, key[:2], lock=True) as fd:
+                            if fd is None or not _files.exists(fd, key):
+                                _files.remove(user_fd, key)
+                    except CorruptRecordError as e:
+                        logger.error("Keeping the user index marker of %s: %s", key, e)
+        finally:
+            for fd in shards.values():
+                if fd is not None:
+                    os.close(fd)
+
+    def _open_trusted(self, name: str) -> int | None:
+        """Open a session shard, unlocked; None if it is absent or not trusted."""
+        root = _files.open_root(self.directory)
+        try:
+            return _files.open_shard(root, name, os.path.join(self.directory, name))
+        except CorruptRecordError:
+            return None
+        finally:
+            os.close(root)
+
+    def walk(self) -> t.Iterator[tuple[int, list[str]]]:
+        """Yield ``(descriptor, keys)`` of every user's directory.
+
+        After the consumer is done with a directory, it is removed if empty,
+        which :meth:`add` copes with. Untrusted directories are logged and
+        skipped; non-directories planted in the tree are removed unfollowed.
+        """
+        try:
+            top = self._descend((), create=False)
+        except CorruptRecordError as e:
+            self._drop_planted(_files.open_root(self.directory), self.top, e)
+            return
+        if top is None:
+            return
+        try:
+            for h2 in self._subdirs(top, _HEX2):
+                try:
+                    group = _files.open_shard(top, h2, self._where(h2), _WHAT)
+                except CorruptRecordError as e:
+                    self._drop_planted(os.dup(top), h2, e)
+                    continue
+                if group is None:
+                    continue
+                try:
+                    yield from self._walk_group(group, h2)
+                finally:
+                    os.close(group)
+        finally:
+            os.close(top)
+
+    def _walk_group(self, group: int, h2: str) -> t.Iterator[tuple[int, list[str]]]:
+        for h in self._subdirs(group, _HEX64):
+            try:
+                fd = _files.open_shard(group, h, self._where(h2, h), _WHAT)
+            except CorruptRecordError as e:
+                self._drop_planted(os.dup(group), h, e)
+                continue
+            if fd is None:
+                continue
+            try:
+                yield fd, self._marker_names(fd)
+                with os.scandir(fd) as entries:
+                    empty = next(entries, None) is None
+                if empty:
+                    # Fails harmlessly if a marker was added meanwhile.
+                    with suppress(OSError):
+                        os.rmdir(h, dir_fd=group)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _subdirs(fd: int, pattern: re.Pattern[str]) -> list[str]:
+        with os.scandir(fd) as entries:
+            return sorted(e.name for e in entries if pattern.fullmatch(e.name))
+
+    @staticmethod
+    def _drop_planted(parent: int, name: str, problem: CorruptRecordError) -> None:
+        """Unlink ``name`` if it is not a directory (it was planted); log either way."""
+        try:
+            logger.error("Skipping part of the user index: %s", problem)
+            # unlink() never removes a directory nor follows a link.
+            with suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                os.unlink(name, dir_fd=parent)
+        finally:
+            os.close(parent)
