@@ -8,5 +8,6 @@ from .errors import SessionTooLargeError as SessionTooLargeError
 from .extension import ServerSession as ServerSession
 from .interface import ServerSessionInterface as ServerSessionInterface
 from .session import ServerSideSession as ServerSideSession
+from .users import SessionInfo as SessionInfo
 
 __version__ = "0.2.0"

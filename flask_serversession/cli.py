@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
 import typing as t
+from datetime import datetime
+from datetime import timezone
 
 import click
 from flask import current_app
@@ -9,8 +12,13 @@ from flask.cli import with_appcontext
 from .errors import ServerSessionError
 from .store import SessionStore
 
+#: Hex digits of a storage key that ``sessions`` prints.
+SHORT_KEY = 12
+FULL_KEY = re.compile("[0-9a-f]{64}")
+T = t.TypeVar("T")
 
-def _run(action: t.Callable[[SessionStore], int]) -> int:
+
+def _run(action: t.Callable[[SessionStore], T]) -> T:
     """Run ``action`` on the app's store; a store failure becomes a one-line error."""
     store = current_app.extensions.get("serversession")
     if store is None:
@@ -50,3 +58,53 @@ def clear(yes: bool) -> None:
         click.confirm("Remove all sessions? Every user will be signed out.", abort=True)
     removed = _run(SessionStore.clear)
     click.echo(f"Removed {removed} sessions.")
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@cli.command("sessions")
+@click.argument("user_id")
+@with_appcontext
+def sessions(user_id: str) -> None:
+    """List a user's live sessions, newest first, one line each."""
+    infos = _run(lambda store: store.users.sessions(user_id))
+    for info in infos:
+        click.echo(
+            f"{info.storage_key[:SHORT_KEY]}  created {_time(info.created_at)}"
+            f"  last seen {_time(info.last_seen)}  {info.user_agent or '-'}"
+        )
+    if not infos:
+        click.echo(f"User {user_id!r} has no live sessions.")
+
+
+@cli.command("revoke")
+@click.argument("user_id", required=False)
+@click.option("--key", help="End one session: its storage key, or with USER_ID its short key.")
+@with_appcontext
+def revoke(user_id: str | None, key: str | None) -> None:
+    """End all of a user's sessions, or the one session given by --key."""
+    if key is None:
+        if user_id is None:
+            raise click.UsageError("Give a USER_ID, or --key with a storage key.")
+        ended = _run(lambda store: store.users.revoke_user(user_id, keep_current=False))
+    else:
+        ended = _run(lambda store: _revoke_one(store, user_id, key))
+    click.echo(f"Ended {ended} sessions.")
+
+
+def _revoke_one(store: SessionStore, user_id: str | None, key: str) -> int:
+    """End the session ``key`` names: a storage key, or the start of one of a user's."""
+    if user_id is None:
+        if not FULL_KEY.fullmatch(key):
+            raise click.UsageError(
+                f"{key!r} is not a storage key (64 hex digits). To use the short key that"
+                " 'sessions' prints, give the USER_ID too."
+            )
+        return int(store.users.revoke(key))
+    infos = store.users.sessions(user_id)
+    matches = [info.storage_key for info in infos if info.storage_key.startswith(key)]
+    if len(matches) > 1:
+        raise click.UsageError(f"{key!r} starts more than one session of user {user_id!r}.")
+    return sum(store.users.revoke(match) for match in matches)

@@ -43,6 +43,10 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_MEMORY_MAX_ENTRIES": 100_000,
     "SERVERSESSION_ADOPT_COOKIE_SESSIONS": False,
     "SERVERSESSION_ADOPT_FLASK_SESSION": False,
+    "SERVERSESSION_USER_KEY": None,
+    "SERVERSESSION_MAX_SESSIONS_PER_USER": None,
+    "SERVERSESSION_TRACK_CLIENT": False,
+    "SERVERSESSION_LAST_SEEN_EVERY": timedelta(minutes=5),
 }
 
 
@@ -62,6 +66,11 @@ class Settings:
     purge_interval: timedelta
     #: Takes over sessions of the mechanism the app used before (None: off).
     adopter: Adopter | None = None
+    #: The session key naming the signed-in user (None: no user index).
+    user_key: str | None = None
+    max_sessions_per_user: int | None = None
+    track_client: bool = False
+    last_seen_every: timedelta = timedelta(minutes=5)
 
 
 def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
@@ -165,7 +174,30 @@ def read_settings(app: Flask) -> Settings:
         purge_every=integer(config, "SERVERSESSION_PURGE_EVERY", minimum=0),
         purge_interval=duration(config, "SERVERSESSION_PURGE_INTERVAL", zero=True),  # type: ignore[arg-type]
         adopter=_adopter(app),
+        **_user_settings(config),
     )
+
+
+def _user_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    user_key = optional_string(config, "SERVERSESSION_USER_KEY")
+    if user_key is not None and user_key.startswith("_serversession_"):
+        raise _bad("SERVERSESSION_USER_KEY", user_key, "a key not starting with '_serversession_'")
+    limit = config["SERVERSESSION_MAX_SESSIONS_PER_USER"]
+    if limit is not None:
+        limit = integer(config, "SERVERSESSION_MAX_SESSIONS_PER_USER", minimum=1)
+    track_client = boolean(config, "SERVERSESSION_TRACK_CLIENT")
+    for key, value in (("MAX_SESSIONS_PER_USER", limit), ("TRACK_CLIENT", track_client)):
+        if user_key is None and value not in (None, False):
+            raise ConfigError(
+                f"SERVERSESSION_{key} = {value!r} needs SERVERSESSION_USER_KEY: set it to the"
+                " session key that names the signed-in user (Flask-Login's is '_user_id')."
+            )
+    return {
+        "user_key": user_key,
+        "max_sessions_per_user": limit,
+        "track_client": track_client,
+        "last_seen_every": duration(config, "SERVERSESSION_LAST_SEEN_EVERY", zero=True),
+    }
 
 
 def _adopter(app: Flask) -> Adopter | None:

@@ -17,6 +17,8 @@ from .purging import EXTENSION_KEY as PURGER_KEY
 from .purging import purger_of
 from .purging import seconds
 from .store import SessionStore
+from .users import require_index
+from .users import SessionInfo
 
 
 def _secret_keys(app: Flask) -> list[str | bytes]:
@@ -51,7 +53,9 @@ class ServerSession:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
-        store = SessionStore(build_backend(app), settings, secret_keys=partial(_secret_keys, app))
+        backend = build_backend(app)
+        require_index(backend, settings.user_key)
+        store = SessionStore(backend, settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store
         app.session_interface = ServerSessionInterface(store)
         app.cli.add_command(cli)
@@ -159,3 +163,40 @@ class ServerSession:
     def clear(self) -> int:
         """Remove every session; return how many were removed."""
         return self._get_store().clear()
+
+    def user_sessions(self, user_id: str | int) -> list[SessionInfo]:
+        """Return the live sessions of a user, newest first.
+
+        The user is the value stored under ``SERVERSESSION_USER_KEY``;
+        ``123`` and ``"123"`` are the same user. Inside a request, the
+        request's own session is marked ``current``.
+
+        :raises ConfigError: ``SERVERSESSION_USER_KEY`` is not set.
+
+        .. versionadded:: 0.2
+        """
+        return self._get_store().users.sessions(user_id)
+
+    def revoke(self, storage_key: str) -> bool:
+        """End one session, given its storage key as :meth:`user_sessions` lists it.
+
+        The session's next request starts a fresh, empty session, and a
+        request of it that is still running cannot bring it back. Sends
+        :data:`~flask_serversession.signals.session_revoked`.
+
+        :return: whether a live session was stored under ``storage_key``.
+
+        .. versionadded:: 0.2
+        """
+        return self._get_store().users.revoke(storage_key)
+
+    def revoke_user(self, user_id: str | int, *, keep_current: bool = True) -> int:
+        """End every session of a user ("sign out everywhere"); return how many.
+
+        :param keep_current: inside a request of that user, keep the
+            request's own session ("sign out everywhere else").
+        :raises ConfigError: ``SERVERSESSION_USER_KEY`` is not set.
+
+        .. versionadded:: 0.2
+        """
+        return self._get_store().users.revoke_user(user_id, keep_current=keep_current)

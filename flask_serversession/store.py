@@ -33,6 +33,9 @@ from .tokens import new_sid
 from .tokens import SecretKeys
 from .tokens import storage_key
 from .tokens import Tokens
+from .users import is_meta
+from .users import MetaStoredSession
+from .users import Users
 
 # Values of these exact types cannot change without an assignment, so a save
 # need not serialize them again to find out whether they changed.
@@ -100,6 +103,8 @@ class SessionStore:
         self.backend = backend
         self.settings = settings
         self.tokens = Tokens(sign=settings.sign_id, secret_keys=secret_keys, salt=self.salt)
+        #: The users' side: who a session belongs to, last seen, revocation.
+        self.users = Users(self)
 
     def new_sid(self) -> str:
         return new_sid()
@@ -136,8 +141,9 @@ class SessionStore:
     def _values(self, data: dict[str, str]) -> tuple[dict[str, t.Any], timedelta | None]:
         """Decode stored data into the session's values and its own lifetime."""
         try:
-            values = {k: self.serializer.loads(v) for k, v in data.items()}
-            seconds = values.pop(LIFETIME_KEY, None)
+            values = {k: self.serializer.loads(v) for k, v in data.items() if not is_meta(k)}
+            self.users.check_values(data)
+            seconds = self.serializer.loads(data[LIFETIME_KEY]) if LIFETIME_KEY in data else None
             if seconds is None:
                 return values, None
             if type(seconds) not in (int, float) or not 0 < seconds < 1e10:
@@ -148,17 +154,15 @@ class SessionStore:
 
     def _decode(self, sid: str, key: str, record: Record) -> StoredSession:
         values, lifetime = self._values(record.data)
-        serialized = record.data
-        if lifetime is not None:
-            serialized = {k: v for k, v in serialized.items() if k != LIFETIME_KEY}
-        return StoredSession(
+        return MetaStoredSession(
             sid=sid,
             key=key,
-            serialized=serialized,
+            serialized={k: v for k, v in record.data.items() if not is_meta(k)},
             values=values,
             created_at=record.created_at,
             expires_at=record.expires_at,
             lifetime=lifetime,
+            meta={k: v for k, v in record.data.items() if is_meta(k)},
         )
 
     def open(self, token: str | None) -> StoredSession | None:
@@ -209,8 +213,7 @@ class SessionStore:
         :raises TypeError: the key or the value would not come back as it is.
         """
         check_key(key)
-        if key == LIFETIME_KEY:
-            raise TypeError(f"Session key {key!r} is reserved for the session's own lifetime.")
+        self.users.check(key, value)
         try:
             return self.serializer.dumps(value)
         except (TypeError, ValueError) as e:
@@ -252,8 +255,10 @@ class SessionStore:
         span = self.settings.expire_time if lifetime is None else lifetime
         expires_at = self._capped(now + span, now)
         key = self.storage_key(sid)
-        self.backend.create(key, Record(data, now, expires_at, values))
+        record = self.users.record(Record(data, now, expires_at, values), now)
+        self.backend.create(key, record)
         send(session_created, storage_key=key)
+        self.users.enforce_limit(key, record.user, now)
         return sid, expires_at
 
     def _diff(
@@ -346,7 +351,11 @@ class SessionStore:
 
         if changed or deleted:
             delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
-            if not self.backend.update(stored.key, delta, now):
+            if not self.users.update(stored, values, delta, now):
+                return _NOTHING
+        elif self.users.seen_due(stored, now):
+            # Only the last-seen time: never refused for size, as a read.
+            if not self.users.update(stored, values, Delta(expires_at, values=values), now):
                 return _NOTHING
         elif expires_at != stored.expires_at:
             if not self.backend.touch(stored.key, expires_at, now):
@@ -380,14 +389,15 @@ class SessionStore:
         try:
             check_size(data_size(taken.data), data_size(data), self.settings.max_size)
         except Exception:
-            self.backend.create(stored.key, taken)
+            self.backend.create(stored.key, replace(taken, user=self.users.user_of(taken.data)))
             raise
         expires_at = max(expires_at, taken.expires_at)
         sid = self.new_sid()
-        record = Record(data, taken.created_at, expires_at, values)
+        record = self.users.record(Record(data, taken.created_at, expires_at, values), now)
         key = self.storage_key(sid)
         self.backend.create(key, record)
         send(session_regenerated, old_storage_key=stored.key, storage_key=key)
+        self.users.enforce_limit(key, record.user, now)
         return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
 
     def create(self, values: t.Mapping[str, t.Any]) -> str:
@@ -406,7 +416,7 @@ class SessionStore:
         deleted = frozenset(stored.serialized.keys() - data.keys())
         expires_at = self.renewed_expiry(stored, now)
         delta = Delta(expires_at, data, deleted, values, self.settings.max_size)
-        if not self.backend.update(stored.key, delta, now):
+        if not self.users.update(stored, values, delta, now):
             raise SessionNotFoundError("The session was deleted while it was being updated.")
 
     def renew(self, token: str) -> datetime:

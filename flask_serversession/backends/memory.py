@@ -19,6 +19,8 @@ class MemoryBackend(Backend):
 
     The least recently used session is dropped once ``max_entries`` are
     stored. Records are immutable, so readers never see a half-applied save.
+    The user index is kept under the same lock as the records, so it is
+    always exact.
 
     :param max_entries: how many sessions to keep at most.
     """
@@ -28,7 +30,27 @@ class MemoryBackend(Backend):
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._records: OrderedDict[str, Record] = OrderedDict()
+        self._users: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+
+    def _index(self, key: str, old: Record | None, new: Record | None) -> None:
+        """Move ``key`` in the user index from ``old``'s user to ``new``'s; lock held."""
+        before = None if old is None else old.user
+        after = None if new is None else new.user
+        if before == after:
+            return
+        if before is not None:
+            keys = self._users[before]
+            keys.discard(key)
+            if not keys:
+                del self._users[before]
+        if after is not None:
+            self._users.setdefault(after, set()).add(key)
+
+    def _pop(self, key: str) -> Record | None:
+        record = self._records.pop(key, None)
+        self._index(key, record, None)
+        return record
 
     def load(self, key: str) -> Record | None:
         with self._lock:
@@ -40,10 +62,11 @@ class MemoryBackend(Backend):
     def create(self, key: str, record: Record) -> None:
         record = replace(record, data=dict(record.data), values=None)
         with self._lock:
+            self._index(key, self._records.get(key), record)
             self._records[key] = record
             self._records.move_to_end(key)
             while len(self._records) > self.max_entries:
-                self._records.popitem(last=False)
+                self._pop(next(iter(self._records)))
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         with self._lock:
@@ -56,24 +79,27 @@ class MemoryBackend(Backend):
                 data.update(delta.set)
                 if delta.max_size is not None:
                     check_size(data_size(record.data), data_size(data), delta.max_size)
-            self._records[key] = replace(record, data=data, expires_at=delta.expires_at)
+            user = delta.user if delta.user_changed else record.user
+            new = replace(record, data=data, expires_at=delta.expires_at, user=user)
+            self._index(key, record, new)
+            self._records[key] = new
             self._records.move_to_end(key)
             return True
 
     def take(self, key: str, now: datetime) -> Record | None:
         with self._lock:
-            record = self._records.pop(key, None)
+            record = self._pop(key)
         return record if record is not None and record.expires_at > now else None
 
     def delete(self, key: str) -> None:
         with self._lock:
-            self._records.pop(key, None)
+            self._pop(key)
 
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         with self._lock:
             expired = [k for k, r in self._records.items() if r.expires_at <= now]
             for key in expired:
-                del self._records[key]
+                self._pop(key)
             return len(expired)
 
     def count(self, now: datetime) -> int:
@@ -89,4 +115,10 @@ class MemoryBackend(Backend):
         with self._lock:
             removed = len(self._records)
             self._records.clear()
+            self._users.clear()
             return removed
+
+    def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
+        with self._lock:
+            records = ((k, self._records[k]) for k in self._users.get(user, ()))
+            return [(k, r) for k, r in records if r.expires_at > now]

@@ -242,3 +242,116 @@ def test_in_flight_request_does_not_revive_a_destroyed_session(backend_app: Flas
     stale = backend_app.test_client()
     stale.set_cookie("session", t.cast(str, token))
     assert stale.get("/dump").json == {}
+
+
+# The user index (SERVERSESSION_USER_KEY): Record.user, Delta.user, user_records.
+
+
+def user_record(
+    user: str | None, data: dict[str, str] | None = None, *, expires_in: timedelta = HOUR
+) -> Record:
+    data = {"_user_id": f'"{user}"'} if data is None else data
+    return Record(data, NOW, NOW + expires_in, user=user)
+
+
+def needs_user_index(backend: Backend) -> None:
+    from ..support.users import needs_user_index
+
+    needs_user_index(backend)
+
+
+def listed(backend: Backend, user: str, now: datetime = NOW) -> set[str]:
+    return {key for key, _record in backend.user_records(user, now)}
+
+
+def test_user_index_lists_a_users_live_records(backend: Backend) -> None:
+    needs_user_index(backend)
+    backend.create(key_of("a1"), user_record("alice", {"cart": "[1]"}))
+    backend.create(key_of("a2"), user_record("alice"))
+    backend.create(key_of("b1"), user_record("bob"))
+    backend.create(key_of("anonymous"), record({"cart": "[]"}))
+    records = dict(backend.user_records("alice", NOW))
+    assert set(records) == {key_of("a1"), key_of("a2")}
+    assert records[key_of("a1")].data == {"cart": "[1]"}
+    assert records[key_of("a1")].created_at == NOW
+    assert records[key_of("a1")].expires_at == NOW + HOUR
+    assert listed(backend, "bob") == {key_of("b1")}
+    assert listed(backend, "carol") == set()
+
+
+def test_user_index_follows_a_delta_that_changes_the_user(backend: Backend) -> None:
+    needs_user_index(backend)
+    key = key_of("a")
+    backend.create(key, user_record("alice"))
+    to_bob = Delta(NOW + HOUR, {"_user_id": '"bob"'}, user="bob", user_changed=True)
+    assert backend.update(key, to_bob, NOW)
+    assert (listed(backend, "alice"), listed(backend, "bob")) == (set(), {key})
+
+    assert backend.update(key, Delta(NOW + HOUR, {"cart": "[2]"}), NOW)
+    assert backend.touch(key, NOW + 2 * HOUR, NOW)
+    ((_key, still_bobs),) = backend.user_records("bob", NOW)
+    assert still_bobs.data == {"_user_id": '"bob"', "cart": "[2]"}
+
+    signed_out = Delta(NOW + HOUR, deleted=frozenset({"_user_id"}), user=None, user_changed=True)
+    assert backend.update(key, signed_out, NOW)
+    assert (listed(backend, "alice"), listed(backend, "bob")) == (set(), set())
+
+    back = Delta(NOW + HOUR, {"_user_id": '"alice"'}, user="alice", user_changed=True)
+    assert backend.update(key, back, NOW)
+    assert listed(backend, "alice") == {key}
+
+
+def test_user_index_follows_a_create_over_a_record(backend: Backend) -> None:
+    needs_user_index(backend)
+    key = key_of("a")
+    backend.create(key, user_record("alice"))
+    backend.create(key, user_record("bob"))
+    assert (listed(backend, "alice"), listed(backend, "bob")) == (set(), {key})
+    backend.create(key, record({"cart": "[]"}))
+    assert listed(backend, "bob") == set()
+
+
+def test_removed_records_are_not_listed(backend: Backend) -> None:
+    needs_user_index(backend)
+    for name in ("deleted", "taken", "kept"):
+        backend.create(key_of(name), user_record("alice"))
+    backend.create(key_of("expired"), user_record("alice", expires_in=-HOUR))
+    backend.delete(key_of("deleted"))
+    assert backend.take(key_of("taken"), NOW) is not None
+    backend.purge_expired(NOW)
+    # Two hours ago the expired record was live: only its removal keeps it out.
+    assert listed(backend, "alice", NOW - 2 * HOUR) == {key_of("kept")}
+    backend.clear()
+    assert listed(backend, "alice", NOW - 2 * HOUR) == set()
+
+
+def test_expired_records_are_not_listed(backend: Backend) -> None:
+    needs_user_index(backend)
+    backend.create(key_of("live"), user_record("alice"))
+    backend.create(key_of("expired"), user_record("alice", expires_in=-HOUR))
+    assert listed(backend, "alice") == {key_of("live")}
+    assert listed(backend, "alice", NOW + 2 * HOUR) == set()
+
+
+def test_users_never_see_each_others_records(backend: Backend) -> None:
+    needs_user_index(backend)
+    users = ["alice", "alic", "alice2", "1", "11", "a:b", "a*", "[a]", "ünï cødé", "x/../y", "%s"]
+    for user in users:
+        for n in range(2):
+            backend.create(key_of(f"{user}-{n}"), user_record(user))
+    for user in users:
+        assert listed(backend, user) == {key_of(f"{user}-0"), key_of(f"{user}-1")}, user
+
+
+def test_a_thousand_sessions_of_one_user_are_listed(backend: Backend) -> None:
+    needs_user_index(backend)
+    keys = [key_of(f"many-{n}") for n in range(1000)]
+    for key in keys:
+        backend.create(key, user_record("alice"))
+    backend.create(key_of("bob's"), user_record("bob"))
+    records = backend.user_records("alice", NOW)
+    assert len(records) == 1000
+    assert {key for key, _record in records} == set(keys)
+    for key in keys[::2]:
+        backend.delete(key)
+    assert listed(backend, "alice") == set(keys[1::2])
