@@ -1,26 +1,30 @@
-"""Fill a backend with many session records quickly, through its fastest path.
+"""Fill a backend with many session records quickly, through the bare driver.
 
-Each filler copies one template record that the backend itself wrote, so the
-stored format is exactly the backend's; only the storage keys differ.
+Each filler copies one template record that the backend itself wrote (through
+its public ``create``), so the stored format is exactly the backend's; only
+the storage keys differ. The copies are made by the driver directly, inside
+the server where it can: ``INSERT ... SELECT`` over a generated series
+(``sqlite3``, ``psycopg``), a Lua loop (``redis``), plain file copies.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import typing as t
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
 from apps import SEED
+from apps import Spec
 from flask import Flask
 from flask.sessions import session_json_serializer
 
-from flask_serversession.backends.base import Backend
 from flask_serversession.backends.base import Record
 
-CHUNK = 50_000
+CHUNK = 200_000
 
 # Copies the template hash KEYS[1] to ARGV[2]..ARGV[3] new keys under prefix ARGV[1].
 _REDIS_FILL = """
@@ -35,10 +39,6 @@ return 1
 """
 
 
-def backend_of(app: Flask) -> Backend:
-    return t.cast(Backend, app.extensions["serversession"].backend)
-
-
 def template(*, expired: bool) -> Record:
     """A record holding the benchmark's seed session, live for a day or expired an hour ago."""
     now = datetime.now(timezone.utc)
@@ -48,67 +48,105 @@ def template(*, expired: bool) -> Record:
     return Record(data, now, now + timedelta(days=1))
 
 
-def fill(app: Flask, backend_name: str, count: int, *, expired: bool = False) -> None:
-    """Add ``count`` records to the app's backend."""
+def fill(app: Flask, spec: Spec, count: int, *, expired: bool = False) -> None:
+    """Add ``count`` records to the store of ``spec``'s app."""
     if count <= 0:
         return
-    backend = backend_of(app)
     key = secrets.token_hex(32)
-    backend.create(key, template(expired=expired))
-    fillers = {"sqlite": _fill_sql, "postgres": _fill_sql, "redis": _fill_redis}
-    fillers.get(backend_name, _fill_files)(backend, key, count - 1)
+    app.extensions["serversession"].backend.create(key, template(expired=expired))
+    fillers: dict[str, t.Callable[[Spec, str, int], None]] = {
+        "sqlite": _fill_sqlite,
+        "postgres": _fill_postgres,
+        "redis": _fill_redis,
+        "filesystem": _fill_files,
+    }
+    fillers[spec.backend](spec, key, count - 1)
 
 
-def _fill_sql(backend: t.Any, key: str, count: int) -> None:
-    import sqlalchemy as sa
+def sqlite_path(spec: Spec) -> str:
+    return spec.location.removeprefix("sqlite:///")
 
-    name = backend.engine.dialect.identifier_preparer.quote(backend.table.name)
-    columns = "key, data, created_at, expires_at"
-    copied = "t.data, t.created_at, t.expires_at"
-    if backend.engine.dialect.name == "sqlite":
-        statement = (
-            f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)"
-            f" INSERT INTO {name} ({columns})"
-            f" SELECT lower(hex(randomblob(32))), {copied} FROM n, {name} AS t WHERE t.key = :key"
-        )
-    else:
-        statement = (
-            f"INSERT INTO {name} ({columns})"
-            f" SELECT encode(sha256(convert_to(:salt || i::text, 'UTF8')), 'hex'), {copied}"
-            f" FROM generate_series(1, :count) AS i, {name} AS t WHERE t.key = :key"
-        )
-    done = 0
-    while done < count:
-        n = min(CHUNK * 4, count - done)
-        with backend.engine.begin() as conn:
-            conn.execute(sa.text(statement), {"count": n, "key": key, "salt": secrets.token_hex(8)})
-        done += n
-    if backend.engine.dialect.name == "postgresql":
+
+def table_of(spec: Spec) -> str:
+    """The SQL table, or the Redis key prefix, that ``spec``'s app uses."""
+    if spec.backend == "redis":
+        return spec.table or "serversession:"
+    return spec.table or "serversession"
+
+
+_COLUMNS = "key, data, created_at, expires_at"
+_COPIED = "t.data, t.created_at, t.expires_at"
+
+
+def _fill_sqlite(spec: Spec, key: str, count: int) -> None:
+    table = table_of(spec)
+    statement = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+        f' INSERT INTO "{table}" ({_COLUMNS})'
+        f' SELECT lower(hex(randomblob(32))), {_COPIED} FROM n, "{table}" AS t WHERE t.key = ?'
+    )
+    conn = sqlite3.connect(sqlite_path(spec), isolation_level=None, timeout=30)
+    try:
+        done = 0
+        while done < count:
+            n = min(CHUNK, count - done)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(statement, (n, key))
+            conn.execute("COMMIT")
+            done += n
+    finally:
+        conn.close()
+
+
+def _fill_postgres(spec: Spec, key: str, count: int) -> None:
+    import psycopg
+    from floors import psycopg_conninfo
+
+    table = table_of(spec)
+    statement = (
+        f'INSERT INTO "{table}" ({_COLUMNS})'
+        f" SELECT encode(sha256(convert_to(%s || i::text, 'UTF8')), 'hex'), {_COPIED}"
+        f' FROM generate_series(1, %s) AS i, "{table}" AS t WHERE t.key = %s'
+    )
+    with psycopg.connect(psycopg_conninfo(spec.location), autocommit=True) as conn:
+        done = 0
+        while done < count:
+            n = min(CHUNK, count - done)
+            conn.execute(statement, (secrets.token_hex(8), n, key))
+            done += n
         # What autovacuum would have done by the time a table grew this big.
-        with backend.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text(f"VACUUM ANALYZE {name}"))
+        conn.execute(f'VACUUM ANALYZE "{table}"')
 
 
-def _fill_redis(backend: t.Any, key: str, count: int) -> None:
-    script = backend.client.register_script(_REDIS_FILL)
-    salt = secrets.token_hex(8)
-    for start in range(1, count + 1, CHUNK):
-        end = min(start + CHUNK - 1, count)
-        script(keys=[backend.key_prefix + key], args=[backend.key_prefix, start, end, salt])
+def _fill_redis(spec: Spec, key: str, count: int) -> None:
+    import redis
+
+    client = redis.Redis.from_url(spec.location)
+    try:
+        script = client.register_script(_REDIS_FILL)
+        prefix = table_of(spec)
+        salt = secrets.token_hex(8)
+        step = CHUNK // 4
+        for start in range(1, count + 1, step):
+            end = min(start + step - 1, count)
+            script(keys=[prefix + key], args=[prefix, start, end, salt])
+    finally:
+        client.close()
 
 
-def _fill_files(backend: t.Any, key: str, count: int) -> None:
-    """Copy the template file to ``count`` new names, sharded as the backend does."""
-    with open(backend._path(key), "rb") as f:
+def _fill_files(spec: Spec, key: str, count: int) -> None:
+    """Copy the template file to ``count`` new names, in the backend's shard layout."""
+    with open(os.path.join(spec.location, key[:2], key), "rb") as f:
         content = f.read()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for _ in range(count):
         name = secrets.token_hex(32)
-        shard = os.path.join(backend.directory, name[:2])
+        shard = os.path.join(spec.location, name[:2])
         try:
-            fd = os.open(os.path.join(shard, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(os.path.join(shard, name), flags, 0o600)
         except FileNotFoundError:
             os.makedirs(shard, mode=0o700, exist_ok=True)
-            fd = os.open(os.path.join(shard, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(os.path.join(shard, name), flags, 0o600)
         try:
             os.write(fd, content)
         finally:

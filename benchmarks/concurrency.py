@@ -1,4 +1,4 @@
-"""Throughput, latency and lost updates under a real multi-threaded server."""
+"""Throughput, latency and lost updates under a real multi-process server (gunicorn)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import time
 import typing as t
 from dataclasses import dataclass
 
+from apps import build_app
+from apps import close_app
 from apps import COOKIE_NAME
+from apps import seed_session
 from apps import session_cookie
 from apps import Spec
 from lineup import lineup
@@ -23,18 +26,23 @@ from servers import end_process
 from servers import free_port
 from servers import HOST
 from servers import wait_for_port
+from stats import load as current_load
 from stats import ms
 from stats import percentile
 from stats import table
+from stats import wait_for_quiet
 from targets import Scoreboard
 
 #: Share of requests that increment a counter; the rest read one key.
 MIXES = {"read-heavy": 0.1, "write-heavy": 0.9}
-SERVER_THREADS = 8
+WORKERS = 4
+THREADS_PER_WORKER = 4
 CLIENTS = 8
 #: Clients per session: they change different keys of one session at once.
 CLIENTS_PER_SESSION = 2
 TIMEOUT = 10.0
+#: A store that lives in one process cannot serve several workers.
+SINGLE_PROCESS = ("memory",)
 
 
 @dataclass(frozen=True)
@@ -44,18 +52,46 @@ class Load:
 
 
 class Server:
-    """One contender's app under waitress, in its own process."""
+    """One contender's app under gunicorn (gthread workers, keep-alive), on loopback."""
 
     def __init__(self, spec: Spec) -> None:
         self.port = free_port()
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py")
-        argv = [sys.executable, script, str(self.port), str(SERVER_THREADS), spec.to_json()]
-        self.process = subprocess.Popen(argv, start_new_session=True)
+        here = os.path.dirname(os.path.abspath(__file__))
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "--chdir", here,
+            "--bind", f"{HOST}:{self.port}",
+            "--workers", str(WORKERS),
+            "--worker-class", "gthread",
+            "--threads", str(THREADS_PER_WORKER),
+            "--keep-alive", "30",
+            "--timeout", "60",
+            "--log-level", "warning",
+            "serve:application",
+        ]  # fmt: skip
+        env = {**os.environ, "BENCH_SPEC": spec.to_json()}
+        self.process = subprocess.Popen(argv, env=env, start_new_session=True)
         try:
             wait_for_port(self.port)
+            self._wait_for_workers()
         except Exception:
             self.stop()
             raise
+
+    def _wait_for_workers(self) -> None:
+        """Return once a request is answered: a worker has built the app."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=TIMEOUT)
+            try:
+                if get(conn, "/untouched", None)[0] == 200:
+                    time.sleep(0.5)  # the other workers boot at the same moment
+                    return
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.2)
+            finally:
+                conn.close()
+        raise RuntimeError("gunicorn answered no request within 60 s")
 
     def stop(self) -> None:
         end_process(self.process)
@@ -65,6 +101,15 @@ class Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def prepare_store(spec: Spec) -> None:
+    """Create the contender's tables once, before workers race to create them."""
+    app = build_app(spec)
+    try:
+        seed_session(app)
+    finally:
+        close_app(app)
 
 
 def get(
@@ -179,25 +224,31 @@ def drive(spec: Spec, port: int, mix: str, load: Load) -> Outcome:
     )
 
 
-def render(outcomes: t.Sequence[Outcome]) -> str:
+def render(outcomes: t.Sequence[Outcome], load: str) -> str:
+    rate = {(o.spec.family, o.spec.backend, o.mix): o.requests / o.seconds for o in outcomes}
     rows = []
     for o in outcomes:
+        theirs = rate.get(("fs", o.spec.backend, o.mix)) if o.spec.family == "fss" else None
         rows.append(
             (
                 o.spec.name,
                 o.mix,
                 f"{o.requests / o.seconds:,.0f}",
+                f"{o.requests / o.seconds / theirs:.2f}x" if theirs else "-",
                 ms(percentile(o.latencies, 0.5)),
                 ms(percentile(o.latencies, 0.99)),
                 str(o.errors),
                 "-" if o.lost is None else str(o.lost),
             )
         )
-    headers = ("contender", "mix", "req/s", "p50 ms", "p99 ms", "errors", "lost updates")
+    headers = (
+        "contender", "mix", "req/s", "vs Flask-Session", "p50 ms", "p99 ms", "errors",
+        "lost updates",
+    )  # fmt: skip
     title = (
-        f"Concurrency: waitress, {SERVER_THREADS} threads; {CLIENTS} keep-alive clients,"
-        f" {CLIENTS_PER_SESSION} per session (cookie: 1); read-heavy 10% writes,"
-        " write-heavy 90%"
+        f"Throughput: gunicorn, {WORKERS} gthread workers x {THREADS_PER_WORKER} threads;"
+        f" {CLIENTS} keep-alive clients, {CLIENTS_PER_SESSION} per session (cookie: 1);"
+        f" read-heavy 10% writes, write-heavy 90%; {load}"
     )
     return table(title, headers, rows)
 
@@ -212,8 +263,15 @@ def run(
 ) -> None:
     load = Load(requests or (60 if quick else 300), 8.0 if quick else 25.0)
     outcomes = []
+    before = current_load()
     for spec in lineup(places, "conc", backends=backends):
+        if spec.backend in SINGLE_PROCESS:
+            note(f"{spec.name} is skipped under gunicorn: its store lives in one process.")
+            continue
+        wait_for_quiet(f"throughput {spec.name}")
         try:
+            if spec.family != "cookie":
+                prepare_store(spec)
             with Server(spec) as server:
                 for mix in MIXES:
                     outcomes.append(drive(spec, server.port, mix, load))
@@ -221,7 +279,7 @@ def run(
             note(f"{spec.name} failed under load: {type(e).__name__}: {e}")
     if not outcomes:
         return
-    print(render(outcomes), flush=True)
+    print(render(outcomes, f"{before}, after: {current_load()}"), flush=True)
     for o in outcomes:
         if o.spec.family == "fss":
             subject = f"{o.mix}: {o.spec.backend}"

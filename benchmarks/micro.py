@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import typing as t
 
 from apps import batch
 from apps import build_app
+from apps import call
 from apps import check_ok
 from apps import close_app
 from apps import make_environ
 from apps import seed_session
 from apps import Spec
 from flask import Flask
+from floors import Floor
+from floors import floors_for
 from lineup import lineup
 from lineup import note
 from lineup import Places
+from ratios import Medians
+from ratios import render_against_cookie
+from ratios import render_against_flask_session
+from ratios import render_against_floor
+from ratios import render_floors
+from stats import Batch
 from stats import Budget
 from stats import interleaved
+from stats import load
 from stats import ratio
 from stats import spread
 from stats import Summary
 from stats import table
 from stats import us
+from stats import wait_for_quiet
 from targets import Scoreboard
 
 SCENARIOS = {
@@ -45,15 +57,27 @@ def prepare(specs: t.Sequence[Spec]) -> dict[Spec, tuple[Flask, str]]:
 
 
 def measure(
-    ready: t.Mapping[Spec, tuple[Flask, str]], scenario: str, budget: Budget
+    ready: t.Mapping[Spec, tuple[Flask, str]],
+    scenario: str,
+    budget: Budget,
+    extra: t.Mapping[str, Batch] | None = None,
 ) -> dict[Spec, Summary]:
+    """Time each contender's request; ``extra`` batches run in the same rounds.
+
+    The summaries of ``extra`` are returned under ``Spec("extra", name)``.
+    """
     batches = {}
     for spec, (app, cookie) in ready.items():
         environ = make_environ(f"/{scenario}", None if scenario == "new" else cookie)
         check_ok(app, environ)
         batches[spec] = batch(app, environ)
-    by_name = interleaved({spec.name: b for spec, b in batches.items()}, budget)
-    return {spec: by_name[spec.name] for spec in batches}
+    named: dict[str, Batch] = {spec.name: b for spec, b in batches.items()}
+    extra = extra or {}
+    named.update(extra)
+    by_name = interleaved(named, budget)
+    results = {spec: by_name[spec.name] for spec in batches}
+    results.update({Spec("extra", name): by_name[name] for name in extra})
+    return results
 
 
 def reference(results: t.Mapping[Spec, Summary], family: str, backend: str) -> float | None:
@@ -63,10 +87,12 @@ def reference(results: t.Mapping[Spec, Summary], family: str, backend: str) -> f
     return None
 
 
-def render(scenario: str, results: t.Mapping[Spec, Summary]) -> str:
+def render(scenario: str, results: t.Mapping[Spec, Summary], load: str = "") -> str:
     cookie = reference(results, "cookie", "cookie")
     rows = []
     for spec, summary in results.items():
+        if spec.family == "extra":
+            continue
         flask_session = reference(results, "fs", spec.backend) if spec.family == "fss" else None
         rows.append(
             (
@@ -78,35 +104,102 @@ def render(scenario: str, results: t.Mapping[Spec, Summary]) -> str:
             )
         )
     headers = ("contender", "median us", "min-max us", "/cookie", "/Flask-Session")
-    return table(f"Per request: {scenario} ({SCENARIOS[scenario]})", headers, rows)
+    title = f"Per request: {scenario} ({SCENARIOS[scenario]})"
+    return table(f"{title}; {load}" if load else title, headers, rows)
 
 
-def score(scenario: str, results: t.Mapping[Spec, Summary], board: Scoreboard) -> None:
-    cookie = reference(results, "cookie", "cookie")
-    for spec, summary in results.items():
-        if spec.family != "fss":
+def build_floors(
+    places: Places, ready: t.Mapping[Spec, tuple[Flask, str]]
+) -> dict[str, dict[str, Floor]]:
+    """The driver floors of every backend whose contender runs, by backend and label."""
+    result = {}
+    for spec in ready:
+        if spec.family != "fss" or spec.backend == "memory":
             continue
-        name = f"{scenario}: {spec.backend}"
-        if cookie is not None and (
-            scenario == "untouched" or (scenario in ("read", "write") and spec.backend == "memory")
-        ):
-            board.at_most("no slower than cookie", name, summary.median / cookie, 1.0, "x")
-        theirs = reference(results, "fs", spec.backend)
-        if theirs is not None and scenario in ("read", "write"):
-            board.at_most("2x faster than Flask-Session", name, summary.median / theirs, 0.5, "x")
+        try:
+            result[spec.backend] = floors_for(spec.backend, spec.location, places.directory)
+        except Exception as e:  # a missing driver must not stop the rest
+            note(f"the {spec.backend} floor is skipped: {type(e).__name__}: {e}")
+    return result
+
+
+def floor_batches(floors: t.Mapping[str, t.Mapping[str, Floor]], scenario: str) -> dict[str, Batch]:
+    batches = {}
+    for backend, labels in floors.items():
+        for label, floor in labels.items():
+            if scenario in floor.batches():
+                batches[_floor_name(backend, label)] = floor.batches()[scenario]
+    return batches
+
+
+def _floor_name(backend: str, label: str) -> str:
+    return f"driver {backend} {label}".rstrip()
+
+
+def medians(
+    results: t.Mapping[Spec, Summary], floors: t.Mapping[str, t.Mapping[str, Floor]]
+) -> Medians:
+    m = Medians(cookie=reference(results, "cookie", "cookie"))
+    by_extra = {spec.backend: s.median for spec, s in results.items() if spec.family == "extra"}
+    for spec, summary in results.items():
+        if spec.family == "fss":
+            m.ours[spec.backend] = summary.median
+        elif spec.family == "fs":
+            m.flask_session[spec.backend] = summary.median
+    for backend, labels in floors.items():
+        for label in labels:
+            name = _floor_name(backend, label)
+            if name in by_extra:
+                m.drivers.setdefault(backend, {})[label] = by_extra[name]
+    return m
+
+
+def fsync_floor(ready: t.Mapping[Spec, tuple[Flask, str]]) -> str:
+    """The filesystem floor that matches our backend: does a save call ``fsync``?"""
+    for spec, (app, cookie) in ready.items():
+        if spec.family == "fss" and spec.backend == "filesystem":
+            return "fsync" if _fsyncs(app, cookie) else "no fsync"
+    return "fsync"
+
+
+def _fsyncs(app: Flask, cookie: str) -> int:
+    calls = []
+    original = os.fsync
+
+    def counted(fd: t.Any) -> None:
+        calls.append(fd)
+        original(fd)
+
+    os.fsync = counted
+    try:
+        call(app, make_environ("/write", cookie))
+    finally:
+        os.fsync = original
+    return len(calls)
 
 
 def run(
     places: Places, budget: Budget, backends: t.Sequence[str], board: Scoreboard
-) -> dict[str, dict[Spec, Summary]]:
+) -> dict[str, Medians]:
     ready = prepare(lineup(places, "micro", backends=backends))
-    results = {}
+    floors = build_floors(places, ready)
+    by_scenario = {}
     try:
         for scenario in SCENARIOS:
-            results[scenario] = measure(ready, scenario, budget)
-            print(render(scenario, results[scenario]), flush=True)
-            score(scenario, results[scenario], board)
+            wait_for_quiet(f"micro {scenario}")
+            before = load()
+            results = measure(ready, scenario, budget, floor_batches(floors, scenario))
+            print(render(scenario, results, f"{before}, after: {load()}"), flush=True)
+            by_scenario[scenario] = medians(results, floors)
+        print(render_floors(by_scenario), flush=True)
+        matching = {"filesystem": fsync_floor(ready)}
+        print(render_against_floor(by_scenario, matching, board), flush=True)
+        print(render_against_flask_session(by_scenario, board), flush=True)
+        print(render_against_cookie(by_scenario, board), flush=True)
     finally:
         for app, _cookie in ready.values():
             close_app(app)
-    return results
+        for labels in floors.values():
+            for floor in labels.values():
+                floor.close()
+    return by_scenario

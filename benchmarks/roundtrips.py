@@ -19,57 +19,12 @@ from micro import prepare
 from micro import SCENARIOS
 from stats import table
 
-from flask_serversession.backends.base import Backend
-
 REQUESTS = 20
 Counter = collections.Counter[str]
 
 
-class CountingBackend(Backend):
-    """Delegates to a backend and counts each call."""
-
-    def __init__(self, inner: Backend, counts: Counter) -> None:
-        self.inner = inner
-        self.counts = counts
-
-    def _count(self, name: str) -> None:
-        self.counts["calls"] += 1
-        self.counts[f"call:{name}"] += 1
-
-    def load(self, key: t.Any) -> t.Any:
-        self._count("load")
-        return self.inner.load(key)
-
-    def create(self, key: t.Any, record: t.Any) -> None:
-        self._count("create")
-        self.inner.create(key, record)
-
-    def update(self, key: t.Any, delta: t.Any, now: t.Any) -> bool:
-        self._count("update")
-        return self.inner.update(key, delta, now)
-
-    def touch(self, key: t.Any, expires_at: t.Any, now: t.Any) -> bool:
-        self._count("touch")
-        return self.inner.touch(key, expires_at, now)
-
-    def delete(self, key: t.Any) -> None:
-        self._count("delete")
-        self.inner.delete(key)
-
-    def purge_expired(self, now: t.Any) -> int:
-        return self.inner.purge_expired(now)
-
-    def count(self, now: t.Any) -> int:
-        return self.inner.count(now)
-
-    def items(self, now: t.Any) -> t.Any:
-        return self.inner.items(now)
-
-    def clear(self) -> int:
-        return self.inner.clear()
-
-    def close(self) -> None:
-        self.inner.close()
+#: The backend methods a request may call, each counted as one storage call.
+STORAGE_METHODS = ("load", "create", "update", "touch", "take", "delete")
 
 
 def _wrap_method(stack: ExitStack, owner: t.Any, name: str, counts: Counter, label: str) -> None:
@@ -85,12 +40,14 @@ def _wrap_method(stack: ExitStack, owner: t.Any, name: str, counts: Counter, lab
 
 def count_storage_calls(app: Flask, spec: Spec, counts: Counter) -> t.Callable[[], None]:
     """Count the session layer's calls into its storage; return an undo function."""
-    if spec.family == "fss":
-        store = app.extensions["serversession"]
-        inner = store.backend
-        store.backend = CountingBackend(inner, counts)
-        return lambda: setattr(store, "backend", inner)
     stack = ExitStack()
+    if spec.family == "fss":
+        # Counted on the instance, so the store keeps its own backend object.
+        backend = app.extensions["serversession"].backend
+        for name in STORAGE_METHODS:
+            _wrap_method(stack, backend, name, counts, "calls")
+            stack.callback(vars(backend).pop, name, None)
+        return stack.close
     if spec.family == "fs":
         interface = app.session_interface
         for name in ("_retrieve_session_data", "_upsert_session", "_delete_session"):

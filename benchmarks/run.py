@@ -11,19 +11,22 @@ import platform
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import typing as t
 from importlib import metadata
 
+import stats
 from lineup import ALL_BACKENDS
 from lineup import Places
 from servers import Servers
 from stats import Budget
+from stats import load
 from stats import stopwatch
 from targets import Scoreboard
 
-SECTIONS = ("micro", "roundtrips", "scale", "purge", "concurrency")
+SECTIONS = ("micro", "roundtrips", "scale", "purge", "concurrency", "profile")
 
 
 def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,9 +62,23 @@ def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         help="expired-session counts for the purge section (repeatable)",
     )
-    parser.add_argument("--rounds", type=int, help="timing rounds per figure (default 7, quick 5)")
+    parser.add_argument("--rounds", type=int, help="timing rounds per figure (default 9, quick 7)")
     parser.add_argument(
         "--requests", type=int, help="requests per client in the concurrency section"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="before each table, wait up to SECONDS for other processes to leave the cores"
+        " mostly idle (default 0: do not wait)",
+    )
+    parser.add_argument(
+        "--library",
+        metavar="DIR",
+        help="import flask_serversession from DIR (e.g. an export of another commit), here"
+        " and in every server and profiled process",
     )
     return parser.parse_args(argv)
 
@@ -73,26 +90,71 @@ def versions() -> list[tuple[str, str]]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    cpu = "unknown"
+    cpu, ram = "unknown", "unknown"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+        ram = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
     return [
         ("CPU", f"{cpu}, {os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))})"),
+        ("RAM", ram),
+        ("Load at start", load()),
         ("OS", platform.platform()),
         ("Python", platform.python_version()),
         ("Flask", dist("flask")),
         ("Werkzeug", dist("werkzeug")),
-        ("Flask-ServerSession", dist("flask-serversession")),
+        ("Flask-ServerSession", f"{dist('flask-serversession')} from {library_source()}"),
         ("Flask-Session", dist("flask-session")),
         ("SQLAlchemy", dist("sqlalchemy")),
         ("SQLite", sqlite3.sqlite_version),
         ("psycopg", dist("psycopg")),
         ("redis-py", dist("redis")),
-        ("waitress", dist("waitress")),
+        ("gunicorn", dist("gunicorn")),
+        ("py-spy", py_spy_version()),
     ]
+
+
+def py_spy_version() -> str:
+    try:
+        result = subprocess.run(["py-spy", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+    return result.stdout.strip().removeprefix("py-spy ") or "unknown"
+
+
+def library_source() -> str:
+    """Where flask_serversession is imported from, and the commit of that checkout."""
+    import flask_serversession
+
+    directory = os.path.dirname(os.path.dirname(os.path.abspath(flask_serversession.__file__)))
+    try:
+        result = subprocess.run(
+            ["git", "-C", directory, "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        commit = result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{directory} ({commit})" if commit else directory
+
+
+def use_library(directory: str) -> None:
+    """Import flask_serversession from ``directory``, here and in child processes."""
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(os.path.join(directory, "flask_serversession")):
+        raise SystemExit(f"{directory} holds no flask_serversession package")
+    sys.path.insert(0, directory)
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = directory + (os.pathsep + path if path else "")
 
 
 def print_machine(servers: Servers) -> None:
@@ -110,8 +172,8 @@ def print_machine(servers: Servers) -> None:
 
 def budget_for(args: argparse.Namespace) -> Budget:
     if args.quick:
-        return Budget(rounds=args.rounds or 5, batch_seconds=0.05, max_calls=5_000)
-    return Budget(rounds=args.rounds or 7)
+        return Budget(rounds=args.rounds or 7, batch_seconds=0.04, max_calls=5_000)
+    return Budget(rounds=args.rounds or 9, batch_seconds=0.12)
 
 
 def run_sections(args: argparse.Namespace, places: Places, board: Scoreboard) -> None:
@@ -140,6 +202,10 @@ def run_sections(args: argparse.Namespace, places: Places, board: Scoreboard) ->
         import concurrency
 
         concurrency.run(places, backends, board, quick=args.quick, requests=args.requests)
+    if "profile" in sections:
+        import profiling
+
+        profiling.run(places, backends, quick=args.quick)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -148,6 +214,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.library:
+        use_library(args.library)
+    stats.QUIET_WAIT_SECONDS = args.quiet_wait
     signal.signal(signal.SIGTERM, _terminate)
     backends = args.backend or ALL_BACKENDS
     elapsed = stopwatch()

@@ -14,12 +14,14 @@ from lineup import Places
 from micro import measure
 from micro import prepare
 from stats import Budget
+from stats import load as load_average
 from stats import ratio
 from stats import spread
 from stats import stopwatch
 from stats import Summary
 from stats import table
 from stats import us
+from stats import wait_for_quiet
 from targets import Scoreboard
 
 BACKENDS = ("sqlite", "postgres", "redis")
@@ -45,11 +47,11 @@ def load(ready: t.Mapping[Spec, tuple[Flask, str]]) -> None:
     for spec, (app, _cookie) in ready.items():
         elapsed = stopwatch()
         count = spec.extra["n"]
-        bulk.fill(app, spec.backend, count - 1)  # the seeded session is one of them
+        bulk.fill(app, spec, count - 1)  # the seeded session is one of them
         print(f"  loaded {count:,} sessions into {spec.backend} in {elapsed():.1f} s", flush=True)
 
 
-def render(scenario: str, results: t.Mapping[Spec, Summary]) -> str:
+def render(scenario: str, results: t.Mapping[Spec, Summary], load_note: str) -> str:
     rows = []
     for spec, summary in results.items():
         smallest = min(
@@ -65,7 +67,7 @@ def render(scenario: str, results: t.Mapping[Spec, Summary]) -> str:
             )
         )
     headers = ("backend", "stored", "median us", "min-max us", "/smallest")
-    return table(f"Scale: {scenario} cost by stored sessions", headers, rows)
+    return table(f"Scale: {scenario} cost by stored sessions; {load_note}", headers, rows)
 
 
 def score(scenario: str, results: t.Mapping[Spec, Summary], board: Scoreboard) -> None:
@@ -95,8 +97,10 @@ def run(
     try:
         load(ready)
         for scenario in ("read", "write"):
+            wait_for_quiet(f"scale {scenario}")
+            note_load = load_average()
             results = measure(ready, scenario, budget)
-            print(render(scenario, results), flush=True)
+            print(render(scenario, results, f"{note_load}, after: {load_average()}"), flush=True)
             score(scenario, results, board)
     finally:
         for app, _cookie in ready.values():

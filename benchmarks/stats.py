@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 import typing as t
@@ -78,6 +79,59 @@ def interleaved(batches: t.Mapping[str, Batch], budget: Budget) -> dict[str, Sum
             n = calls[name]
             samples[name].append(_timed(batches[name], n) / n)
     return {name: Summary(tuple(values)) for name, values in samples.items()}
+
+
+def load() -> str:
+    """The 1-minute load average and the number of usable cores, for table titles."""
+    try:
+        one = os.getloadavg()[0]
+    except OSError:
+        return "load unknown"
+    return f"load {one:.2f} on {len(os.sched_getaffinity(0))} cores"
+
+
+#: How long :func:`wait_for_quiet` may wait; set from the command line.
+QUIET_WAIT_SECONDS = 0.0
+#: Below this share of all cores busy, the machine counts as quiet.
+QUIET_BUSY = 0.25
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The share of all cores busy over ``seconds``, from /proc/stat; NaN if unknown."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = total1 - total0
+    return 1 - (idle1 - idle0) / total if total > 0 else float("nan")
+
+
+def wait_for_quiet(what: str) -> None:
+    """Wait (at most ``QUIET_WAIT_SECONDS``) until other work leaves the cores mostly idle.
+
+    Others' test runs on a shared machine make timings noisy; the wait and
+    the busy share found are printed, so a table taken on a busy machine
+    says so.
+    """
+    if QUIET_WAIT_SECONDS <= 0:
+        return
+    deadline = time.monotonic() + QUIET_WAIT_SECONDS
+    start = time.monotonic()
+    busy = cpu_busy()
+    while busy >= QUIET_BUSY and time.monotonic() < deadline:
+        busy = cpu_busy(2.0)
+    waited = time.monotonic() - start
+    state = "quiet" if busy < QUIET_BUSY else "STILL BUSY"
+    print(f"  [{what}: waited {waited:.0f} s; cores {100 * busy:.0f}% busy, {state}]", flush=True)
 
 
 def stopwatch() -> t.Callable[[], float]:

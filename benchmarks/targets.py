@@ -28,6 +28,12 @@ class Scoreboard:
             Check(target, subject, _fmt(value, unit), f"<= {_fmt(limit, unit)}", value <= limit)
         )
 
+    def at_least(self, target: str, subject: str, value: float, limit: float, unit: str) -> None:
+        """Record ``value >= limit``."""
+        self.checks.append(
+            Check(target, subject, _fmt(value, unit), f">= {_fmt(limit, unit)}", value >= limit)
+        )
+
     def exactly(self, target: str, subject: str, value: int, wanted: int) -> None:
         self.checks.append(Check(target, subject, str(value), f"== {wanted}", value == wanted))
 
