@@ -4,7 +4,6 @@ import json
 import threading
 import typing as t
 import weakref
-from contextlib import nullcontext
 from datetime import datetime
 from datetime import timezone
 
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.dml import ReturningDelete
 
 from .base import CorruptRecordError
 from .base import Delta
@@ -32,9 +32,22 @@ _SHARED_CONNECTION_LOCKS: weakref.WeakKeyDictionary[sa.Pool, threading.RLock] = 
 )
 _SHARED_CONNECTION_LOCKS_GUARD = threading.Lock()
 
+# Names of the bound parameters of the statements that Statements builds once.
+KEY = "p_key"
+NOW = "p_now"
+EXPIRES = "p_expires"
+DATA = "p_data"
+CREATED = "p_created"
+PATCH = "p_patch"
+ADDED = "p_added"
+DELETED = "p_deleted"
+MAX_SIZE = "p_max_size"
+
 
 def utc(value: datetime) -> datetime:
     """Return ``value`` in UTC; SQLite drops the zone, so every value is stored in UTC."""
+    if value.tzinfo is timezone.utc:
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
@@ -53,22 +66,22 @@ def plain(text: str) -> bool:
     return True
 
 
-def serializer_for(engine: sa.Engine) -> t.ContextManager[t.Any]:
+def serializer_for(engine: sa.Engine) -> threading.RLock | None:
     """Return a lock held around each operation where all threads share one connection.
 
     A ``StaticPool`` (an in-memory SQLite database) gives every thread the same
     DBAPI connection, which cannot run two statements or transactions at once.
     """
     if not isinstance(engine.pool, sa.StaticPool):
-        return nullcontext()
+        return None
     with _SHARED_CONNECTION_LOCKS_GUARD:
         return _SHARED_CONNECTION_LOCKS.setdefault(engine.pool, threading.RLock())
 
 
-def twice(operation: t.Callable[[], _T]) -> _T:
+def twice(operation: t.Callable[..., _T], *args: t.Any) -> _T:
     """Run ``operation``; run it again if its pooled connection turned out to be dead."""
     try:
-        return operation()
+        return operation(*args)
     except exc.DBAPIError as e:
         # A server restart or an idle timeout closed the connection while it
         # sat in the pool. SQLAlchemy invalidated it and every pooled
@@ -81,7 +94,7 @@ def twice(operation: t.Callable[[], _T]) -> _T:
         # session back.
         if not e.connection_invalidated:
             raise
-    return operation()
+    return operation(*args)
 
 
 def sqlite_on_connect(*, wal: bool) -> t.Callable[[t.Any, t.Any], None]:
@@ -100,6 +113,46 @@ def sqlite_on_connect(*, wal: bool) -> t.Callable[[t.Any, t.Any], None]:
             cursor.close()
 
     return on_connect
+
+
+def extra_bind(column: str) -> str:
+    """The bound parameter that fills the extra column ``column``."""
+    return f"x_{column}"
+
+
+class Shape(t.NamedTuple):
+    """What a delta save's statement depends on, besides parameter values."""
+
+    set: bool
+    deleted: bool
+    limited: bool
+    extras: tuple[str, ...]
+
+
+def shape_of(delta: Delta, extras: t.Iterable[str]) -> Shape:
+    limited = delta.max_size is not None and bool(delta.set)
+    return Shape(bool(delta.set), bool(delta.deleted), limited, tuple(extras))
+
+
+def merge_values(delta: Delta) -> dict[str, t.Any]:
+    """The data parameters of a merge statement for ``delta``, for every dialect."""
+    values: dict[str, t.Any] = {}
+    if delta.set:
+        values[ADDED] = json.dumps(delta.set)
+    if delta.deleted:
+        values[DELETED] = sorted(delta.deleted)
+    # Values are strings, so a merge patch's null deletes and nothing nests.
+    patch: dict[str, str | None] = dict.fromkeys(delta.deleted)
+    patch.update(delta.set)
+    values[PATCH] = json.dumps(patch)
+    if delta.max_size is not None and delta.set:
+        values[MAX_SIZE] = delta.max_size
+    return values
+
+
+def _written(extras: t.Sequence[str]) -> list[str]:
+    """The columns an upsert replaces: all but the key."""
+    return ["data", "created_at", "expires_at", *extras]
 
 
 def merged(data: t.Mapping[str, str], delta: Delta) -> dict[str, str]:
@@ -142,44 +195,90 @@ class Statements:
             self.timestamp(c.expires_at).label("expires_at"),
         )
 
-    def record(self, row: sa.Row[t.Any]) -> Record:
+    def record(self, row: t.Sequence[t.Any]) -> Record:
         """Return the record of a row as the dialect's select reads it.
 
         :raises CorruptRecordError: a column holds something no save writes.
         """
-        created_at = self.parse_timestamp(row.created_at)
-        expires_at = self.parse_timestamp(row.expires_at)
+        key, text, created, expires = row[0], row[1], row[2], row[3]
+        created_at = self.parse_timestamp(created)
+        expires_at = self.parse_timestamp(expires)
         if created_at is None or expires_at is None:
-            raise CorruptRecordError(f"Session row {row.key} has invalid timestamps.")
-        if not isinstance(row.data, str):
+            raise CorruptRecordError(f"Session row {key} has invalid timestamps.")
+        if not isinstance(text, str):
             raise CorruptRecordError(
-                f"Session row {row.key} has data of type {type(row.data).__name__}, not text."
+                f"Session row {key} has data of type {type(text).__name__}, not text."
             )
         try:
-            data = json.loads(row.data)
+            data = json.loads(text)
         except (ValueError, RecursionError) as e:
-            raise CorruptRecordError(f"Session row {row.key} has data that is not JSON: {e}") from e
+            raise CorruptRecordError(f"Session row {key} has data that is not JSON: {e}") from e
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise CorruptRecordError(
-                f"Session row {row.key} has data that is not a JSON object of strings."
+                f"Session row {key} has data that is not a JSON object of strings."
             )
         return Record(data, utc(created_at), utc(expires_at))
 
-    def upsert(self, conn: sa.Connection, row: dict[str, t.Any]) -> None:
+    # The statements below take bound parameters (KEY, NOW, ...), so that the
+    # backend builds and compiles each one once and runs it with new values.
+
+    def by_key(self) -> sa.ColumnElement[bool]:
+        return self.table.c.key == sa.bindparam(KEY, type_=self.table.c.key.type)
+
+    def live(self) -> sa.ColumnElement[bool]:
+        """The row of KEY, unless it expired by NOW."""
+        expires_at = self.table.c.expires_at
+        return sa.and_(self.by_key(), expires_at > sa.bindparam(NOW, type_=expires_at.type))
+
+    def extra_values(self, extras: t.Sequence[str]) -> dict[str, t.Any]:
+        """The extra columns ``extras``, each set from its :func:`extra_bind` parameter."""
         c = self.table.c
-        updated = conn.execute(sa.update(self.table).where(c.key == row["key"]).values(row))
-        if not updated.rowcount:
-            conn.execute(sa.insert(self.table).values(row))
+        return {name: sa.bindparam(extra_bind(name), type_=c[name].type) for name in extras}
 
-    def merge_update(
-        self, live: sa.ColumnElement[bool], delta: Delta, changes: dict[str, t.Any]
-    ) -> sa.Update | None:
-        """Return one UPDATE that applies ``delta`` to the live row and checks its size.
+    def read_query(self) -> sa.Select[t.Any]:
+        """Read the row of KEY as :meth:`select` does."""
+        return self.select().where(self.by_key())
 
-        It matches no row where :meth:`record` would fail or the merged data
-        would pass ``delta.max_size`` (:func:`~.base.check_size`); it may also
-        miss a row whose size SQL cannot measure as Python does. None where
-        the database cannot do this in one statement.
+    def set_if_live(self, extras: t.Sequence[str]) -> sa.Update:
+        """Set the expiry to EXPIRES, and the extra columns, of the live row."""
+        expires = sa.bindparam(EXPIRES, type_=self.table.c.expires_at.type)
+        values = {"expires_at": expires, **self.extra_values(extras)}
+        return sa.update(self.table).where(self.live()).values(values)
+
+    def delete_statement(self) -> sa.Delete:
+        """Delete the row of KEY."""
+        return sa.delete(self.table).where(self.by_key())
+
+    def take_statement(self) -> ReturningDelete[t.Any] | None:
+        """Delete the row of KEY and return it as :meth:`select` reads it; None if unsupported."""
+        if not self.delete_returning:
+            return None
+        return self.delete_statement().returning(*self.select().selected_columns)
+
+    def row_values(self, extras: t.Sequence[str]) -> dict[str, t.Any]:
+        """A whole row from KEY, DATA, CREATED, EXPIRES and the extras."""
+        c = self.table.c
+        return {
+            "key": sa.bindparam(KEY, type_=c.key.type),
+            "data": sa.bindparam(DATA, type_=c.data.type),
+            "created_at": sa.bindparam(CREATED, type_=c.created_at.type),
+            "expires_at": sa.bindparam(EXPIRES, type_=c.expires_at.type),
+            **self.extra_values(extras),
+        }
+
+    def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
+        """Insert a row, or replace the row of that key; None where it takes two statements."""
+        return None
+
+    def merge(self, shape: Shape) -> sa.Update | None:
+        """Return one UPDATE that applies a delta to the live row and checks its size.
+
+        The delta comes in the parameters of :func:`merge_values`, MAX_SIZE
+        when ``shape.limited``, and EXPIRES. It matches no row where
+        :meth:`record` would fail or the merged data would pass MAX_SIZE
+        (:func:`~.base.check_size`); it may also miss a row whose size SQL
+        cannot measure as Python does. None where the database cannot do this
+        in one statement.
         """
         return None
 
@@ -188,23 +287,35 @@ class Statements:
 
         :raises CorruptRecordError: the driver cannot convert a value of the row.
         """
-        query = self.select().where(self.table.c.key == key)
+        query = self.read_query()
         try:
-            return conn.execute(query.with_for_update() if lock else query).first()
+            return conn.execute(query.with_for_update() if lock else query, {KEY: key}).first()
         except (TypeError, ValueError) as e:
             raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
 
     def take(self, conn: sa.Connection, key: str) -> sa.Row[t.Any] | None:
         """Delete the row of ``key`` and return it as :meth:`select` reads it."""
-        c = self.table.c
-        if self.delete_returning:
-            statement = sa.delete(self.table).where(c.key == key)
-            returning = statement.returning(*self.select().selected_columns)
-            return conn.execute(returning).first()
+        statement = self.take_statement()
+        if statement is not None:
+            return conn.execute(statement, {KEY: key}).first()
         row = self.read(conn, key, lock=True)
         if row is not None:
-            conn.execute(sa.delete(self.table).where(c.key == key))
+            conn.execute(self.delete_statement(), {KEY: key})
         return row
+
+    def upsert(
+        self, conn: sa.Connection, values: dict[str, t.Any], extras: t.Sequence[str]
+    ) -> None:
+        """Insert or replace a whole row; ``values`` as :meth:`row_values` binds them."""
+        statement = self.upsert_statement(extras)
+        if statement is not None:
+            conn.execute(statement, values)
+            return
+        row = self.row_values(extras)
+        changes = {name: value for name, value in row.items() if name != "key"}
+        update = sa.update(self.table).where(self.by_key()).values(changes)
+        if not conn.execute(update, values).rowcount:
+            conn.execute(sa.insert(self.table).values(row), values)
 
     def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
         """Delete at most ``size`` rows matching ``stale``; return how many."""
@@ -226,29 +337,31 @@ class SQLiteStatements(Statements):
         if not isinstance(value, str):
             return None
         try:
+            # Stored in UTC without an offset, as SQLAlchemy writes it.
+            return datetime.fromisoformat(value + "+00:00")
+        except ValueError:
+            pass
+        try:
             return datetime.fromisoformat(value)
         except ValueError:
             return None
 
-    def upsert(self, conn: sa.Connection, row: dict[str, t.Any]) -> None:
-        insert = sqlite.insert(self.table).values(row)
-        changes = {k: insert.excluded[k] for k in row if k != "key"}
-        conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_=changes))
+    def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
+        insert = sqlite.insert(self.table).values(self.row_values(extras))
+        changes = {k: insert.excluded[k] for k in _written(extras)}
+        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
 
-    def merge_update(
-        self, live: sa.ColumnElement[bool], delta: Delta, changes: dict[str, t.Any]
-    ) -> sa.Update | None:
+    def merge(self, shape: Shape) -> sa.Update | None:
         c = self.table.c
-        # Values are strings, so a merge patch's null deletes and nothing nests.
-        patch: dict[str, str | None] = dict.fromkeys(delta.deleted)
-        patch.update(delta.set)
-        new = sa.func.json_patch(c.data, sa.literal(json.dumps(patch), sa.Text), type_=sa.Text)
+        patch = sa.bindparam(PATCH, type_=sa.Text)
+        new = sa.func.json_patch(c.data, patch, type_=sa.Text)
         fits: t.Any = sa.true()
-        if delta.max_size is not None and delta.set:
+        if shape.limited:
+            limit = sa.bindparam(MAX_SIZE, type_=sa.Integer)
             fits = sa.case(
                 # json_each cuts strings at a NUL: such rows are measured in Python.
                 (sa.func.instr(c.data, "\\u0000") > 0, sa.false()),
-                else_=self._size(new) <= sa.func.max(delta.max_size, self._size(c.data)),
+                else_=self._size(new) <= sa.func.max(limit, self._size(c.data)),
             )
         members = sa.func.json_each(c.data).table_valued("type")
         not_text = sa.select(members.c.type).where(members.c.type != "text").exists()
@@ -263,7 +376,8 @@ class SQLiteStatements(Statements):
             (~times, sa.false()),
             else_=fits,
         )
-        return sa.update(self.table).where(live, readable).values(data=new, **changes)
+        update = self.set_if_live(shape.extras).where(readable)
+        return update.values(data=new)
 
     @staticmethod
     def _is_time(column: sa.Column[t.Any]) -> sa.ColumnElement[bool]:
@@ -283,8 +397,8 @@ class SQLiteStatements(Statements):
         if lock:
             # No FOR UPDATE: a first write takes SQLite's database write lock instead.
             c = self.table.c
-            touch = sa.update(self.table).where(c.key == key).values(expires_at=c.expires_at)
-            conn.execute(touch)
+            touch = sa.update(self.table).where(self.by_key()).values(expires_at=c.expires_at)
+            conn.execute(touch, {KEY: key})
         return super().read(conn, key, lock=lock)
 
     def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
@@ -301,27 +415,26 @@ class PostgreSQLStatements(Statements):
         # psycopg cannot load 'infinity' or years past 9999: those read as NULL.
         return sa.case((column.between(_EARLIEST, _LATEST), column))
 
-    def upsert(self, conn: sa.Connection, row: dict[str, t.Any]) -> None:
-        insert = postgresql.insert(self.table).values(row)
-        changes = {k: insert.excluded[k] for k in row if k != "key"}
-        conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_=changes))
+    def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
+        insert = postgresql.insert(self.table).values(self.row_values(extras))
+        changes = {k: insert.excluded[k] for k in _written(extras)}
+        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
 
-    def merge_update(
-        self, live: sa.ColumnElement[bool], delta: Delta, changes: dict[str, t.Any]
-    ) -> sa.Update | None:
+    def merge(self, shape: Shape) -> sa.Update | None:
         c = self.table.c
         # Stored text that jsonb cannot hold (not JSON, a NUL) raises DataError.
         stored: t.Any = sa.cast(c.data, postgresql.JSONB)
         new = stored
-        if delta.deleted:
-            deleted = sa.cast(sorted(delta.deleted), postgresql.ARRAY(sa.Text))
+        if shape.deleted:
+            deleted = sa.bindparam(DELETED, type_=postgresql.ARRAY(sa.Text))
             new = new.op("-", return_type=postgresql.JSONB)(deleted)
-        if delta.set:
-            added = sa.cast(sa.literal(json.dumps(delta.set), sa.Text), postgresql.JSONB)
+        if shape.set:
+            added = sa.cast(sa.bindparam(ADDED, type_=sa.Text), postgresql.JSONB)
             new = new.op("||", return_type=postgresql.JSONB)(added)
         fits: t.Any = sa.true()
-        if delta.max_size is not None and delta.set:
-            fits = self._size(new) <= sa.func.greatest(delta.max_size, self._size(stored))
+        if shape.limited:
+            limit = sa.bindparam(MAX_SIZE, type_=sa.Integer)
+            fits = self._size(new) <= sa.func.greatest(limit, self._size(stored))
         # A row that does not read as a record is left alone; CASE keeps the
         # object test first, as the others fail on anything else.
         readable = sa.case(
@@ -331,11 +444,8 @@ class PostgreSQLStatements(Statements):
             (c.expires_at > _LATEST, sa.false()),
             else_=fits,
         )
-        return (
-            sa.update(self.table)
-            .where(live, readable)
-            .values(data=sa.cast(new, sa.Text), **changes)
-        )
+        update = self.set_if_live(shape.extras).where(readable)
+        return update.values(data=sa.cast(new, sa.Text))
 
     @staticmethod
     def _size(document: sa.ColumnElement[t.Any]) -> sa.ScalarSelect[t.Any]:

@@ -14,9 +14,21 @@ from sqlalchemy import exc
 
 from ..errors import BackendError
 from ..errors import ConfigError
+from ._direct import Compiled
+from ._direct import Connections
+from ._direct import statement_listeners
+from ._direct import supported
+from ._sql import CREATED
+from ._sql import DATA
+from ._sql import EXPIRES
+from ._sql import extra_bind
+from ._sql import KEY
+from ._sql import merge_values
 from ._sql import merged
+from ._sql import NOW
 from ._sql import plain
 from ._sql import serializer_for
+from ._sql import shape_of
 from ._sql import sqlite_on_connect
 from ._sql import statements_for
 from ._sql import twice
@@ -35,6 +47,8 @@ if t.TYPE_CHECKING:
 
 _T = t.TypeVar("_T")
 _COLUMNS = ("key", "data", "created_at", "expires_at")
+_MISSING = object()
+_SET_IF_LIVE = ("set_if_live", ())
 
 
 def make_table(
@@ -97,6 +111,14 @@ class SQLAlchemyBackend(Backend):
     one. Where the pool shares one connection between threads (in-memory
     SQLite), operations run one at a time.
 
+    On SQLite files and on PostgreSQL through psycopg, loads and saves run
+    statements compiled once, each committed on its own, on connections that
+    the backend makes through ``engine`` and keeps outside its pool (at most
+    one per operation in progress; :meth:`close` closes them). Engines whose
+    statements are observed (``before_cursor_execute`` or
+    ``after_cursor_execute`` listeners, as tracing tools add) or whose pool
+    pings connections (``pool_pre_ping``) run everything through SQLAlchemy.
+
     :param engine: the engine to connect with.
     :param table_name: the name of the session table.
     :param metadata: where to define the table; a new ``MetaData`` if None.
@@ -104,6 +126,11 @@ class SQLAlchemyBackend(Backend):
     :param extras: called with the decoded session on every create and save;
         returns values by extra column name, e.g. ``{"user_id": 1}``, so the
         app can query sessions in SQL.
+    :param synchronous_commit: PostgreSQL only: the ``synchronous_commit``
+        setting of session writes. False answers a save before its commit
+        reaches the disk: a crash of the database server (not of the app) may
+        lose the last fraction of a second of saves, never corrupt one. None
+        keeps the server's setting.
     """
 
     #: Rows deleted per transaction by :meth:`purge_expired`.
@@ -119,7 +146,13 @@ class SQLAlchemyBackend(Backend):
         metadata: sa.MetaData | None = None,
         extra_columns: t.Sequence[sa.Column[t.Any]] = (),
         extras: t.Callable[[t.Mapping[str, t.Any]], t.Mapping[str, t.Any]] | None = None,
+        synchronous_commit: bool | None = None,
     ) -> None:
+        if synchronous_commit is not None and engine.dialect.name != "postgresql":
+            raise ConfigError(
+                f"synchronous_commit is a PostgreSQL setting; this engine is"
+                f" {engine.dialect.name}. Leave it None."
+            )
         self.engine = engine
         # On PostgreSQL every operation but a merge under a row lock is a
         # single statement, so autocommit saves the BEGIN and COMMIT round
@@ -137,6 +170,10 @@ class SQLAlchemyBackend(Backend):
         self._extra_names = frozenset(c.name for c in extra_columns)
         self._sql = statements_for(self.table, engine.dialect)
         self._serial = serializer_for(engine)
+        self._synchronous_commit = synchronous_commit
+        self._statements: dict[t.Hashable, t.Any] = {}
+        self._compiled: dict[t.Hashable, Compiled] = {}
+        self._connections = Connections(engine, self._setup) if supported(engine) else None
         self._owns_engine = False
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -213,27 +250,22 @@ class SQLAlchemyBackend(Backend):
         where = f"{url.get_backend_name()} database {url.database!r}"
         return f"{where} on {url.host}" if url.host else where
 
-    @contextmanager
-    def _errors(self, action: str) -> t.Iterator[None]:
-        try:
-            yield
-        except exc.SQLAlchemyError as e:
-            # The driver's own message: SQLAlchemy's adds the statement and parameters.
-            detail = e.orig if isinstance(e, exc.DBAPIError) else e
-            message = str(detail).strip() or type(detail).__name__
-            raise BackendError(
-                f"Could not {action} in table {self.table.name!r} of the"
-                f" {self._describe()}: {message}"
-            ) from e
+    def _error(self, action: str, e: exc.SQLAlchemyError) -> BackendError:
+        # The driver's own message: SQLAlchemy's adds the statement and parameters.
+        detail = e.orig if isinstance(e, exc.DBAPIError) else e
+        message = str(detail).strip() or type(detail).__name__
+        return BackendError(
+            f"Could not {action} in table {self.table.name!r} of the {self._describe()}: {message}"
+        )
 
     def _ensure_table(self) -> None:
-        if self._ready:
-            return
         with self._ready_lock:
             if self._ready:
                 return
-            with self._errors("create the session table"):
+            try:
                 twice(self._create_table)
+            except exc.SQLAlchemyError as e:
+                raise self._error("create the session table", e) from e
             self._ready = True
 
     def _create_table(self) -> None:
@@ -244,12 +276,81 @@ class SQLAlchemyBackend(Backend):
             if not sa.inspect(self.engine).has_table(self.table.name, self.table.schema):
                 raise
 
-    def _run(self, action: str, operation: t.Callable[[], _T]) -> _T:
+    def _run(self, action: str, operation: t.Callable[..., _T], *args: t.Any) -> _T:
         """Run one operation on a ready table; store failures raise :class:`BackendError`."""
-        with self._serial:
+        if not self._ready:
             self._ensure_table()
-            with self._errors(action):
-                return twice(operation)
+        try:
+            if self._serial is None:
+                return twice(operation, *args)
+            with self._serial:
+                return twice(operation, *args)
+        except exc.SQLAlchemyError as e:
+            raise self._error(action, e) from e
+
+    def _setup(self, dbapi_connection: t.Any) -> None:
+        """Prepare a connection of the backend's own: each statement commits by itself."""
+        if self.engine.dialect.name == "sqlite":
+            dbapi_connection.isolation_level = None
+            return
+        dbapi_connection.autocommit = True
+        # Timestamps then load in UTC as they are compared, with no conversion.
+        settings = "SET TimeZone TO 'UTC'"
+        if self._synchronous_commit is not None:
+            setting = "on" if self._synchronous_commit else "off"
+            settings += f"; SET synchronous_commit TO {setting}"
+        dbapi_connection.execute(settings)
+
+    def _statement(self, name: t.Hashable, build: t.Callable[[], t.Any]) -> t.Any:
+        """The statement ``name``, built once; None where the dialect has none."""
+        statement = self._statements.get(name, _MISSING)
+        if statement is _MISSING:
+            statement = self._statements[name] = build()
+        return statement
+
+    def _exists(self, name: t.Hashable, build: t.Callable[[], t.Any]) -> bool:
+        """Whether the dialect has statement ``name``; see :meth:`_statement`."""
+        return name in self._compiled or self._statement(name, build) is not None
+
+    def _execute(
+        self, name: t.Hashable, build: t.Callable[[], t.Any], values: dict[str, t.Any], fetch: bool
+    ) -> t.Any:
+        """Run statement ``name`` committed on its own; its rows if ``fetch``, else its row count.
+
+        :param build: returns the statement, on first use.
+        """
+        compiled = self._compiled.get(name)
+        connections = self._connections
+        if compiled is None or connections is None or self.engine._has_events:
+            return self._execute_first(name, build, values, fetch)
+        return connections.run(compiled, values, fetch)
+
+    def _execute_first(
+        self, name: t.Hashable, build: t.Callable[[], t.Any], values: dict[str, t.Any], fetch: bool
+    ) -> t.Any:
+        """:meth:`_execute` the first time, or through SQLAlchemy."""
+        statement = self._statement(name, build)
+        connections = self._connections
+        if connections is not None and not statement_listeners(self.engine):
+            compiled = self._compiled.get(name)
+            if compiled is None:
+                compiled = self._compiled[name] = Compiled(statement, self.engine.dialect)
+            return connections.run(compiled, values, fetch)
+        with self._write_connection() as conn:
+            result = conn.execute(statement, values)
+            return result.all() if fetch else result.rowcount
+
+    def _write_connection(self) -> t.ContextManager[sa.Connection]:
+        if self._synchronous_commit is None:
+            return self._direct.begin()
+        return self._sync_transaction()
+
+    @contextmanager
+    def _sync_transaction(self) -> t.Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            setting = "on" if self._synchronous_commit else "off"
+            conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {setting}")
+            yield conn
 
     def _extra_values(self, values: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         if self.extras is None or values is None:
@@ -263,60 +364,77 @@ class SQLAlchemyBackend(Backend):
             )
         return result
 
-    def _live_data(
-        self, conn: sa.Connection, key: str, now: datetime, *, lock: bool = False
-    ) -> dict[str, str] | None:
-        """Read the data of ``key``; None unless its row is live and readable."""
+    def _read(self, key: str) -> t.Sequence[t.Any] | None:
+        """The row of ``key`` as the dialect's select reads it.
+
+        :raises CorruptRecordError: the driver cannot convert a value of the row.
+        """
         try:
-            row = self._sql.read(conn, key, lock=lock)
+            rows = self._execute("read", self._sql.read_query, {KEY: key}, True)
+        except (TypeError, ValueError) as e:
+            raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
+        return rows[0] if rows else None
+
+    def _live_data(self, row: t.Sequence[t.Any] | None, now: datetime) -> dict[str, str] | None:
+        """The data of ``row``; None unless it is live and readable."""
+        try:
             record = None if row is None else self._sql.record(row)
         except CorruptRecordError:
             return None
         return record.data if record is not None and record.expires_at > now else None
 
-    def _live(self, key: str, now: datetime) -> sa.ColumnElement[bool]:
-        c = self.table.c
-        return sa.and_(c.key == key, c.expires_at > now)
+    def _set_if_live(self, values: dict[str, t.Any], extras: tuple[str, ...]) -> bool:
+        name = ("set_if_live", extras) if extras else _SET_IF_LIVE
+        return bool(self._execute(name, lambda: self._sql.set_if_live(extras), values, False))
 
-    def _set_if_live(self, key: str, now: datetime, changes: dict[str, t.Any]) -> bool:
-        statement = sa.update(self.table).where(self._live(key, now)).values(changes)
-        with self._direct.begin() as conn:
-            return bool(conn.execute(statement).rowcount)
-
-    def _merge(self, key: str, delta: Delta, now: datetime, changes: dict[str, t.Any]) -> bool:
-        statement = self._sql.merge_update(self._live(key, now), delta, changes)
-        texts = [*delta.set, *delta.set.values(), *delta.deleted]
-        if statement is not None and all(plain(text) for text in texts):
+    def _merge(
+        self,
+        key: str,
+        delta: Delta,
+        now: datetime,
+        values: dict[str, t.Any],
+        extras: tuple[str, ...],
+    ) -> bool:
+        shape = shape_of(delta, extras)
+        name = ("merge", shape)
+        build = lambda: self._sql.merge(shape)  # noqa: E731
+        texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
+        if self._exists(name, build) and plain(texts):
             try:
-                with self._direct.begin() as conn:
-                    if conn.execute(statement).rowcount:
-                        return True
+                if self._execute(name, build, values | merge_values(delta), False):
+                    return True
             except exc.DataError:
                 # jsonb refuses the stored text (not JSON, or a NUL that an
                 # older version wrote); Python reads it under the row lock.
                 pass
             else:
                 # No row matched: only now find out why, with one more read.
-                with self._direct.connect() as conn:
-                    data = self._live_data(conn, key, now)
+                data = self._live_data(self._read(key), now)
                 if data is None:
                     return False
                 check_size(data_size(data), data_size(merged(data, delta)), delta.max_size)
                 # It fits now: the row changed since the UPDATE.
-        return self._merge_locked(key, delta, now, changes)
+        return self._merge_locked(key, delta, now, values, extras)
 
     def _merge_locked(
-        self, key: str, delta: Delta, now: datetime, changes: dict[str, t.Any]
+        self,
+        key: str,
+        delta: Delta,
+        now: datetime,
+        values: dict[str, t.Any],
+        extras: tuple[str, ...],
     ) -> bool:
         with self.engine.begin() as conn:
-            data = self._live_data(conn, key, now, lock=True)
+            data = self._live_data(self._sql.read(conn, key, lock=True), now)
             if data is None:
                 return False
             new = merged(data, delta)
             if delta.max_size is not None:
                 check_size(data_size(data), data_size(new), delta.max_size)
+            changes = {"data": json.dumps(new), "expires_at": values[EXPIRES]}
+            changes.update({name: values[extra_bind(name)] for name in extras})
             statement = sa.update(self.table).where(self.table.c.key == key)
-            conn.execute(statement.values(data=json.dumps(new), **changes))
+            conn.execute(statement.values(changes))
             return True
 
     def _page(self, live: sa.ColumnElement[bool]) -> list[tuple[str, sa.Row[t.Any] | None]]:
@@ -336,47 +454,60 @@ class SQLAlchemyBackend(Backend):
 
         return self._run("list sessions", read)
 
-    def load(self, key: str) -> Record | None:
-        def read() -> sa.Row[t.Any] | None:
-            with self._direct.connect() as conn:
-                return self._sql.read(conn, key)
+    def _extras_of(
+        self, values: t.Mapping[str, t.Any] | None
+    ) -> tuple[tuple[str, ...], dict[str, t.Any]]:
+        """The extra columns to set, and their parameters."""
+        extra = self._extra_values(values)
+        if not extra:
+            return (), {}
+        names = tuple(sorted(extra))
+        return names, {extra_bind(name): extra[name] for name in names}
 
-        row = self._run("load a session", read)
+    def load(self, key: str) -> Record | None:
+        row = self._run("load a session", self._read, key)
         return None if row is None else self._sql.record(row)
 
     def create(self, key: str, record: Record) -> None:
-        row = {
-            "key": key,
-            "data": json.dumps(record.data),
-            "created_at": utc(record.created_at),
-            "expires_at": utc(record.expires_at),
-            **self._extra_values(record.values),
-        }
+        extras, values = self._extras_of(record.values)
+        values[KEY] = key
+        values[DATA] = json.dumps(record.data)
+        values[CREATED] = utc(record.created_at)
+        values[EXPIRES] = utc(record.expires_at)
+        name = ("upsert", extras)
+        build = lambda: self._sql.upsert_statement(extras)  # noqa: E731
+        if self._exists(name, build):
+            self._run("create a session", self._execute, name, build, values, False)
+            return
 
         def write() -> None:
-            with self._direct.begin() as conn:
-                self._sql.upsert(conn, row)
+            with self._write_connection() as conn:
+                self._sql.upsert(conn, values, extras)
 
         self._run("create a session", write)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
-        now = utc(now)
-        changes: dict[str, t.Any] = {"expires_at": utc(delta.expires_at)}
-        changes.update(self._extra_values(delta.values))
+        extras, values = self._extras_of(delta.values)
+        values[KEY] = key
+        values[NOW] = now = utc(now)
+        values[EXPIRES] = utc(delta.expires_at)
         if delta.set or delta.deleted:
-            return self._run("save a session", lambda: self._merge(key, delta, now, changes))
-        return self._run("save a session", lambda: self._set_if_live(key, now, changes))
+            return self._run("save a session", self._merge, key, delta, now, values, extras)
+        return self._run("save a session", self._set_if_live, values, extras)
 
     def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
-        changes = {"expires_at": utc(expires_at)}
-        return self._run("renew a session", lambda: self._set_if_live(key, utc(now), changes))
+        values = {KEY: key, NOW: utc(now), EXPIRES: utc(expires_at)}
+        return self._run("renew a session", self._set_if_live, values, ())
+
+    def _take(self, key: str) -> t.Sequence[t.Any] | None:
+        if self._exists("take", self._sql.take_statement):
+            rows = self._execute("take", self._sql.take_statement, {KEY: key}, True)
+            return rows[0] if rows else None
+        with self._write_connection() as conn:
+            return self._sql.take(conn, key)
 
     def take(self, key: str, now: datetime) -> Record | None:
-        def remove() -> sa.Row[t.Any] | None:
-            with self._direct.begin() as conn:
-                return self._sql.take(conn, key)
-
-        row = self._run("take a session", remove)
+        row = self._run("take a session", self._take, key)
         if row is None:
             return None
         try:
@@ -387,11 +518,8 @@ class SQLAlchemyBackend(Backend):
         return record if record.expires_at > utc(now) else None
 
     def delete(self, key: str) -> None:
-        def remove() -> None:
-            with self._direct.begin() as conn:
-                conn.execute(sa.delete(self.table).where(self.table.c.key == key))
-
-        self._run("delete a session", remove)
+        build, values = self._sql.delete_statement, {KEY: key}
+        self._run("delete a session", self._execute, "delete", build, values, False)
 
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         expires_at = self.table.c.expires_at
@@ -454,6 +582,8 @@ class SQLAlchemyBackend(Backend):
         return self._run("clear sessions", remove)
 
     def close(self) -> None:
+        if self._connections is not None:
+            self._connections.close()
         if self._owns_engine:
             self.engine.dispose()
 

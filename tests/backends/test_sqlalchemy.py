@@ -731,9 +731,11 @@ def generic_sql(
     kind = SQLiteStatements if request.param == "sqlite" else Statements
     statements = kind(backend.table, backend.engine.dialect)
     statements.delete_returning = False
-    monkeypatch.setattr(statements, "merge_update", lambda *args: None)
+    monkeypatch.setattr(statements, "merge", lambda *args: None)
     backend._sql = statements
+    backend._statements.clear()
     backend._direct = backend.engine  # such databases get no autocommit shortcut
+    backend._connections = None  # nor connections of the backend's own
     return backend
 
 

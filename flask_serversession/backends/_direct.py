@@ -1,0 +1,290 @@
+"""Session statements compiled once and run on DBAPI connections the backend keeps.
+
+Building, compiling and executing a statement through SQLAlchemy Core costs
+far more than the database takes to run a primary-key lookup. For SQLite
+files and PostgreSQL with psycopg, the SQL backend compiles each statement
+once and runs it on plain driver connections: made through the engine (its
+URL, ``connect_args``, creator and ``connect`` listeners all apply), then
+detached from the engine's pool and kept by the backend, so they never take
+the place of the application's own connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import typing as t
+import weakref
+from datetime import datetime
+from datetime import timezone
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+_Rows = list[t.Sequence[t.Any]]
+
+# Connections that a forked child inherited. Closing one would end the
+# parent's session on the server (libpq sends Terminate), so they stay
+# referenced, unused, for the child's lifetime.
+_INHERITED: list[object] = []
+
+
+class Compiled:
+    """One statement, compiled for a dialect, that binds parameters for the driver.
+
+    :param statement: a statement whose variable parts are ``bindparam`` s.
+    :param dialect: the dialect to compile for.
+    """
+
+    __slots__ = ("_constants", "_names", "_positional", "_slots", "statement", "text")
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = t.cast(sa.sql.compiler.SQLCompiler, statement.compile(dialect=dialect))
+        if "__[POSTCOMPILE_" in compiled.string:
+            raise ValueError("Statements with expanding parameters cannot be compiled once.")
+        self.statement = statement
+        self.text = compiled.string
+        self._positional = bool(compiled.positional)
+        names = list(compiled.positiontup or ()) if self._positional else list(compiled.binds)
+        self._names = tuple(names)
+        #: Bound constants of the statement (its literals), converted once.
+        self._constants: dict[str, t.Any] = {}
+        processors: dict[str, t.Callable[[t.Any], t.Any] | None] = {}
+        for name in set(names):
+            bind = compiled.binds[name]
+            processor: t.Callable[[t.Any], t.Any] | None
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            sqlite_time = dialect.name == "sqlite" and isinstance(bind.type, sa.DateTime)
+            if processor is not None and sqlite_time:
+                processor = _sqlite_datetime(processor)
+            if bind.required:
+                processors[name] = processor
+            else:
+                value = bind.effective_value
+                self._constants[name] = value if processor is None else processor(value)
+        #: (name, converter) of each parameter, in order; constants need none.
+        self._slots = tuple((name, processors.get(name)) for name in names)
+
+    def parameters(self, values: t.Mapping[str, t.Any]) -> t.Any:
+        """The driver's parameters: ``values`` by name, with the statement's constants."""
+        if self._constants:
+            values = {**values, **self._constants}
+        bound = [values[name] if p is None else p(values[name]) for name, p in self._slots]
+        return bound if self._positional else dict(zip(self._names, bound, strict=True))
+
+
+def _sqlite_datetime(processor: t.Callable[[t.Any], t.Any]) -> t.Callable[[t.Any], t.Any]:
+    """SQLAlchemy's text for a datetime in SQLite, faster for the UTC ones the backend binds."""
+
+    def process(value: t.Any) -> t.Any:
+        if isinstance(value, datetime) and value.tzinfo is timezone.utc:
+            # str() is isoformat(" "): the fields SQLAlchemy writes, then "+00:00".
+            text = str(value)[:-6]
+            return text if value.microsecond else f"{text}.000000"
+        return processor(value)
+
+    return process
+
+
+class _Kept:
+    """A connection of the backend, with the cursor it reuses."""
+
+    __slots__ = ("born", "connection", "cursor", "generation")
+
+    def __init__(self, connection: t.Any, generation: int) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.generation = generation
+        self.born = time.monotonic()
+
+
+def _close(kept: _Kept) -> None:
+    # Closing a connection that died may fail; it is gone either way.
+    with contextlib.suppress(Exception):
+        kept.connection.close()
+
+
+def _close_idle(idle: list[_Kept], pid: int) -> None:
+    if os.getpid() != pid:
+        return
+    while idle:
+        try:
+            kept = idle.pop()
+        except IndexError:
+            return
+        _close(kept)
+
+
+class Connections:
+    """DBAPI connections made through ``engine`` and kept outside its pool.
+
+    An operation takes an idle connection, or makes one, and gives it back;
+    so there is at most one connection per operation running at a time, each
+    used by one thread at a time. A connection that failed as disconnected
+    is dropped along with every idle one (a database restart closes them
+    all); so is one older than the pool's ``pool_recycle``. After a fork the
+    child makes its own.
+
+    :param engine: the engine to connect with.
+    :param setup: called once on each new DBAPI connection.
+    """
+
+    def __init__(self, engine: sa.Engine, setup: t.Callable[[t.Any], None]) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._setup = setup
+        self._idle: list[_Kept] = []
+        self._generation = 0
+        self._pid = os.getpid()
+        recycle = getattr(engine.pool, "_recycle", -1)
+        self._recycle = float(recycle) if isinstance(recycle, (int, float)) else -1.0
+        self._lock = threading.Lock()
+        # A backend dropped without close() still closes what it kept.
+        weakref.finalize(self, _close_idle, self._idle, self._pid)
+
+    def _take(self) -> _Kept:
+        if os.getpid() != self._pid:
+            self._after_fork()
+        while True:
+            try:
+                kept = self._idle.pop()
+            except IndexError:
+                return self._connect()
+            if self._recycle < 0 or time.monotonic() - kept.born < self._recycle:
+                return kept
+            self._close(kept)
+
+    def _connect(self) -> _Kept:
+        connection = None
+        try:
+            fairy = self.engine.raw_connection()
+            fairy.detach()
+            connection = fairy.dbapi_connection
+            self._setup(connection)
+            return _Kept(connection, self._generation)
+        except BaseException as e:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            if not isinstance(e, self._dbapi_error):
+                raise
+            # As Engine.connect() raises it.
+            disconnected = self.dialect.is_disconnect(t.cast(t.Any, e), None, None)
+            raise exc.DBAPIError.instance(
+                None,
+                None,
+                e,
+                self._dbapi_error,
+                connection_invalidated=disconnected,
+                dialect=self.dialect,
+            ) from e
+
+    def _give_back(self, kept: _Kept) -> None:
+        if kept.generation == self._generation:
+            self._idle.append(kept)
+        else:
+            self._close(kept)
+
+    def _after_fork(self) -> None:
+        with self._lock:
+            if os.getpid() == self._pid:
+                return
+            _INHERITED.extend(self._idle)
+            self._idle.clear()
+            self._generation += 1
+            self._pid = os.getpid()
+
+    _close = staticmethod(_close)
+
+    def close(self) -> None:
+        """Close every idle connection; those in use close when given back."""
+        with self._lock:
+            self._generation += 1
+            _close_idle(self._idle, self._pid)
+
+    def run(self, compiled: Compiled, values: t.Mapping[str, t.Any], fetch: bool) -> t.Any:
+        """Run ``compiled`` with ``values``; return its rows if ``fetch``, else its row count.
+
+        Each call is one statement committed on its own.
+
+        :raises sqlalchemy.exc.DBAPIError: as SQLAlchemy raises the driver's
+            errors; ``connection_invalidated`` when the connection was dead.
+        """
+        parameters = compiled.parameters(values)
+        idle = self._idle
+        if idle and self._recycle < 0 and self._pid == os.getpid():
+            try:
+                kept = idle.pop()
+            except IndexError:  # another thread took the last one
+                kept = self._take()
+        else:
+            kept = self._take()
+        cursor = kept.cursor
+        try:
+            cursor.execute(compiled.text, parameters)
+            # Read to the end: SQLite ends a statement's transaction only then.
+            result = cursor.fetchall() if fetch else cursor.rowcount
+        except self._dbapi_error as e:
+            raise self._failed(kept, e, compiled.text, parameters) from e
+        except BaseException:
+            self._close(kept)
+            raise
+        self._give_back(kept)
+        return result
+
+    def _failed(self, kept: _Kept, error: Exception, text: str, parameters: t.Any) -> Exception:
+        dbapi_connection = kept.connection
+        disconnected = self.dialect.is_disconnect(
+            t.cast(t.Any, error), dbapi_connection, kept.cursor
+        )
+        if disconnected:
+            self._close(kept)
+            self.close()
+        elif getattr(dbapi_connection, "closed", False):
+            self._close(kept)
+        else:
+            try:
+                if getattr(dbapi_connection, "in_transaction", False):
+                    dbapi_connection.rollback()
+            except self._dbapi_error:
+                self._close(kept)
+            else:
+                self._give_back(kept)
+        return exc.DBAPIError.instance(
+            text,
+            parameters,
+            error,
+            self._dbapi_error,
+            hide_parameters=True,
+            connection_invalidated=disconnected,
+            dialect=self.dialect,
+        )
+
+
+def statement_listeners(engine: sa.Engine) -> bool:
+    """Whether code observes the statements ``engine`` runs (tracing, query logs).
+
+    Such listeners see only what runs through SQLAlchemy Core.
+    """
+    if not engine._has_events:
+        return False
+    dispatch = engine.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
+
+def supported(engine: sa.Engine) -> bool:
+    """Whether the backend runs its statements on connections of its own for ``engine``.
+
+    SQLite files through ``sqlite3`` and PostgreSQL through psycopg 3, where
+    the pool hands out separate connections and does not ping them.
+    """
+    dialect, pool = engine.dialect, engine.pool
+    if (dialect.name, dialect.driver) not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
+        return False
+    if not isinstance(pool, (sa.QueuePool, sa.NullPool)) or getattr(pool, "_pre_ping", False):
+        return False
+    database = engine.url.database
+    return dialect.name != "sqlite" or database not in (None, "", ":memory:")
