@@ -403,7 +403,7 @@ def key_verdict(key: t.Any) -> str:
     """Whether every store must accept ``key`` as a session key."""
     if type(key) is not str or "\x00" in key or _SURROGATE.search(key):
         return REFUSED
-    if key == "_serversession_lifetime":
+    if key.startswith("_serversession_"):
         return REFUSED
     return OK
 

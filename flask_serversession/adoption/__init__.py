@@ -132,13 +132,13 @@ def adoptable(
     ``_permanent`` flag is kept as the old mechanism meant it. Logs name keys
     and types, never values.
     """
-    from ..store import LIFETIME_KEY
     from ..store import PERMANENT_KEY
+    from ..users import is_meta
 
     kept: dict[str, t.Any] = {}
     size = 0
     for key, value in values.items():
-        if key == LIFETIME_KEY:
+        if isinstance(key, str) and is_meta(key):
             logger.warning("The %s key %r is not adopted: the name is reserved.", source, key)
             continue
         try:
