@@ -26,6 +26,7 @@ from flask_serversession.errors import ConfigError
 from flask_serversession.errors import SessionTooLargeError
 
 from ..conftest import session_cookie
+from ..conftest import store_of
 from ..support.redis_servers import Counter
 from ..support.redis_servers import DAMAGES
 from ..support.redis_servers import free_port
@@ -888,3 +889,401 @@ def test_purge_works_in_batches_over_every_primary(either_backend: RedisBackend)
             names = list(connection.scan_iter(match=_glob(prefix)))
             assert names and all(connection.pttl(n) > 0 for n in names)
     assert backend.clear() == 1300
+
+
+# The user index.
+
+
+def of_user(
+    user: str | None, data: dict[str, str] | None = None, *, expires_in: timedelta = HOUR
+) -> Record:
+    start = now()
+    return Record({"k": '"v"'} if data is None else data, start, start + expires_in, user=user)
+
+
+def user_set(backend: RedisBackend, user: str) -> str:
+    return backend.key_prefix + "user:" + hashlib.sha256(user.encode()).hexdigest()
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def members(backend: RedisBackend, user: str) -> set[str]:
+    return {_str(m) for m in backend.client.smembers(user_set(backend, user))}
+
+
+def listed(backend: RedisBackend, user: str, at: datetime | None = None) -> dict[str, Record]:
+    found = backend.user_records(user, now() if at is None else at)
+    assert len(found) == len(dict(found))
+    return dict(found)
+
+
+def signed(user: str | None) -> Delta:
+    return Delta(now() + HOUR, {"_user_id": f'"{user}"'}, user=user, user_changed=True)
+
+
+def assert_indexed(backend: RedisBackend) -> None:
+    """Every session with a user is in that user's set, and the set outlives it."""
+    client, prefix = backend.client, backend.key_prefix
+    for name in map(_str, client.scan_iter(match=_glob(prefix))):
+        if name.startswith(prefix + "user:") or _str(client.type(name)) != "hash":
+            continue
+        user = client.hget(name, "user")
+        if user is None:
+            continue
+        index = user_set(backend, _str(user))
+        assert client.sismember(index, name[len(prefix) :]), name
+        assert int(client.pexpiretime(index)) >= int(client.pexpiretime(name)), name
+        assert int(client.hget(name, "indexed_us")) // 1000 <= int(client.pexpiretime(index))
+
+
+def test_sessions_are_listed_by_user(any_backend: RedisBackend) -> None:
+    backend = any_backend
+    alice = {key_of(f"alice{i}"): of_user("alice", {"i": str(i)}) for i in range(3)}
+    for key, created in alice.items():
+        backend.create(key, created)
+    backend.create(key_of("bob"), of_user("bob"))
+    backend.create(key_of("anonymous"), of_user(None))
+    odd = "ünï:cødé 🎉 *?[x]"
+    backend.create(key_of("odd"), of_user(odd, {"ü": '"✓"'}))
+    assert_indexed(backend)
+
+    assert listed(backend, "alice") == alice
+    bob = listed(backend, "bob")
+    assert list(bob) == [key_of("bob")] and bob[key_of("bob")].user == "bob"
+    assert listed(backend, "nobody") == {}
+    assert backend.load(key_of("alice1")) == alice[key_of("alice1")]
+    assert backend.load(key_of("anonymous")).user is None  # type: ignore[union-attr]
+    assert listed(backend, odd)[key_of("odd")].data == {"ü": '"✓"'}
+    assert listed(backend, "") == {}
+    assert {r.user for _, r in backend.items(now())} == {"alice", "bob", odd, None}
+    assert backend.count(now()) == 6
+
+
+def test_a_user_set_is_named_by_a_digest_and_outlives_its_sessions(
+    either_backend: RedisBackend,
+) -> None:
+    backend, client = either_backend, either_backend.client
+    user = "alice@example.org"
+    backend.create(key_of("a"), of_user(user, expires_in=2 * HOUR))
+    names = [n.decode() for n in client.scan_iter(match=_glob(backend.key_prefix))]
+    assert sorted(names) == sorted([backend.key_prefix + key_of("a"), user_set(backend, user)])
+    assert not any("alice" in n for n in names)
+    assert client.type(user_set(backend, user)) == b"set"
+    fields = client.hgetall(backend.key_prefix + key_of("a"))
+    assert fields[b"user"] == user.encode()
+
+    # A day past the session's expiry, and never shortened by a shorter session.
+    day = 24 * 3_600_000
+    first = int(client.pttl(user_set(backend, user)))
+    assert 2 * 3_600_000 + day - 10_000 < first <= 2 * 3_600_000 + day
+    assert int(fields[b"indexed_us"]) // 1000 >= int(client.pexpiretime(user_set(backend, user)))
+    backend.create(key_of("b"), of_user(user, expires_in=timedelta(minutes=5)))
+    assert int(client.pttl(user_set(backend, user))) > first - 10_000
+    # A long session: as long again as it has left.
+    backend.create(key_of("c"), of_user(user, expires_in=timedelta(days=3)))
+    assert int(client.pttl(user_set(backend, user))) > 6 * day - 10_000
+
+
+def test_a_change_of_user_moves_the_session(either_backend: RedisBackend) -> None:
+    backend, key = either_backend, key_of("a")
+    backend.create(key, of_user(None))
+    assert backend.update(key, signed("alice"), now())
+    assert set(listed(backend, "alice")) == {key}
+    assert members(backend, "alice") == {key}
+
+    assert backend.update(key, signed("bob"), now())
+    assert_indexed(backend)
+    assert listed(backend, "alice") == {} and members(backend, "alice") == set()
+    moved = listed(backend, "bob")[key]
+    assert moved.user == "bob" and moved.data == {"k": '"v"', "_user_id": '"bob"'}
+
+    assert backend.update(key, signed(None), now())
+    assert listed(backend, "bob") == {} and members(backend, "bob") == set()
+    fields = backend.client.hgetall(backend.key_prefix + key)
+    assert b"user" not in fields and b"indexed_us" not in fields
+    assert backend.load(key).user is None  # type: ignore[union-attr]
+
+    # A save that does not change hands keeps the user, and a touch too.
+    assert backend.update(key, signed("carol"), now())
+    assert backend.update(key, Delta(now() + 2 * HOUR, {"x": "1"}, user="carol"), now())
+    assert backend.touch(key, now() + 3 * HOUR, now())
+    assert listed(backend, "carol")[key].data == {"k": '"v"', "_user_id": '"carol"', "x": "1"}
+    assert_indexed(backend)
+    assert backend.update(key_of("gone"), signed("carol"), now()) is False
+    assert set(listed(backend, "carol")) == {key}
+
+
+def test_delete_take_expiry_and_clear_end_listing(either_backend: RedisBackend) -> None:
+    backend = either_backend
+    for name in ("deleted", "taken", "short", "later", "kept"):
+        backend.create(key_of(name), of_user("alice"))
+    backend.create(key_of("short"), of_user("alice", expires_in=timedelta(milliseconds=150)))
+    backend.delete(key_of("deleted"))
+    taken = backend.take(key_of("taken"), now())
+    assert taken is not None and taken.user == "alice"
+    assert key_of("taken") not in members(backend, "alice")  # take knows the user
+    time.sleep(0.3)
+
+    live = listed(backend, "alice")
+    assert set(live) == {key_of("later"), key_of("kept")}
+    assert members(backend, "alice") == {key_of("later"), key_of("kept")}
+    # Expired by the app's clock before Redis drops it: not listed, not indexed.
+    assert listed(backend, "alice", max(r.expires_at for r in live.values())) == {}
+    assert members(backend, "alice") == set()
+
+    backend.create(key_of("kept"), of_user("alice"))
+    assert backend.clear() == 2
+    assert backend.client.exists(user_set(backend, "alice")) == 0
+    assert listed(backend, "alice") == {}
+
+
+def test_a_stale_member_is_never_listed_and_is_removed(either_backend: RedisBackend) -> None:
+    backend, client = either_backend, either_backend.client
+    backend.create(key_of("real"), of_user("alice"))
+    # A crash between the index write and the session's own write leaves this.
+    client.sadd(user_set(backend, "alice"), key_of("ghost"), b"\xff not a key")
+    assert set(listed(backend, "alice")) == {key_of("real")}
+    assert members(backend, "alice") == {key_of("real")}
+
+
+def test_another_users_session_is_never_listed(
+    either_backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, client = either_backend, either_backend.client
+    backend.create(key_of("alice"), of_user("alice"))
+    backend.create(key_of("bob"), of_user("bob"))
+    backend.create(key_of("anonymous"), of_user(None))
+    backend.create(key_of("damaged"), of_user("alice"))
+    client.hset(backend.key_prefix + key_of("damaged"), "stray", "1")
+    client.sadd(user_set(backend, "alice"), key_of("bob"), key_of("anonymous"))
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert set(listed(backend, "alice")) == {key_of("alice")}
+    assert len(errors_logged(caplog)) == 1
+    assert members(backend, "alice") == {key_of("alice")}
+    assert set(listed(backend, "bob")) == {key_of("bob")}
+
+
+def test_a_late_removal_keeps_a_session_that_came_back(either_backend: RedisBackend) -> None:
+    # A request moved the session from alice to bob, another moved it back,
+    # and the first request's removal from alice's set lands last.
+    backend, key = either_backend, key_of("a")
+    backend.create(key, of_user("alice"))
+    assert backend.update(key, signed("bob"), now())
+    assert backend.update(key, signed("alice"), now())
+    backend._users.forget("alice", key, moved=True)
+    assert set(listed(backend, "alice")) == {key}
+    assert members(backend, "alice") == {key}
+
+
+def test_a_cluster_listing_between_index_and_write_loses_nothing(
+    redis_cluster_backend: RedisBackend,
+) -> None:
+    # On a cluster the set and the hash are written one after the other. A
+    # listing that reads the hash and cleans the set while a sign-in is
+    # between the two must not leave the session out of its user's set.
+    backend, key = redis_cluster_backend, key_of("a")
+    backend.create(key, of_user(None))
+    indexed, listed_meanwhile = threading.Event(), threading.Event()
+    add = backend._users.add
+
+    def parked_add(user: str, member: str, deadline_ms: int) -> None:
+        add(user, member, deadline_ms)
+        if not indexed.is_set():
+            indexed.set()
+            assert listed_meanwhile.wait(10)
+
+    backend._users.add = parked_add  # type: ignore[method-assign]
+    writer = threading.Thread(target=lambda: backend.update(key, signed("alice"), now()))
+    writer.start()
+    assert indexed.wait(10)
+    assert members(backend, "alice") == {key}
+    assert listed(backend, "alice") == {}  # not alice's yet: the member is removed
+    listed_meanwhile.set()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert set(listed(backend, "alice")) == {key}
+    assert members(backend, "alice") == {key}
+
+
+def test_a_renewal_past_the_sets_ttl_moves_it_first(either_backend: RedisBackend) -> None:
+    backend, client, key = either_backend, either_backend.client, key_of("a")
+    start = now()
+    backend.create(key, of_user("alice"))
+    indexed = int(client.hget(backend.key_prefix + key, "indexed_us"))
+    later = start + timedelta(days=3)
+    assert backend.touch(key, later, start)
+    assert_indexed(backend)
+    assert int(client.hget(backend.key_prefix + key, "indexed_us")) > indexed
+    much_later = start + timedelta(days=30)
+    assert backend.update(key, Delta(much_later, {"x": "1"}, user="alice"), start)
+    assert_indexed(backend)
+    set_expiry_ms = int(client.pexpiretime(user_set(backend, "alice")))
+    assert set_expiry_ms >= int(much_later.timestamp() * 1000) + 24 * 3_600_000
+    assert listed(backend, "alice")[key].expires_at == much_later
+    # Within the span the set is sure to live, a renewal leaves the set alone.
+    before = int(client.pexpiretime(user_set(backend, "alice")))
+    assert backend.touch(key, much_later + HOUR, start)
+    assert int(client.pexpiretime(user_set(backend, "alice"))) == before
+
+
+def test_saves_that_keep_the_user_are_one_script_and_leave_the_set_alone(
+    redis_server: RedisServer,
+) -> None:
+    counter = Counter()
+    pool = redis.ConnectionPool(
+        connection_class=counter.connection_class(), host="127.0.0.1", port=redis_server.port
+    )
+    client = redis.Redis(connection_pool=pool)
+    admin = redis_server.client()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    key, start = key_of("a"), now()
+    backend.create(key_of("warm up"), of_user("x"))  # loads the scripts
+    backend.update(key_of("warm up"), Delta(start + HOUR, {"k": "1"}, user="x"), start)
+
+    assert counter.measure(lambda: backend.create(key, of_user("alice")))[0] == 1
+    keep = Delta(start + HOUR, {"k": "1"}, user="alice")
+    n, sent = counter.measure(lambda: backend.update(key, keep, start))
+    assert n == 1 and b"EVALSHA" in sent[0]
+    assert counter.measure(lambda: backend.touch(key, start + 2 * HOUR, start))[0] == 1
+    ran = server_commands(admin, lambda: backend.update(key, keep, start))
+    assert ran["evalsha"] == 1
+    assert not {"sadd", "srem", "pttl", "eval", "script|load"} & set(ran)
+    assert ran["pexpireat"] == 1  # the hash's own
+
+    # Sign-in is one script too; leaving a user costs one more, to unindex.
+    assert counter.measure(lambda: backend.create(key_of("b"), of_user(None)))[0] == 1
+    assert counter.measure(lambda: backend.update(key_of("b"), signed("bob"), start))[0] == 1
+    assert counter.measure(lambda: backend.update(key_of("b"), signed(None), start))[0] == 2
+    backend.clear()
+    client.close()
+    admin.close()
+
+
+def test_cluster_saves_that_keep_the_user_are_one_round_trip(
+    redis_cluster: RedisCluster,
+) -> None:
+    counter = Counter()
+    client = redis_cluster.client()
+    for node in client.get_primaries():  # type: ignore[no-untyped-call]
+        pool = t.cast(t.Any, node.redis_connection).connection_pool
+        pool.connection_class = counter.connection_class(pool.connection_class)
+        pool.disconnect()
+        pool.reset()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    start = now()
+    keys = [key_of(f"s{i}") for i in range(6)]
+    for key in keys:  # loads the scripts on every node
+        backend.create(key, of_user(key))
+        backend.update(key, Delta(start + HOUR, user=key), start)
+    for key in keys:
+        keep = Delta(start + HOUR, {"k": "1"}, user=key)
+        assert counter.measure(lambda: backend.update(key, keep, start))[0] == 1  # noqa: B023
+        touch = counter.measure(lambda: backend.touch(key, start + HOUR, start))  # noqa: B023
+        assert touch[0] == 1
+        # Index, write, index again; then remove from the old set and read the hash back.
+        switch = counter.measure(lambda: backend.update(key, signed("alice"), start))  # noqa: B023
+        assert switch[0] == 5
+    assert set(listed(backend, "alice")) == set(keys)
+    for key in keys:
+        assert counter.measure(lambda: backend.update(key, signed(None), start))[0] == 3  # noqa: B023
+        assert counter.measure(lambda: backend.update(key, signed("bob"), start))[0] == 3  # noqa: B023
+    assert set(listed(backend, "bob")) == set(keys)
+    backend.clear()
+    client.close()
+
+
+def test_listing_a_thousand_sessions_of_one_user(
+    either_backend: RedisBackend, request: pytest.FixtureRequest
+) -> None:
+    backend, count = either_backend, 1000
+    created = {}
+    for i in range(count):
+        created[key_of(f"alice{i}")] = of_user("alice", {"i": str(i)})
+        backend.create(key_of(f"alice{i}"), created[key_of(f"alice{i}")])
+    for i in range(2 * count):
+        backend.create(key_of(f"other{i}"), of_user(f"user{i % 50}"))
+    start = now()
+    times = []
+    for _ in range(5):
+        began = time.perf_counter()
+        found = backend.user_records("alice", start)
+        times.append(time.perf_counter() - began)
+        assert dict(found) == created
+    median = sorted(times)[len(times) // 2]
+    kind = "cluster" if isinstance(backend.client, redis.cluster.RedisCluster) else "server"
+    line = (
+        f"redis {kind}: listing {count} sessions of one user among {3 * count}:"
+        f" median {median * 1000:.1f} ms, best {min(times) * 1000:.1f} ms"
+    )
+    request.node.user_properties.append(("figures", line))
+    assert median < 0.5, line
+
+
+def test_scripts_are_reloaded_for_the_index(redis_backend: RedisBackend) -> None:
+    backend, key = redis_backend, key_of("a")
+    for step in (
+        lambda: backend.create(key, of_user("alice")),
+        lambda: backend.update(key, signed("bob"), now()),
+        lambda: listed(backend, "bob"),
+        lambda: backend.update(key, signed(None), now()),
+    ):
+        backend.client.script_flush()
+        step()
+    assert listed(backend, "alice") == {} and listed(backend, "bob") == {}
+    assert members(backend, "alice") == members(backend, "bob") == set()
+
+
+def test_a_refused_write_leaves_neither_session_nor_index(
+    make_redis_server: t.Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server()
+    backend = RedisBackend.from_url(server.url)
+    backend.create(key_of("a"), of_user(None))
+    backend.client.config_set("maxmemory", 1)
+    with pytest.raises(BackendError, match=r"OutOfMemoryError|OOM"):
+        backend.create(key_of("b"), of_user("alice"))
+    with pytest.raises(BackendError, match=r"OutOfMemoryError|OOM"):
+        backend.update(key_of("a"), signed("alice"), now())
+    backend.client.config_set("maxmemory", 0)
+    assert backend.client.exists(backend.key_prefix + key_of("b")) == 0
+    assert backend.client.exists(user_set(backend, "alice")) == 0
+    assert backend.load(key_of("a")).user is None  # type: ignore[union-attr]
+    backend.close()
+
+
+def test_sentinel_client_keeps_the_index(redis_sentinel: RedisSentinel) -> None:
+    client = redis_sentinel.client()
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    backend.create(key_of("a"), of_user("alice"))
+    assert backend.update(key_of("a"), signed("bob"), now())
+    assert set(listed(backend, "bob")) == {key_of("a")} and listed(backend, "alice") == {}
+    assert backend.clear() == 1
+    client.close()
+
+
+def test_users_sessions_through_the_app(
+    either_backend: RedisBackend, make_app: t.Callable[..., Flask]
+) -> None:
+    app = make_app(either_backend, SERVERSESSION_USER_KEY="_user_id")
+    alice = [app.test_client() for _ in range(3)]
+    for client in alice:
+        assert client.post("/set", json={"_user_id": "alice"}).status_code == 200
+    alice[1].post("/regenerate")
+    bob = app.test_client()
+    bob.post("/set", json={"_user_id": 7})
+    app.test_client().post("/set", json={"cart": []})
+    assert alice[2].post("/delete/_user_id").status_code == 200
+    assert_indexed(either_backend)
+
+    with app.app_context():
+        users = store_of(app).users
+        assert len(users.sessions("alice")) == 2
+        assert [info.user_id for info in users.sessions(7)] == ["7"]
+        assert users.revoke_user("alice", keep_current=False) == 2
+        assert users.sessions("alice") == []
+    assert alice[0].get("/dump").json == {}
+    assert alice[2].get("/dump").json == {}  # signed out before: not revoked
+    assert bob.get("/dump").json == {"_user_id": 7}
+    assert members(either_backend, "alice") == set()

@@ -367,6 +367,10 @@ DAMAGES: dict[str, t.Callable[[t.Any, str], object]] = {
     "list": lambda c, n: _replace(c, n, "list"),
     "set": lambda c, n: _replace(c, n, "set"),
     "sorted set": lambda c, n: _replace(c, n, "zset"),
+    "user without indexed_us": lambda c, n: c.hset(n, "user", "alice"),
+    "indexed_us without user": lambda c, n: c.hset(n, "indexed_us", str(4 * 10**15)),
+    "indexed_us garbage": lambda c, n: c.hset(n, mapping={"user": "alice", "indexed_us": "later"}),
+    "non-UTF-8 user": lambda c, n: c.hset(n, mapping={"user": b"\xff", "indexed_us": 4 * 10**15}),
 }
 
 #: The damages an update sees by itself (the layout, not bytes inside a field).

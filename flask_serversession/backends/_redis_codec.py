@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import re
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+from redis.client import NEVER_DECODE
+
+from .base import CorruptRecordError
+from .base import Record
+
+# The layout of a session hash: one "d:<name>" field per session key, the
+# times, and for a session with a user, the user and until when the user's
+# set is sure to live. The Lua scripts check the same layout.
+DATA = "d:"
+CREATED = "created_us"
+EXPIRES = "expires_us"
+USER = "user"
+INDEXED = "indexed_us"
+#: What follows the key prefix in the name of a user's set.
+USERS = "user:"
+# A user's set lives at least this much longer than the expiry of the
+# session indexed last in it (or as long again as that session has left, if
+# more), so a session renewed while in use moves the set's TTL once per span.
+INDEX_SPAN = timedelta(days=1)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+# Times are whole microseconds since the epoch, at most 17 digits (year 3138),
+# so the update script and parse agree on what a valid number is.
+_WHOLE_NUMBER = re.compile(rb"[0-9]{1,17}")
+# Replies are read as bytes even from a client built with decode_responses,
+# so damaged bytes reach parse instead of failing inside the client.
+RAW: dict[str, t.Any] = {NEVER_DECODE: True}
+
+
+def micros(value: datetime) -> int:
+    return (value - EPOCH) // _MICROSECOND
+
+
+def expire_at_ms(value: datetime) -> int:
+    # Round up, so Redis never drops a session before its ``expires_at``.
+    return -(-micros(value) // 1000)
+
+
+def index_deadline_ms(expires_at: datetime, now: datetime) -> int:
+    """Until when a user's set must live for a session that expires at ``expires_at``."""
+    return expire_at_ms(max(expires_at, now) + max(expires_at - now, INDEX_SPAN))
+
+
+def text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def whole(value: bytes | str) -> int:
+    raw = value.encode() if isinstance(value, str) else value
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        raise ValueError(f"{raw!r} is not a whole number")
+    return int(raw)
+
+
+def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
+    """Build a record from the fields of a session hash.
+
+    Returns it with its ``indexed_us`` (None for a session without a user).
+
+    :raises CorruptRecordError: the fields are not laid out as a session.
+    """
+    try:
+        decoded = {text(k): text(v) for k, v in fields.items()}
+        created_at = EPOCH + whole(decoded.pop(CREATED)) * _MICROSECOND
+        expires_at = EPOCH + whole(decoded.pop(EXPIRES)) * _MICROSECOND
+        user = decoded.pop(USER, None)
+        indexed = decoded.pop(INDEXED, None)
+        indexed_us = None if indexed is None else whole(indexed)
+    except (KeyError, ValueError, OverflowError) as e:
+        # UnicodeDecodeError is a ValueError: bytes that are not UTF-8.
+        raise CorruptRecordError(f"bad session hash: {e!r}") from e
+    if (user is None) != (indexed_us is None):
+        raise CorruptRecordError(f"session hash with only one of {USER!r} and {INDEXED!r}")
+    data = {}
+    for name, value in decoded.items():
+        if not name.startswith(DATA):
+            raise CorruptRecordError(f"unexpected field {name!r} in session hash")
+        data[name[len(DATA) :]] = value
+    return Record(data=data, created_at=created_at, expires_at=expires_at, user=user), indexed_us
+
+
+def decode(fields: t.Mapping[t.Any, t.Any]) -> Record:
+    """Build a record from the fields of a session hash (see :func:`parse`)."""
+    return parse(fields)[0]

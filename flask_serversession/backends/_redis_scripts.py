@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+# Lua scripts of the Redis backend. Each runs atomically on one server, so a
+# write either happens whole or not at all. Redis refuses a script (READONLY,
+# OOM) only at its first write, and every script does its checks first, so
+# none stops half-way.
+
+# Adds a session to a user's set and makes the set live at least until the
+# deadline (ms since the epoch): its TTL only ever moves forward, so it
+# outlives every session indexed in it. A key of another type in its place
+# is damage and is replaced.
+_INDEX_FUNCTION = """
+local function index(set, member, deadline)
+  if redis.replicate_commands then redis.replicate_commands() end
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local kind = redis.call('TYPE', set).ok
+  if kind ~= 'set' and kind ~= 'none' then redis.call('DEL', set) end
+  redis.call('SADD', set, member)
+  local ttl = redis.call('PTTL', set)
+  if ttl < 0 or now_ms + ttl < tonumber(deadline) then
+    redis.call('PEXPIREAT', set, deadline)
+  end
+end
+"""
+
+# KEYS: the user's set. ARGV: member, deadline_ms.
+INDEX = (
+    _INDEX_FUNCTION
+    + """
+index(KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+# Creates a session hash that has a user, indexing it first, where the set
+# and the hash can be written by one script (not on a cluster).
+# KEYS: hash, the user's set. ARGV: expire_at_ms, member, deadline_ms,
+# then the hash's field/value pairs.
+CREATE = (
+    _INDEX_FUNCTION
+    + """
+index(KEYS[2], ARGV[2], ARGV[3])
+redis.call('DEL', KEYS[1])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+# Applies a delta to a live session and returns {1}, or {1, old user} when
+# the delta changed the user from that one. Returns {0}, writing nothing,
+# when the hash is gone (destroyed, regenerated, expired), its stored expiry
+# has passed by the app's clock, or it is not laid out as a session. With a
+# size limit and keys to set it also returns {-1, before, after}, writing
+# nothing, when the merged data would pass the limit and grow (the rule of
+# check_size); sizes count the bytes of each name without "d:" plus its
+# value, as data_size does.
+#
+# The user: ``user`` names it and ``indexed_us`` is a time until which the
+# user's set is sure to live (its TTL only grows). The op "set" gives the
+# session ARGV user (indexing it here when KEYS[2], the user's set, is
+# given; on a cluster the caller has indexed it before), "clear" removes the
+# user, "keep" leaves it alone, and "reindex" is "set" if the stored user is
+# still ARGV user, else "keep". A "keep" that would move the expiry past
+# ``indexed_us`` returns {2, user}, writing nothing: the caller pushes the
+# set's TTL forward first and tries again with "reindex", so the set never
+# expires before a session in it.
+#
+# ARGV: now_us, expires_us, expire_at_ms, max_size (-1: none), n_set, op,
+# user, deadline_ms, member, then n_set field/value pairs, then fields to
+# delete.
+UPDATE = (
+    _INDEX_FUNCTION
+    + """
+local key = KEYS[1]
+if redis.call('TYPE', key).ok ~= 'hash' then return {0} end
+local function whole(v) return v and #v <= 17 and string.match(v, '^%d+$') and tonumber(v) end
+local meta = redis.call('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us')
+local stored = whole(meta[2])
+if not whole(meta[1]) or not stored or stored <= tonumber(ARGV[1]) then return {0} end
+local user, indexed = meta[3], whole(meta[4])
+if (user and not indexed) or (meta[4] and not user) then return {0} end
+local limit = tonumber(ARGV[4])
+local first = 10
+local last = first - 1 + 2 * tonumber(ARGV[5])
+local check = limit >= 0 and last >= first
+local sizes = {}
+for _, f in ipairs(redis.call('HKEYS', key)) do
+  if string.sub(f, 1, 2) == 'd:' then
+    if check then sizes[f] = #f - 2 + redis.call('HSTRLEN', key, f) end
+  elseif f ~= 'created_us' and f ~= 'expires_us' and f ~= 'user' and f ~= 'indexed_us' then
+    return {0}
+  end
+end
+if check then
+  local before, after = 0, 0
+  for _, n in pairs(sizes) do before = before + n end
+  for i = last + 1, #ARGV do sizes[ARGV[i]] = nil end
+  for i = first, last, 2 do sizes[ARGV[i]] = #ARGV[i] - 2 + #ARGV[i + 1] end
+  for _, n in pairs(sizes) do after = after + n end
+  if after > limit and after > before then return {-1, before, after} end
+end
+local op = ARGV[6]
+if op == 'reindex' then
+  if user == ARGV[7] then op = 'set' else op = 'keep' end
+end
+if op == 'keep' and user and tonumber(ARGV[2]) > indexed then return {2, user} end
+if op == 'set' then
+  if KEYS[2] then index(KEYS[2], ARGV[9], ARGV[8]) end
+  local mark = ARGV[8] .. '000'
+  if user == ARGV[7] and indexed > tonumber(mark) then mark = meta[4] end
+  redis.call('HSET', key, 'user', ARGV[7], 'indexed_us', mark)
+elseif op == 'clear' and user then
+  redis.call('HDEL', key, 'user', 'indexed_us')
+end
+for i = last + 1, #ARGV do redis.call('HDEL', key, ARGV[i]) end
+for i = first, last, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', key, 'expires_us', ARGV[2])
+redis.call('PEXPIREAT', key, ARGV[3])
+if user and (op == 'clear' or (op == 'set' and user ~= ARGV[7])) then return {1, user} end
+return {1}
+"""
+)
+
+# Removes the key and returns {type, fields}: the fields (flat name/value
+# list) of a hash, none for another type; returns nil when there is no key.
+TAKE = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return false end
+local fields = {}
+if kind == 'hash' then fields = redis.call('HGETALL', KEYS[1]) end
+redis.call('DEL', KEYS[1])
+return {kind, fields}
+"""
+
+# Reads many session hashes in one go, for listing on a single server: one
+# reply per key, '' for no key, the fields (flat name/value list) as a JSON
+# array for a hash, the Redis type for another type. One string per key is
+# parsed far faster by the client than a reply of every field.
+READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'hash' then
+    out[i] = cjson.encode(redis.call('HGETALL', key))
+  elseif kind == 'none' then
+    out[i] = ''
+  else
+    out[i] = kind
+  end
+end
+return out
+"""
+
+# Removes members from a user's set. KEYS: the set, then the hashes of the
+# first members; ARGV: user, then members. A member with a hash in KEYS
+# stays when that hash names the user now (it changed hands back meanwhile);
+# the others are removed whatever their hash holds. Returns how many went.
+UNINDEX = """
+local removed = 0
+for i = 2, #ARGV do
+  local drop = true
+  if KEYS[i] and redis.call('TYPE', KEYS[i]).ok == 'hash' then
+    drop = redis.call('HGET', KEYS[i], 'user') ~= ARGV[1]
+  end
+  if drop then removed = removed + redis.call('SREM', KEYS[1], ARGV[i]) end
+end
+return removed
+"""
+
+# Gives a key without a TTL the one in ARGV[1] (ms); 1 if it did, else 0.
+# Plain PTTL + PEXPIRE works on servers older than PEXPIRE ... NX (7.0).
+LIMIT = """
+if redis.call('PTTL', KEYS[1]) ~= -1 then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
