@@ -173,6 +173,8 @@ class Connections:
                 raise
             # As Engine.connect() raises it.
             disconnected = self.dialect.is_disconnect(t.cast(t.Any, e), None, None)
+            if disconnected:
+                self._invalidate_pool(e)
             raise exc.DBAPIError.instance(
                 None,
                 None,
@@ -204,6 +206,15 @@ class Connections:
         with self._lock:
             self._generation += 1
             _close_idle(self._idle, self._pid)
+
+    def _invalidate_pool(self, error: Exception) -> None:
+        """Have the engine's pool replace the connections it holds, as SQLAlchemy does.
+
+        A database restart closed them too; they are made anew on checkout.
+        """
+        pool = self.engine.pool
+        # What SQLAlchemy calls on a disconnect; only the invalidation time is set.
+        pool._invalidate(t.cast(t.Any, None), error, _checkin=False)
 
     def run(self, compiled: Compiled, values: t.Mapping[str, t.Any], fetch: bool) -> t.Any:
         """Run ``compiled`` with ``values``; return its rows if ``fetch``, else its row count.
@@ -243,6 +254,7 @@ class Connections:
         if disconnected:
             self._close(kept)
             self.close()
+            self._invalidate_pool(error)
         elif getattr(dbapi_connection, "closed", False):
             self._close(kept)
         else:

@@ -120,34 +120,13 @@ def extra_bind(column: str) -> str:
     return f"x_{column}"
 
 
-class Shape(t.NamedTuple):
-    """What a delta save's statement depends on, besides parameter values."""
+def shape_of(delta: Delta, extras: tuple[str, ...]) -> tuple[bool, bool, bool, tuple[str, ...]]:
+    """What the statement of a delta save depends on, besides parameter values.
 
-    set: bool
-    deleted: bool
-    limited: bool
-    extras: tuple[str, ...]
-
-
-def shape_of(delta: Delta, extras: t.Iterable[str]) -> Shape:
+    Whether it sets keys, deletes keys, checks the size limit; the extra columns.
+    """
     limited = delta.max_size is not None and bool(delta.set)
-    return Shape(bool(delta.set), bool(delta.deleted), limited, tuple(extras))
-
-
-def merge_values(delta: Delta) -> dict[str, t.Any]:
-    """The data parameters of a merge statement for ``delta``, for every dialect."""
-    values: dict[str, t.Any] = {}
-    if delta.set:
-        values[ADDED] = json.dumps(delta.set)
-    if delta.deleted:
-        values[DELETED] = sorted(delta.deleted)
-    # Values are strings, so a merge patch's null deletes and nothing nests.
-    patch: dict[str, str | None] = dict.fromkeys(delta.deleted)
-    patch.update(delta.set)
-    values[PATCH] = json.dumps(patch)
-    if delta.max_size is not None and delta.set:
-        values[MAX_SIZE] = delta.max_size
-    return values
+    return (bool(delta.set), bool(delta.deleted), limited, extras)
 
 
 def _written(extras: t.Sequence[str]) -> list[str]:
@@ -270,11 +249,15 @@ class Statements:
         """Insert a row, or replace the row of that key; None where it takes two statements."""
         return None
 
-    def merge(self, shape: Shape) -> sa.Update | None:
+    def merge_values(self, delta: Delta) -> dict[str, t.Any]:
+        """The parameters of :meth:`merge` that carry ``delta``'s keys and size limit."""
+        return {}
+
+    def merge(self, shape: tuple[bool, bool, bool, tuple[str, ...]]) -> sa.Update | None:
         """Return one UPDATE that applies a delta to the live row and checks its size.
 
-        The delta comes in the parameters of :func:`merge_values`, MAX_SIZE
-        when ``shape.limited``, and EXPIRES. It matches no row where
+        ``shape`` is :func:`shape_of` the delta; its keys and limit come in the
+        parameters of :meth:`merge_values`, its expiry in EXPIRES. It matches no row where
         :meth:`record` would fail or the merged data would pass MAX_SIZE
         (:func:`~.base.check_size`); it may also miss a row whose size SQL
         cannot measure as Python does. None where the database cannot do this
@@ -351,12 +334,22 @@ class SQLiteStatements(Statements):
         changes = {k: insert.excluded[k] for k in _written(extras)}
         return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
 
-    def merge(self, shape: Shape) -> sa.Update | None:
+    def merge_values(self, delta: Delta) -> dict[str, t.Any]:
+        # Values are strings, so a merge patch's null deletes and nothing nests.
+        patch: dict[str, str | None] = dict.fromkeys(delta.deleted)
+        patch.update(delta.set)
+        values: dict[str, t.Any] = {PATCH: json.dumps(patch)}
+        if delta.max_size is not None and delta.set:
+            values[MAX_SIZE] = delta.max_size
+        return values
+
+    def merge(self, shape: tuple[bool, bool, bool, tuple[str, ...]]) -> sa.Update | None:
+        _set, _deleted, limited, extras = shape  # one patch sets and deletes
         c = self.table.c
         patch = sa.bindparam(PATCH, type_=sa.Text)
         new = sa.func.json_patch(c.data, patch, type_=sa.Text)
         fits: t.Any = sa.true()
-        if shape.limited:
+        if limited:
             limit = sa.bindparam(MAX_SIZE, type_=sa.Integer)
             fits = sa.case(
                 # json_each cuts strings at a NUL: such rows are measured in Python.
@@ -376,7 +369,7 @@ class SQLiteStatements(Statements):
             (~times, sa.false()),
             else_=fits,
         )
-        update = self.set_if_live(shape.extras).where(readable)
+        update = self.set_if_live(extras).where(readable)
         return update.values(data=new)
 
     @staticmethod
@@ -420,19 +413,30 @@ class PostgreSQLStatements(Statements):
         changes = {k: insert.excluded[k] for k in _written(extras)}
         return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
 
-    def merge(self, shape: Shape) -> sa.Update | None:
+    def merge_values(self, delta: Delta) -> dict[str, t.Any]:
+        values: dict[str, t.Any] = {}
+        if delta.set:
+            values[ADDED] = json.dumps(delta.set)
+            if delta.max_size is not None:
+                values[MAX_SIZE] = delta.max_size
+        if delta.deleted:
+            values[DELETED] = sorted(delta.deleted)
+        return values
+
+    def merge(self, shape: tuple[bool, bool, bool, tuple[str, ...]]) -> sa.Update | None:
+        has_set, has_deleted, limited, extras = shape
         c = self.table.c
         # Stored text that jsonb cannot hold (not JSON, a NUL) raises DataError.
         stored: t.Any = sa.cast(c.data, postgresql.JSONB)
         new = stored
-        if shape.deleted:
+        if has_deleted:
             deleted = sa.bindparam(DELETED, type_=postgresql.ARRAY(sa.Text))
             new = new.op("-", return_type=postgresql.JSONB)(deleted)
-        if shape.set:
+        if has_set:
             added = sa.cast(sa.bindparam(ADDED, type_=sa.Text), postgresql.JSONB)
             new = new.op("||", return_type=postgresql.JSONB)(added)
         fits: t.Any = sa.true()
-        if shape.limited:
+        if limited:
             limit = sa.bindparam(MAX_SIZE, type_=sa.Integer)
             fits = self._size(new) <= sa.func.greatest(limit, self._size(stored))
         # A row that does not read as a record is left alone; CASE keeps the
@@ -444,7 +448,7 @@ class PostgreSQLStatements(Statements):
             (c.expires_at > _LATEST, sa.false()),
             else_=fits,
         )
-        update = self.set_if_live(shape.extras).where(readable)
+        update = self.set_if_live(extras).where(readable)
         return update.values(data=sa.cast(new, sa.Text))
 
     @staticmethod

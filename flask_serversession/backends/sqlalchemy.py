@@ -23,7 +23,6 @@ from ._sql import DATA
 from ._sql import EXPIRES
 from ._sql import extra_bind
 from ._sql import KEY
-from ._sql import merge_values
 from ._sql import merged
 from ._sql import NOW
 from ._sql import plain
@@ -336,7 +335,8 @@ class SQLAlchemyBackend(Backend):
             if compiled is None:
                 compiled = self._compiled[name] = Compiled(statement, self.engine.dialect)
             return connections.run(compiled, values, fetch)
-        with self._write_connection() as conn:
+        reading = name == "read"
+        with self._direct.connect() if reading else self._write_connection() as conn:
             result = conn.execute(statement, values)
             return result.all() if fetch else result.rowcount
 
@@ -401,7 +401,8 @@ class SQLAlchemyBackend(Backend):
         texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
         if self._exists(name, build) and plain(texts):
             try:
-                if self._execute(name, build, values | merge_values(delta), False):
+                values.update(self._sql.merge_values(delta))
+                if self._execute(name, build, values, False):
                     return True
             except exc.DataError:
                 # jsonb refuses the stored text (not JSON, or a NUL that an
