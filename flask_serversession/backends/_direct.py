@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import typing as t
 import weakref
@@ -91,13 +90,14 @@ def _sqlite_datetime(processor: t.Callable[[t.Any], t.Any]) -> t.Callable[[t.Any
 class _Kept:
     """A connection of the backend, with the cursor it reuses."""
 
-    __slots__ = ("born", "connection", "cursor", "generation")
+    __slots__ = ("born", "connection", "cursor", "generation", "pid")
 
     def __init__(self, connection: t.Any, generation: int) -> None:
         self.connection = connection
         self.cursor = connection.cursor()
         self.generation = generation
         self.born = time.monotonic()
+        self.pid = os.getpid()
 
 
 def _close(kept: _Kept) -> None:
@@ -106,15 +106,17 @@ def _close(kept: _Kept) -> None:
         kept.connection.close()
 
 
-def _close_idle(idle: list[_Kept], pid: int) -> None:
-    if os.getpid() != pid:
-        return
+def _close_idle(idle: list[_Kept]) -> None:
+    pid = os.getpid()
     while idle:
         try:
             kept = idle.pop()
         except IndexError:
             return
-        _close(kept)
+        if kept.pid == pid:
+            _close(kept)
+        else:
+            _INHERITED.append(kept)
 
 
 class Connections:
@@ -141,9 +143,8 @@ class Connections:
         self._pid = os.getpid()
         recycle = getattr(engine.pool, "_recycle", -1)
         self._recycle = float(recycle) if isinstance(recycle, (int, float)) else -1.0
-        self._lock = threading.Lock()
         # A backend dropped without close() still closes what it kept.
-        weakref.finalize(self, _close_idle, self._idle, self._pid)
+        weakref.finalize(self, _close_idle, self._idle)
 
     def _take(self) -> _Kept:
         if os.getpid() != self._pid:
@@ -191,21 +192,18 @@ class Connections:
             self._close(kept)
 
     def _after_fork(self) -> None:
-        with self._lock:
-            if os.getpid() == self._pid:
-                return
-            _INHERITED.extend(self._idle)
-            self._idle.clear()
-            self._generation += 1
-            self._pid = os.getpid()
+        # No lock: one held by another thread at the fork stays held in the
+        # child. Threads of the child that get here together do the same.
+        self._generation += 1
+        _close_idle(self._idle)  # the parent's are kept, not closed
+        self._pid = os.getpid()
 
     _close = staticmethod(_close)
 
     def close(self) -> None:
         """Close every idle connection; those in use close when given back."""
-        with self._lock:
-            self._generation += 1
-            _close_idle(self._idle, self._pid)
+        self._generation += 1
+        _close_idle(self._idle)
 
     def _invalidate_pool(self, error: Exception) -> None:
         """Have the engine's pool replace the connections it holds, as SQLAlchemy does.
