@@ -37,7 +37,7 @@ class Compiled:
     :param dialect: the dialect to compile for.
     """
 
-    __slots__ = ("_constants", "_names", "_positional", "_slots", "statement", "text")
+    __slots__ = ("_template", "_variables", "statement", "text")
 
     def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
         compiled = t.cast(sa.sql.compiler.SQLCompiler, statement.compile(dialect=dialect))
@@ -45,33 +45,34 @@ class Compiled:
             raise ValueError("Statements with expanding parameters cannot be compiled once.")
         self.statement = statement
         self.text = compiled.string
-        self._positional = bool(compiled.positional)
-        names = list(compiled.positiontup or ()) if self._positional else list(compiled.binds)
-        self._names = tuple(names)
-        #: Bound constants of the statement (its literals), converted once.
-        self._constants: dict[str, t.Any] = {}
-        processors: dict[str, t.Callable[[t.Any], t.Any] | None] = {}
-        for name in set(names):
+        positional = bool(compiled.positional)
+        names = list(compiled.positiontup or ()) if positional else list(compiled.binds)
+        #: The parameters as the driver takes them, the statement's own
+        #: literals (bound constants) converted once, the variables None.
+        self._template: t.Any = [None] * len(names) if positional else dict.fromkeys(names)
+        #: (index or name, parameter name, converter) of each variable.
+        self._variables: list[tuple[t.Any, str, t.Callable[[t.Any], t.Any] | None]] = []
+        for index, name in enumerate(names):
             bind = compiled.binds[name]
             processor: t.Callable[[t.Any], t.Any] | None
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             sqlite_time = dialect.name == "sqlite" and isinstance(bind.type, sa.DateTime)
             if processor is not None and sqlite_time:
                 processor = _sqlite_datetime(processor)
+            slot: t.Any = index if positional else name
             if bind.required:
-                processors[name] = processor
+                self._variables.append((slot, name, processor))
             else:
                 value = bind.effective_value
-                self._constants[name] = value if processor is None else processor(value)
-        #: (name, converter) of each parameter, in order; constants need none.
-        self._slots = tuple((name, processors.get(name)) for name in names)
+                self._template[slot] = value if processor is None else processor(value)
 
     def parameters(self, values: t.Mapping[str, t.Any]) -> t.Any:
         """The driver's parameters: ``values`` by name, with the statement's constants."""
-        if self._constants:
-            values = {**values, **self._constants}
-        bound = [values[name] if p is None else p(values[name]) for name, p in self._slots]
-        return bound if self._positional else dict(zip(self._names, bound, strict=True))
+        bound = self._template.copy()
+        for slot, name, processor in self._variables:
+            value = values[name]
+            bound[slot] = value if processor is None else processor(value)
+        return bound
 
 
 def _sqlite_datetime(processor: t.Callable[[t.Any], t.Any]) -> t.Callable[[t.Any], t.Any]:

@@ -120,13 +120,16 @@ def extra_bind(column: str) -> str:
     return f"x_{column}"
 
 
-def shape_of(delta: Delta, extras: tuple[str, ...]) -> tuple[bool, bool, bool, tuple[str, ...]]:
-    """What the statement of a delta save depends on, besides parameter values.
+#: What the statement of a delta save depends on, besides parameter values:
+#: "merge", whether it sets keys, deletes keys, checks the size limit; the
+#: extra columns. The statement's name in the backend's cache.
+Shape = tuple[str, bool, bool, bool, tuple[str, ...]]
 
-    Whether it sets keys, deletes keys, checks the size limit; the extra columns.
-    """
+
+def shape_of(delta: Delta, extras: tuple[str, ...]) -> Shape:
+    """The :data:`Shape` of a delta save."""
     limited = delta.max_size is not None and bool(delta.set)
-    return (bool(delta.set), bool(delta.deleted), limited, extras)
+    return ("merge", bool(delta.set), bool(delta.deleted), limited, extras)
 
 
 def _written(extras: t.Sequence[str]) -> list[str]:
@@ -253,7 +256,7 @@ class Statements:
         """The parameters of :meth:`merge` that carry ``delta``'s keys and size limit."""
         return {}
 
-    def merge(self, shape: tuple[bool, bool, bool, tuple[str, ...]]) -> sa.Update | None:
+    def merge(self, shape: Shape) -> sa.Update | None:
         """Return one UPDATE that applies a delta to the live row and checks its size.
 
         ``shape`` is :func:`shape_of` the delta; its keys and limit come in the
@@ -336,15 +339,16 @@ class SQLiteStatements(Statements):
 
     def merge_values(self, delta: Delta) -> dict[str, t.Any]:
         # Values are strings, so a merge patch's null deletes and nothing nests.
-        patch: dict[str, str | None] = dict.fromkeys(delta.deleted)
-        patch.update(delta.set)
+        patch: t.Mapping[str, str | None] = delta.set
+        if delta.deleted:
+            patch = {**dict.fromkeys(delta.deleted), **delta.set}
         values: dict[str, t.Any] = {PATCH: json.dumps(patch)}
         if delta.max_size is not None and delta.set:
             values[MAX_SIZE] = delta.max_size
         return values
 
-    def merge(self, shape: tuple[bool, bool, bool, tuple[str, ...]]) -> sa.Update | None:
-        _set, _deleted, limited, extras = shape  # one patch sets and deletes
+    def merge(self, shape: Shape) -> sa.Update | None:
+        _, _set, _deleted, limited, extras = shape  # one patch sets and deletes
         c = self.table.c
         patch = sa.bindparam(PATCH, type_=sa.Text)
         new = sa.func.json_patch(c.data, patch, type_=sa.Text)
@@ -423,8 +427,8 @@ class PostgreSQLStatements(Statements):
             values[DELETED] = sorted(delta.deleted)
         return values
 
-    def merge(self, shape: tuple[bool, bool, bool, tuple[str, ...]]) -> sa.Update | None:
-        has_set, has_deleted, limited, extras = shape
+    def merge(self, shape: Shape) -> sa.Update | None:
+        _, has_set, has_deleted, limited, extras = shape
         c = self.table.c
         # Stored text that jsonb cannot hold (not JSON, a NUL) raises DataError.
         stored: t.Any = sa.cast(c.data, postgresql.JSONB)

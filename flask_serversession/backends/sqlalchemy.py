@@ -47,7 +47,7 @@ if t.TYPE_CHECKING:
 _T = t.TypeVar("_T")
 _COLUMNS = ("key", "data", "created_at", "expires_at")
 _MISSING = object()
-_SET_IF_LIVE = ("set_if_live", ())
+_SET_IF_LIVE: tuple[str, tuple[str, ...]] = ("set_if_live", ())
 
 
 def make_table(
@@ -281,7 +281,13 @@ class SQLAlchemyBackend(Backend):
             self._ensure_table()
         try:
             if self._serial is None:
-                return twice(operation, *args)
+                try:
+                    return operation(*args)
+                except exc.DBAPIError as e:
+                    if not e.connection_invalidated:
+                        raise
+                # As twice(): once more, on a new connection.
+                return operation(*args)
             with self._serial:
                 return twice(operation, *args)
         except exc.SQLAlchemyError as e:
@@ -384,8 +390,14 @@ class SQLAlchemyBackend(Backend):
         return record.data if record is not None and record.expires_at > now else None
 
     def _set_if_live(self, values: dict[str, t.Any], extras: tuple[str, ...]) -> bool:
-        name = ("set_if_live", extras) if extras else _SET_IF_LIVE
+        name = ("set_if_live", extras)
         return bool(self._execute(name, lambda: self._sql.set_if_live(extras), values, False))
+
+    def _touch(self, values: dict[str, t.Any]) -> t.Any:
+        return self._execute(_SET_IF_LIVE, self._build_touch, values, False)
+
+    def _build_touch(self) -> sa.Update:
+        return self._sql.set_if_live(())
 
     def _merge(
         self,
@@ -395,8 +407,7 @@ class SQLAlchemyBackend(Backend):
         values: dict[str, t.Any],
         extras: tuple[str, ...],
     ) -> bool:
-        shape = shape_of(delta, extras)
-        name = ("merge", shape)
+        name = shape = shape_of(delta, extras)
         build = lambda: self._sql.merge(shape)  # noqa: E731
         texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
         if self._exists(name, build) and plain(texts):
@@ -466,8 +477,13 @@ class SQLAlchemyBackend(Backend):
         return names, {extra_bind(name): extra[name] for name in names}
 
     def load(self, key: str) -> Record | None:
-        row = self._run("load a session", self._read, key)
-        return None if row is None else self._sql.record(row)
+        try:
+            rows = self._run(
+                "load a session", self._execute, "read", self._sql.read_query, {KEY: key}, True
+            )
+        except (TypeError, ValueError) as e:
+            raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
+        return self._sql.record(rows[0]) if rows else None
 
     def create(self, key: str, record: Record) -> None:
         extras, values = self._extras_of(record.values)
@@ -494,11 +510,13 @@ class SQLAlchemyBackend(Backend):
         values[EXPIRES] = utc(delta.expires_at)
         if delta.set or delta.deleted:
             return self._run("save a session", self._merge, key, delta, now, values, extras)
-        return self._run("save a session", self._set_if_live, values, extras)
+        if extras:
+            return self._run("save a session", self._set_if_live, values, extras)
+        return bool(self._run("save a session", self._touch, values))
 
     def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
         values = {KEY: key, NOW: utc(now), EXPIRES: utc(expires_at)}
-        return self._run("renew a session", self._set_if_live, values, ())
+        return bool(self._run("renew a session", self._touch, values))
 
     def _take(self, key: str) -> t.Sequence[t.Any] | None:
         if self._exists("take", self._sql.take_statement):
