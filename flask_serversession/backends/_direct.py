@@ -299,3 +299,105 @@ def supported(engine: sa.Engine) -> bool:
         return False
     database = engine.url.database
     return dialect.name != "sqlite" or database not in (None, "", ":memory:")
+
+
+_MISSING = object()
+
+
+class Runner:
+    """Runs the SQL backend's statements, each built once by name.
+
+    On connections of its own where :func:`supported` and nothing observes
+    the engine's statements; otherwise through SQLAlchemy, on ``direct``.
+
+    :param engine: the backend's engine.
+    :param synchronous_commit: PostgreSQL's setting for writes; None for the server's.
+    """
+
+    def __init__(self, engine: sa.Engine, synchronous_commit: bool | None) -> None:
+        self.engine = engine
+        # On PostgreSQL every operation but a merge under a row lock is a
+        # single statement, so autocommit saves the BEGIN and COMMIT round
+        # trips around each one.
+        self.direct = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
+        self.synchronous_commit = synchronous_commit
+        #: Statements by name; None where the dialect has none.
+        self.statements: dict[t.Hashable, t.Any] = {}
+        self.compiled: dict[t.Hashable, Compiled] = {}
+        self.connections = Connections(engine, self._setup) if supported(engine) else None
+
+    def _setup(self, dbapi_connection: t.Any) -> None:
+        """Prepare a connection of the backend's own: each statement commits by itself."""
+        if self.engine.dialect.name == "sqlite":
+            dbapi_connection.isolation_level = None
+            return
+        dbapi_connection.autocommit = True
+        # Timestamps then load in UTC as they are compared, with no conversion.
+        settings = "SET TimeZone TO 'UTC'"
+        if self.synchronous_commit is not None:
+            settings += f"; SET synchronous_commit TO {self._setting()}"
+        dbapi_connection.execute(settings)
+
+    def _setting(self) -> str:
+        return "on" if self.synchronous_commit else "off"
+
+    def statement(self, name: t.Hashable, build: t.Callable[[], t.Any]) -> t.Any:
+        """The statement ``name``, built once; None where the dialect has none."""
+        statement = self.statements.get(name, _MISSING)
+        if statement is _MISSING:
+            statement = self.statements[name] = build()
+        return statement
+
+    def exists(self, name: t.Hashable, build: t.Callable[[], t.Any]) -> bool:
+        """Whether the dialect has statement ``name``; see :meth:`statement`."""
+        return name in self.compiled or self.statement(name, build) is not None
+
+    def execute(
+        self, name: t.Hashable, build: t.Callable[[], t.Any], values: dict[str, t.Any], fetch: bool
+    ) -> t.Any:
+        """Run statement ``name`` committed on its own; its rows if ``fetch``, else its row count.
+
+        :param build: returns the statement, on first use.
+        """
+        compiled = self.compiled.get(name)
+        connections = self.connections
+        if compiled is None or connections is None or self.engine._has_events:
+            return self._execute_first(name, build, values, fetch)
+        return connections.run(compiled, values, fetch)
+
+    def _execute_first(
+        self, name: t.Hashable, build: t.Callable[[], t.Any], values: dict[str, t.Any], fetch: bool
+    ) -> t.Any:
+        """:meth:`execute` the first time, or through SQLAlchemy."""
+        statement = self.statement(name, build)
+        connections = self.connections
+        if connections is not None and not statement_listeners(self.engine):
+            compiled = self.compiled.get(name)
+            if compiled is None:
+                compiled = self.compiled[name] = Compiled(statement, self.engine.dialect)
+            return connections.run(compiled, values, fetch)
+        reading = name == "read"
+        with self.direct.connect() if reading else self.write_connection() as conn:
+            result = conn.execute(statement, values)
+            return result.all() if fetch else result.rowcount
+
+    def write_connection(self) -> t.ContextManager[sa.Connection]:
+        """A SQLAlchemy connection for a write, committed at the end of the block."""
+        if self.synchronous_commit is None:
+            return self.direct.begin()
+        return self._sync_transaction()
+
+    @contextlib.contextmanager
+    def _sync_transaction(self) -> t.Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {self._setting()}")
+            yield conn
+
+    def close(self) -> None:
+        """Close the connections of the backend's own."""
+        if self.connections is not None:
+            self.connections.close()

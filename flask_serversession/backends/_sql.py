@@ -9,8 +9,6 @@ from datetime import timezone
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import ReturningDelete
 
 from .base import CorruptRecordError
@@ -19,12 +17,7 @@ from .base import Record
 
 _T = t.TypeVar("_T")
 
-# Timestamps that every driver turns into a datetime, whatever the session's time zone.
-_EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
-_LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Finds the members of a JSON object that are not strings.
-_NOT_A_STRING = sa.cast(sa.literal('$.* ? (@.type() != "string")'), postgresql.JSONPATH)
 
 # One lock per pool that hands a single connection to every thread.
 _SHARED_CONNECTION_LOCKS: weakref.WeakKeyDictionary[sa.Pool, threading.RLock] = (
@@ -130,11 +123,6 @@ def shape_of(delta: Delta, extras: tuple[str, ...]) -> Shape:
     """The :data:`Shape` of a delta save."""
     limited = delta.max_size is not None and bool(delta.set)
     return ("merge", bool(delta.set), bool(delta.deleted), limited, extras)
-
-
-def _written(extras: t.Sequence[str]) -> list[str]:
-    """The columns an upsert replaces: all but the key."""
-    return ["data", "created_at", "expires_at", *extras]
 
 
 def merged(data: t.Mapping[str, str], delta: Delta) -> dict[str, str]:
@@ -310,173 +298,3 @@ class Statements:
         if found:
             conn.execute(sa.delete(self.table).where(c.key.in_(found)))
         return len(found)
-
-
-class SQLiteStatements(Statements):
-    """SQLite: ``json_patch`` merges, ``DELETE ... RETURNING`` takes (3.35 and later)."""
-
-    def timestamp(self, column: sa.Column[t.Any]) -> sa.ColumnElement[t.Any]:
-        # Read as stored, so that a value of any type or form is parsed here.
-        return sa.type_coerce(column, sa.String)
-
-    def parse_timestamp(self, value: t.Any) -> datetime | None:
-        if not isinstance(value, str):
-            return None
-        try:
-            # Stored in UTC without an offset, as SQLAlchemy writes it.
-            return datetime.fromisoformat(value + "+00:00")
-        except ValueError:
-            pass
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
-
-    def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
-        insert = sqlite.insert(self.table).values(self.row_values(extras))
-        changes = {k: insert.excluded[k] for k in _written(extras)}
-        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
-
-    def merge_values(self, delta: Delta) -> dict[str, t.Any]:
-        # Values are strings, so a merge patch's null deletes and nothing nests.
-        patch: t.Mapping[str, str | None] = delta.set
-        if delta.deleted:
-            patch = {**dict.fromkeys(delta.deleted), **delta.set}
-        values: dict[str, t.Any] = {PATCH: json.dumps(patch)}
-        if delta.max_size is not None and delta.set:
-            values[MAX_SIZE] = delta.max_size
-        return values
-
-    def merge(self, shape: Shape) -> sa.Update | None:
-        _, _set, _deleted, limited, extras = shape  # one patch sets and deletes
-        c = self.table.c
-        patch = sa.bindparam(PATCH, type_=sa.Text)
-        new = sa.func.json_patch(c.data, patch, type_=sa.Text)
-        fits: t.Any = sa.true()
-        if limited:
-            limit = sa.bindparam(MAX_SIZE, type_=sa.Integer)
-            fits = sa.case(
-                # json_each cuts strings at a NUL: such rows are measured in Python.
-                (sa.func.instr(c.data, "\\u0000") > 0, sa.false()),
-                else_=self._size(new) <= sa.func.max(limit, self._size(c.data)),
-            )
-        members = sa.func.json_each(c.data).table_valued("type")
-        not_text = sa.select(members.c.type).where(members.c.type != "text").exists()
-        times = sa.and_(self._is_time(c.created_at), self._is_time(c.expires_at))
-        # A row that does not read as a record is left alone. JSON functions
-        # fail on malformed text, and CASE keeps the tests in this order.
-        readable = sa.case(
-            (sa.func.typeof(c.data) != "text", sa.false()),
-            (sa.func.json_valid(c.data) == 0, sa.false()),
-            (sa.func.json_type(c.data) != "object", sa.false()),
-            (not_text, sa.false()),
-            (~times, sa.false()),
-            else_=fits,
-        )
-        update = self.set_if_live(extras).where(readable)
-        return update.values(data=new)
-
-    @staticmethod
-    def _is_time(column: sa.Column[t.Any]) -> sa.ColumnElement[bool]:
-        return sa.and_(sa.func.typeof(column) == "text", sa.func.datetime(column).is_not(None))
-
-    @staticmethod
-    def _size(document: sa.ColumnElement[t.Any]) -> sa.ScalarSelect[t.Any]:
-        members = sa.func.json_each(document).table_valued("key", "value")
-
-        def octets(text: sa.ColumnElement[t.Any]) -> sa.ColumnElement[int]:
-            return sa.func.length(sa.cast(text, sa.LargeBinary))
-
-        total = sa.func.sum(octets(members.c.key) + octets(members.c.value))
-        return sa.select(sa.func.coalesce(total, 0)).select_from(members).scalar_subquery()
-
-    def read(self, conn: sa.Connection, key: str, *, lock: bool = False) -> sa.Row[t.Any] | None:
-        if lock:
-            # No FOR UPDATE: a first write takes SQLite's database write lock instead.
-            c = self.table.c
-            touch = sa.update(self.table).where(self.by_key()).values(expires_at=c.expires_at)
-            conn.execute(touch, {KEY: key})
-        return super().read(conn, key, lock=lock)
-
-    def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
-        rowid: sa.ColumnClause[int] = sa.literal_column("rowid")
-        batch = sa.select(rowid).select_from(self.table).where(stale).limit(size)
-        by_rowid = sa.delete(self.table).where(rowid.in_(batch.scalar_subquery()))
-        return int(conn.execute(by_rowid).rowcount)
-
-
-class PostgreSQLStatements(Statements):
-    """PostgreSQL: ``jsonb`` merges, ``DELETE ... RETURNING`` takes, purge by ``ctid``."""
-
-    def timestamp(self, column: sa.Column[t.Any]) -> sa.ColumnElement[t.Any]:
-        # psycopg cannot load 'infinity' or years past 9999: those read as NULL.
-        return sa.case((column.between(_EARLIEST, _LATEST), column))
-
-    def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
-        insert = postgresql.insert(self.table).values(self.row_values(extras))
-        changes = {k: insert.excluded[k] for k in _written(extras)}
-        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
-
-    def merge_values(self, delta: Delta) -> dict[str, t.Any]:
-        values: dict[str, t.Any] = {}
-        if delta.set:
-            values[ADDED] = json.dumps(delta.set)
-            if delta.max_size is not None:
-                values[MAX_SIZE] = delta.max_size
-        if delta.deleted:
-            values[DELETED] = sorted(delta.deleted)
-        return values
-
-    def merge(self, shape: Shape) -> sa.Update | None:
-        _, has_set, has_deleted, limited, extras = shape
-        c = self.table.c
-        # Stored text that jsonb cannot hold (not JSON, a NUL) raises DataError.
-        stored: t.Any = sa.cast(c.data, postgresql.JSONB)
-        new = stored
-        if has_deleted:
-            deleted = sa.bindparam(DELETED, type_=postgresql.ARRAY(sa.Text))
-            new = new.op("-", return_type=postgresql.JSONB)(deleted)
-        if has_set:
-            added = sa.cast(sa.bindparam(ADDED, type_=sa.Text), postgresql.JSONB)
-            new = new.op("||", return_type=postgresql.JSONB)(added)
-        fits: t.Any = sa.true()
-        if limited:
-            limit = sa.bindparam(MAX_SIZE, type_=sa.Integer)
-            fits = self._size(new) <= sa.func.greatest(limit, self._size(stored))
-        # A row that does not read as a record is left alone; CASE keeps the
-        # object test first, as the others fail on anything else.
-        readable = sa.case(
-            (sa.func.jsonb_typeof(stored) != "object", sa.false()),
-            (sa.func.jsonb_path_exists(stored, _NOT_A_STRING), sa.false()),
-            (~c.created_at.between(_EARLIEST, _LATEST), sa.false()),
-            (c.expires_at > _LATEST, sa.false()),
-            else_=fits,
-        )
-        update = self.set_if_live(extras).where(readable)
-        return update.values(data=sa.cast(new, sa.Text))
-
-    @staticmethod
-    def _size(document: sa.ColumnElement[t.Any]) -> sa.ScalarSelect[t.Any]:
-        members = sa.func.jsonb_each_text(document).table_valued("key", "value")
-        octets = sa.func.octet_length
-        total = sa.func.sum(octets(members.c.key) + octets(members.c.value))
-        return sa.select(sa.func.coalesce(total, 0)).select_from(members).scalar_subquery()
-
-    def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
-        # Rows found by the expiry index are deleted by their physical
-        # address, not found a second time through the primary key.
-        ctid: sa.ColumnClause[t.Any] = sa.literal_column("ctid")
-        batch = sa.select(ctid).select_from(self.table).where(stale).limit(size)
-        by_address = sa.delete(self.table).where(
-            ctid == sa.any_(sa.func.array(batch.scalar_subquery()))
-        )
-        return int(conn.execute(by_address).rowcount)
-
-
-def statements_for(table: sa.Table, dialect: sa.Dialect) -> Statements:
-    """Return the statements for ``dialect``."""
-    kinds: dict[str, type[Statements]] = {
-        "sqlite": SQLiteStatements,
-        "postgresql": PostgreSQLStatements,
-    }
-    return kinds.get(dialect.name, Statements)(table, dialect)

@@ -4,7 +4,6 @@ import json
 import os
 import threading
 import typing as t
-from contextlib import contextmanager
 from datetime import datetime
 from datetime import timedelta
 
@@ -14,10 +13,7 @@ from sqlalchemy import exc
 
 from ..errors import BackendError
 from ..errors import ConfigError
-from ._direct import Compiled
-from ._direct import Connections
-from ._direct import statement_listeners
-from ._direct import supported
+from ._direct import Runner
 from ._sql import CREATED
 from ._sql import DATA
 from ._sql import EXPIRES
@@ -29,9 +25,9 @@ from ._sql import plain
 from ._sql import serializer_for
 from ._sql import shape_of
 from ._sql import sqlite_on_connect
-from ._sql import statements_for
 from ._sql import twice
 from ._sql import utc
+from ._sql_dialects import statements_for
 from .base import Backend
 from .base import check_size
 from .base import CorruptRecordError
@@ -46,7 +42,6 @@ if t.TYPE_CHECKING:
 
 _T = t.TypeVar("_T")
 _COLUMNS = ("key", "data", "created_at", "expires_at")
-_MISSING = object()
 _SET_IF_LIVE: tuple[str, tuple[str, ...]] = ("set_if_live", ())
 
 
@@ -111,12 +106,17 @@ class SQLAlchemyBackend(Backend):
     SQLite), operations run one at a time.
 
     On SQLite files and on PostgreSQL through psycopg, loads and saves run
-    statements compiled once, each committed on its own, on connections that
-    the backend makes through ``engine`` and keeps outside its pool (at most
-    one per operation in progress; :meth:`close` closes them). Engines whose
-    statements are observed (``before_cursor_execute`` or
-    ``after_cursor_execute`` listeners, as tracing tools add) or whose pool
-    pings connections (``pool_pre_ping``) run everything through SQLAlchemy.
+    statements compiled once, each committed on its own (one round trip), on
+    connections that the backend makes through ``engine`` (its URL,
+    ``connect_args`` and ``connect`` listeners apply) and keeps outside its
+    pool: at most one per operation in progress, replaced after
+    ``pool_recycle``, closed by :meth:`close`. psycopg prepares a statement
+    after its fifth run on a connection, as it does for SQLAlchemy; behind a
+    pgbouncer older than 1.21 in transaction mode, turn that off with
+    ``connect_args={"prepare_threshold": None}``. Engines whose statements are
+    observed (``before_cursor_execute`` or ``after_cursor_execute``
+    listeners, as tracing tools add) or whose pool pings connections
+    (``pool_pre_ping``) run everything through SQLAlchemy.
 
     :param engine: the engine to connect with.
     :param table_name: the name of the session table.
@@ -126,10 +126,12 @@ class SQLAlchemyBackend(Backend):
         returns values by extra column name, e.g. ``{"user_id": 1}``, so the
         app can query sessions in SQL.
     :param synchronous_commit: PostgreSQL only: the ``synchronous_commit``
-        setting of session writes. False answers a save before its commit
-        reaches the disk: a crash of the database server (not of the app) may
-        lose the last fraction of a second of saves, never corrupt one. None
-        keeps the server's setting.
+        setting of session writes, set once on each of the backend's own
+        connections (through SQLAlchemy, with ``SET LOCAL`` in each write's
+        transaction). False answers a save before its commit reaches the
+        disk: a crash of the database server (not of the app) may lose the
+        last fraction of a second of saves, never corrupt one. None keeps
+        the server's setting.
     """
 
     #: Rows deleted per transaction by :meth:`purge_expired`.
@@ -153,14 +155,6 @@ class SQLAlchemyBackend(Backend):
                 f" {engine.dialect.name}. Leave it None."
             )
         self.engine = engine
-        # On PostgreSQL every operation but a merge under a row lock is a
-        # single statement, so autocommit saves the BEGIN and COMMIT round
-        # trips around each one.
-        self._direct = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-            if engine.dialect.name == "postgresql"
-            else engine
-        )
         #: The session :class:`~sqlalchemy.schema.Table`, for queries and migrations.
         self.table = make_table(
             table_name, sa.MetaData() if metadata is None else metadata, extra_columns
@@ -169,10 +163,7 @@ class SQLAlchemyBackend(Backend):
         self._extra_names = frozenset(c.name for c in extra_columns)
         self._sql = statements_for(self.table, engine.dialect)
         self._serial = serializer_for(engine)
-        self._synchronous_commit = synchronous_commit
-        self._statements: dict[t.Hashable, t.Any] = {}
-        self._compiled: dict[t.Hashable, Compiled] = {}
-        self._connections = Connections(engine, self._setup) if supported(engine) else None
+        self._runner = Runner(engine, synchronous_commit)
         self._owns_engine = False
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -293,71 +284,6 @@ class SQLAlchemyBackend(Backend):
         except exc.SQLAlchemyError as e:
             raise self._error(action, e) from e
 
-    def _setup(self, dbapi_connection: t.Any) -> None:
-        """Prepare a connection of the backend's own: each statement commits by itself."""
-        if self.engine.dialect.name == "sqlite":
-            dbapi_connection.isolation_level = None
-            return
-        dbapi_connection.autocommit = True
-        # Timestamps then load in UTC as they are compared, with no conversion.
-        settings = "SET TimeZone TO 'UTC'"
-        if self._synchronous_commit is not None:
-            setting = "on" if self._synchronous_commit else "off"
-            settings += f"; SET synchronous_commit TO {setting}"
-        dbapi_connection.execute(settings)
-
-    def _statement(self, name: t.Hashable, build: t.Callable[[], t.Any]) -> t.Any:
-        """The statement ``name``, built once; None where the dialect has none."""
-        statement = self._statements.get(name, _MISSING)
-        if statement is _MISSING:
-            statement = self._statements[name] = build()
-        return statement
-
-    def _exists(self, name: t.Hashable, build: t.Callable[[], t.Any]) -> bool:
-        """Whether the dialect has statement ``name``; see :meth:`_statement`."""
-        return name in self._compiled or self._statement(name, build) is not None
-
-    def _execute(
-        self, name: t.Hashable, build: t.Callable[[], t.Any], values: dict[str, t.Any], fetch: bool
-    ) -> t.Any:
-        """Run statement ``name`` committed on its own; its rows if ``fetch``, else its row count.
-
-        :param build: returns the statement, on first use.
-        """
-        compiled = self._compiled.get(name)
-        connections = self._connections
-        if compiled is None or connections is None or self.engine._has_events:
-            return self._execute_first(name, build, values, fetch)
-        return connections.run(compiled, values, fetch)
-
-    def _execute_first(
-        self, name: t.Hashable, build: t.Callable[[], t.Any], values: dict[str, t.Any], fetch: bool
-    ) -> t.Any:
-        """:meth:`_execute` the first time, or through SQLAlchemy."""
-        statement = self._statement(name, build)
-        connections = self._connections
-        if connections is not None and not statement_listeners(self.engine):
-            compiled = self._compiled.get(name)
-            if compiled is None:
-                compiled = self._compiled[name] = Compiled(statement, self.engine.dialect)
-            return connections.run(compiled, values, fetch)
-        reading = name == "read"
-        with self._direct.connect() if reading else self._write_connection() as conn:
-            result = conn.execute(statement, values)
-            return result.all() if fetch else result.rowcount
-
-    def _write_connection(self) -> t.ContextManager[sa.Connection]:
-        if self._synchronous_commit is None:
-            return self._direct.begin()
-        return self._sync_transaction()
-
-    @contextmanager
-    def _sync_transaction(self) -> t.Iterator[sa.Connection]:
-        with self.engine.begin() as conn:
-            setting = "on" if self._synchronous_commit else "off"
-            conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {setting}")
-            yield conn
-
     def _extra_values(self, values: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         if self.extras is None or values is None:
             return {}
@@ -376,7 +302,7 @@ class SQLAlchemyBackend(Backend):
         :raises CorruptRecordError: the driver cannot convert a value of the row.
         """
         try:
-            rows = self._execute("read", self._sql.read_query, {KEY: key}, True)
+            rows = self._runner.execute("read", self._sql.read_query, {KEY: key}, True)
         except (TypeError, ValueError) as e:
             raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
         return rows[0] if rows else None
@@ -391,10 +317,12 @@ class SQLAlchemyBackend(Backend):
 
     def _set_if_live(self, values: dict[str, t.Any], extras: tuple[str, ...]) -> bool:
         name = ("set_if_live", extras)
-        return bool(self._execute(name, lambda: self._sql.set_if_live(extras), values, False))
+        return bool(
+            self._runner.execute(name, lambda: self._sql.set_if_live(extras), values, False)
+        )
 
     def _touch(self, values: dict[str, t.Any]) -> t.Any:
-        return self._execute(_SET_IF_LIVE, self._build_touch, values, False)
+        return self._runner.execute(_SET_IF_LIVE, self._build_touch, values, False)
 
     def _build_touch(self) -> sa.Update:
         return self._sql.set_if_live(())
@@ -410,10 +338,10 @@ class SQLAlchemyBackend(Backend):
         name = shape = shape_of(delta, extras)
         build = lambda: self._sql.merge(shape)  # noqa: E731
         texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
-        if self._exists(name, build) and plain(texts):
+        if self._runner.exists(name, build) and plain(texts):
             try:
                 values.update(self._sql.merge_values(delta))
-                if self._execute(name, build, values, False):
+                if self._runner.execute(name, build, values, False):
                     return True
             except exc.DataError:
                 # jsonb refuses the stored text (not JSON, or a NUL that an
@@ -454,7 +382,7 @@ class SQLAlchemyBackend(Backend):
         c = self.table.c
 
         def read() -> list[tuple[str, sa.Row[t.Any] | None]]:
-            with self._direct.connect() as conn:
+            with self._runner.direct.connect() as conn:
                 try:
                     query = self._sql.select().where(live).order_by(c.key)
                     rows = conn.execute(query.limit(self.items_page_size)).all()
@@ -479,7 +407,12 @@ class SQLAlchemyBackend(Backend):
     def load(self, key: str) -> Record | None:
         try:
             rows = self._run(
-                "load a session", self._execute, "read", self._sql.read_query, {KEY: key}, True
+                "load a session",
+                self._runner.execute,
+                "read",
+                self._sql.read_query,
+                {KEY: key},
+                True,
             )
         except (TypeError, ValueError) as e:
             raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
@@ -493,12 +426,12 @@ class SQLAlchemyBackend(Backend):
         values[EXPIRES] = utc(record.expires_at)
         name = ("upsert", extras)
         build = lambda: self._sql.upsert_statement(extras)  # noqa: E731
-        if self._exists(name, build):
-            self._run("create a session", self._execute, name, build, values, False)
+        if self._runner.exists(name, build):
+            self._run("create a session", self._runner.execute, name, build, values, False)
             return
 
         def write() -> None:
-            with self._write_connection() as conn:
+            with self._runner.write_connection() as conn:
                 self._sql.upsert(conn, values, extras)
 
         self._run("create a session", write)
@@ -519,10 +452,10 @@ class SQLAlchemyBackend(Backend):
         return bool(self._run("renew a session", self._touch, values))
 
     def _take(self, key: str) -> t.Sequence[t.Any] | None:
-        if self._exists("take", self._sql.take_statement):
-            rows = self._execute("take", self._sql.take_statement, {KEY: key}, True)
+        if self._runner.exists("take", self._sql.take_statement):
+            rows = self._runner.execute("take", self._sql.take_statement, {KEY: key}, True)
             return rows[0] if rows else None
-        with self._write_connection() as conn:
+        with self._runner.write_connection() as conn:
             return self._sql.take(conn, key)
 
     def take(self, key: str, now: datetime) -> Record | None:
@@ -538,7 +471,7 @@ class SQLAlchemyBackend(Backend):
 
     def delete(self, key: str) -> None:
         build, values = self._sql.delete_statement, {KEY: key}
-        self._run("delete a session", self._execute, "delete", build, values, False)
+        self._run("delete a session", self._runner.execute, "delete", build, values, False)
 
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         expires_at = self.table.c.expires_at
@@ -555,7 +488,7 @@ class SQLAlchemyBackend(Backend):
                 stale = sa.or_(stale, expires_at > horizon)
 
         def batch() -> int:
-            with self._direct.begin() as conn:
+            with self._runner.direct.begin() as conn:
                 return self._sql.purge_batch(conn, stale, self.purge_batch_size)
 
         total = 0
@@ -570,7 +503,7 @@ class SQLAlchemyBackend(Backend):
         statement = sa.select(sa.func.count()).where(self.table.c.expires_at > utc(now))
 
         def read() -> int:
-            with self._direct.connect() as conn:
+            with self._runner.direct.connect() as conn:
                 return int(conn.execute(statement).scalar_one())
 
         return self._run("count sessions", read)
@@ -595,14 +528,13 @@ class SQLAlchemyBackend(Backend):
 
     def clear(self) -> int:
         def remove() -> int:
-            with self._direct.begin() as conn:
+            with self._runner.direct.begin() as conn:
                 return int(conn.execute(sa.delete(self.table)).rowcount)
 
         return self._run("clear sessions", remove)
 
     def close(self) -> None:
-        if self._connections is not None:
-            self._connections.close()
+        self._runner.close()
         if self._owns_engine:
             self.engine.dispose()
 

@@ -379,7 +379,7 @@ def test_synchronous_commit_applies_to_session_writes_only(
     try:
         backend.create(key_of("a"), Record(dict(DATA), NOW, NOW + HOUR))
         shown = "on" if setting else "off"
-        [kept] = backend._connections._idle  # type: ignore[union-attr]
+        [kept] = backend._runner.connections._idle  # type: ignore[union-attr]
         assert kept.connection.execute("SHOW synchronous_commit").fetchone() == (shown,)
         # The engine's own connections, which the application may share, keep the server's.
         with backend.engine.connect() as conn:
@@ -430,7 +430,7 @@ def test_extras_of_varying_columns_each_get_their_statement(
         for n in range(20):  # new values reuse the statements already built
             backend.update(key, Delta(NOW + HOUR, {"x": str(n)}, values={"user_id": n}), NOW)
         assert stored() == (19, "t2")
-        assert len(backend._statements) <= 6
+        assert len(backend._runner.statements) <= 6
     finally:
         drop_table(backend)
         backend.close()

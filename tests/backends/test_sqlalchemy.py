@@ -27,8 +27,8 @@ from sqlalchemy.orm import mapped_column
 from werkzeug.serving import make_server
 
 from flask_serversession import ServerSession
-from flask_serversession.backends._sql import SQLiteStatements
 from flask_serversession.backends._sql import Statements
+from flask_serversession.backends._sql_dialects import SQLiteStatements
 from flask_serversession.backends.base import CorruptRecordError
 from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
@@ -733,9 +733,9 @@ def generic_sql(
     statements.delete_returning = False
     monkeypatch.setattr(statements, "merge", lambda *args: None)
     backend._sql = statements
-    backend._statements.clear()
-    backend._direct = backend.engine  # such databases get no autocommit shortcut
-    backend._connections = None  # nor connections of the backend's own
+    backend._runner.statements.clear()
+    backend._runner.direct = backend.engine  # such databases get no autocommit shortcut
+    backend._runner.connections = None  # nor connections of the backend's own
     return backend
 
 
