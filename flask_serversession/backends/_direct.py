@@ -125,7 +125,8 @@ class Connections:
 
     An operation takes an idle connection, or makes one, and gives it back;
     so there is at most one connection per operation running at a time, each
-    used by one thread at a time. A connection that failed as disconnected
+    used by one thread at a time, and no more are kept idle than the pool
+    would hold (``pool_size`` plus ``max_overflow``). A connection that failed as disconnected
     is dropped along with every idle one (a database restart closes them
     all); so is one older than the pool's ``pool_recycle``. After a fork the
     child makes its own.
@@ -142,8 +143,12 @@ class Connections:
         self._idle: list[_Kept] = []
         self._generation = 0
         self._pid = os.getpid()
-        recycle = getattr(engine.pool, "_recycle", -1)
+        pool = engine.pool
+        recycle = getattr(pool, "_recycle", -1)
         self._recycle = float(recycle) if isinstance(recycle, (int, float)) else -1.0
+        overflow = getattr(pool, "_max_overflow", 0)
+        size = pool.size() if isinstance(pool, sa.QueuePool) else 5
+        self._keep = None if overflow < 0 else size + overflow
         # A backend dropped without close() still closes what it kept.
         weakref.finalize(self, _close_idle, self._idle)
 
@@ -187,7 +192,8 @@ class Connections:
             ) from e
 
     def _give_back(self, kept: _Kept) -> None:
-        if kept.generation == self._generation:
+        keep = self._keep
+        if kept.generation == self._generation and (keep is None or len(self._idle) < keep):
             self._idle.append(kept)
         else:
             self._close(kept)
@@ -290,12 +296,12 @@ def supported(engine: sa.Engine) -> bool:
     """Whether the backend runs its statements on connections of its own for ``engine``.
 
     SQLite files through ``sqlite3`` and PostgreSQL through psycopg 3, where
-    the pool hands out separate connections and does not ping them.
+    the engine pools connections (not ``NullPool``) and does not ping them.
     """
     dialect, pool = engine.dialect, engine.pool
     if (dialect.name, dialect.driver) not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
         return False
-    if not isinstance(pool, (sa.QueuePool, sa.NullPool)) or getattr(pool, "_pre_ping", False):
+    if not isinstance(pool, sa.QueuePool) or getattr(pool, "_pre_ping", False):
         return False
     database = engine.url.database
     return dialect.name != "sqlite" or database not in (None, "", ":memory:")

@@ -348,6 +348,57 @@ def test_pinging_pool_is_used_as_configured(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_unpooled_engine_is_used_as_configured(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 's.sqlite'}", poolclass=sa.NullPool)
+    backend = SQLAlchemyBackend(engine)
+    counts = Counts(engine)
+    try:
+        operations = every_operation(backend)
+        for operation in operations.values():
+            operation()
+        assert counts.detaches == 0
+        assert counts.connects >= len(operations)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("pool_size", "max_overflow", "kept"), [(1, 0, 1), (2, 1, 3), (1, -1, 5)])
+def test_idle_connections_kept_are_bounded_as_the_pool(
+    tmp_path: Path, pool_size: int, max_overflow: int, kept: int
+) -> None:
+    engine = sa.create_engine(
+        f"sqlite:///{tmp_path / 's.sqlite'}", pool_size=pool_size, max_overflow=max_overflow
+    )
+    backend = SQLAlchemyBackend(engine)
+    threads_n = 5
+    # Each thread makes its own connection, then waits until all have one.
+    all_connected = threading.Barrier(threads_n, timeout=10)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            assert backend.load(key_of("a")) is None
+        except BaseException as e:
+            failures.append(e)
+
+    try:
+        backend.count(NOW)  # creates the table, through SQLAlchemy
+        counts = Counts(engine)
+        sa.event.listen(engine, "detach", lambda *args: all_connected.wait())
+        threads = [threading.Thread(target=work) for _ in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not failures
+        assert counts.detaches == threads_n
+        connections = backend._runner.connections
+        assert connections is not None and len(connections._idle) == kept
+    finally:
+        backend.close()
+        engine.dispose()
+
+
 def test_pool_recycle_replaces_old_connections(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 's.sqlite'}", pool_recycle=1)
     backend = SQLAlchemyBackend(engine)
