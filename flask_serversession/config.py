@@ -35,6 +35,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_SQLALCHEMY_BIND_KEY": None,
     "SERVERSESSION_SQLALCHEMY_URI": None,
     "SERVERSESSION_SQLALCHEMY_TABLE": "serversession",
+    "SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT": None,
     "SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS": (),
     "SERVERSESSION_SQLALCHEMY_EXTRAS": None,
     "SERVERSESSION_FILE_DIR": None,
@@ -245,7 +246,15 @@ def _sqlalchemy(app: Flask) -> Backend:
             extras,
             "None or a function taking the session dict and returning values by column name",
         )
+    synchronous_commit = config["SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT"]
+    if synchronous_commit is not None and not isinstance(synchronous_commit, bool):
+        raise _bad(
+            "SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT",
+            synchronous_commit,
+            "None (the server's setting), True or False",
+        )
     options: dict[str, t.Any] = {
+        "synchronous_commit": synchronous_commit,
         "table_name": string(config, "SERVERSESSION_SQLALCHEMY_TABLE"),
         "extra_columns": columns,
         "extras": extras,
@@ -289,6 +298,12 @@ def _sqlalchemy(app: Flask) -> Backend:
         shown = re.sub(r"//[^/@]*@", "//***@", uri) if isinstance(uri, str) else uri
         raise ConfigError(f"{key} = {shown!r} is not valid: expected {accepted}.") from e
     shown = url.render_as_string(hide_password=True)
+    if synchronous_commit is not None and url.get_backend_name() != "postgresql":
+        raise _bad(
+            "SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT",
+            synchronous_commit,
+            f"None: it is a PostgreSQL setting and {key} is {url.get_backend_name()}",
+        )
     try:
         return SQLAlchemyBackend.from_url(url, **options)
     except (ImportError, sa.exc.ArgumentError) as e:

@@ -1242,3 +1242,22 @@ def test_lifetime_remember_me_and_audit_log(tmp_path: t.Any, caplog: t.Any) -> N
         signals.session_created.disconnect(log_created)
         signals.session_regenerated.disconnect(log_regenerated)
         signals.session_destroyed.disconnect(log_destroyed)
+
+
+def test_configuration_synchronous_commit(tmp_path: t.Any, postgres_url: str) -> None:
+    app = new_app(tmp_path, SERVERSESSION_BACKEND="sqlalchemy")
+    app.config["SERVERSESSION_SQLALCHEMY_URI"] = postgres_url
+    app.config["SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT"] = False
+    app.config["SERVERSESSION_SQLALCHEMY_TABLE"] = f"sync_commit_{os.getpid()}"
+    ServerSession(app)
+    backend = t.cast(SQLAlchemyBackend, store_of(app).backend)
+    with app.app_context():
+        token = ServerSession().create({"a": 1})
+        assert ServerSession().get(token) == {"a": 1}
+    backend.table.drop(backend.engine)
+    backend.close()
+
+    sqlite_app = new_app(tmp_path, SERVERSESSION_BACKEND="sqlalchemy")
+    sqlite_app.config["SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT"] = False
+    with pytest.raises(ConfigError, match="SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT"):
+        ServerSession(sqlite_app)
