@@ -258,6 +258,7 @@ def _sqlalchemy(app: Flask) -> Backend:
         "table_name": string(config, "SERVERSESSION_SQLALCHEMY_TABLE"),
         "extra_columns": columns,
         "extras": extras,
+        "user_index": config["SERVERSESSION_USER_KEY"] is not None,
     }
     bind_key = config["SERVERSESSION_SQLALCHEMY_BIND_KEY"]
     db = config["SERVERSESSION_SQLALCHEMY"]

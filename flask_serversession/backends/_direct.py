@@ -386,7 +386,7 @@ class Runner:
             if compiled is None:
                 compiled = self.compiled[name] = Compiled(statement, self.engine.dialect)
             return connections.run(compiled, values, fetch)
-        reading = name == "read"
+        reading = isinstance(statement, sa.Select)
         with self.direct.connect() if reading else self.write_connection() as conn:
             result = conn.execute(statement, values)
             return result.all() if fetch else result.rowcount

@@ -35,6 +35,12 @@ PATCH = "p_patch"
 ADDED = "p_added"
 DELETED = "p_deleted"
 MAX_SIZE = "p_max_size"
+USER = "p_user"
+
+#: The column naming the user a session belongs to (``SERVERSESSION_USER_KEY``),
+#: NULL for a session without one. Not ``user_id``: that is the name the docs
+#: give an extra column filled by ``extras``, which the index may now replace.
+OWNER = "owner"
 
 
 def utc(value: datetime) -> datetime:
@@ -141,11 +147,13 @@ class Statements:
 
     :param table: the session table.
     :param dialect: the dialect of the engine.
+    :param user_index: rows are read with their owner column (the user index).
     """
 
-    def __init__(self, table: sa.Table, dialect: sa.Dialect) -> None:
+    def __init__(self, table: sa.Table, dialect: sa.Dialect, *, user_index: bool = False) -> None:
         self.table = table
         self.delete_returning = bool(dialect.delete_returning)
+        self.user_index = user_index
 
     def timestamp(self, column: sa.Column[t.Any]) -> sa.ColumnElement[t.Any]:
         """Return ``column`` as it is read; see :meth:`parse_timestamp`."""
@@ -158,12 +166,13 @@ class Statements:
     def select(self) -> sa.Select[t.Any]:
         """Return the query of whole rows, with columns named as the table's."""
         c = self.table.c
-        return sa.select(
+        query = sa.select(
             c.key,
             c.data,
             self.timestamp(c.created_at).label("created_at"),
             self.timestamp(c.expires_at).label("expires_at"),
         )
+        return query.add_columns(c[OWNER]) if self.user_index else query
 
     def record(self, row: t.Sequence[t.Any]) -> Record:
         """Return the record of a row as the dialect's select reads it.
@@ -171,6 +180,11 @@ class Statements:
         :raises CorruptRecordError: a column holds something no save writes.
         """
         key, text, created, expires = row[0], row[1], row[2], row[3]
+        user = row[4] if self.user_index else None
+        if user is not None and not isinstance(user, str):
+            raise CorruptRecordError(
+                f"Session row {key} has an owner of type {type(user).__name__}, not text."
+            )
         created_at = self.parse_timestamp(created)
         expires_at = self.parse_timestamp(expires)
         if created_at is None or expires_at is None:
@@ -187,7 +201,7 @@ class Statements:
             raise CorruptRecordError(
                 f"Session row {key} has data that is not a JSON object of strings."
             )
-        return Record(data, utc(created_at), utc(expires_at))
+        return Record(data, utc(created_at), utc(expires_at), user=user)
 
     # The statements below take bound parameters (KEY, NOW, ...), so that the
     # backend builds and compiles each one once and runs it with new values.
@@ -208,6 +222,23 @@ class Statements:
     def read_query(self) -> sa.Select[t.Any]:
         """Read the row of KEY as :meth:`select` does."""
         return self.select().where(self.by_key())
+
+    def of_user(self) -> sa.ColumnElement[bool]:
+        """The rows of the user USER that have not expired by NOW."""
+        c = self.table.c
+        owner, expires_at = c[OWNER], c.expires_at
+        return sa.and_(
+            owner == sa.bindparam(USER, type_=owner.type),
+            expires_at > sa.bindparam(NOW, type_=expires_at.type),
+        )
+
+    def user_query(self) -> sa.Select[t.Any]:
+        """Read the live rows of USER as :meth:`select` does, through the owner index."""
+        return self.select().where(self.of_user())
+
+    def user_keys_query(self) -> sa.Select[t.Any]:
+        """The keys of the live rows of USER."""
+        return sa.select(self.table.c.key).where(self.of_user())
 
     def set_if_live(self, extras: t.Sequence[str]) -> sa.Update:
         """Set the expiry to EXPIRES, and the extra columns, of the live row."""

@@ -15,6 +15,7 @@ from ._sql import ADDED
 from ._sql import DELETED
 from ._sql import KEY
 from ._sql import MAX_SIZE
+from ._sql import OWNER
 from ._sql import PATCH
 from ._sql import Shape
 from ._sql import Statements
@@ -82,7 +83,11 @@ class SQLiteStatements(Statements):
             )
         members = sa.func.json_each(c.data).table_valued("type")
         not_text = sa.select(members.c.type).where(members.c.type != "text").exists()
-        times = sa.and_(self._is_time(c.created_at), self._is_time(c.expires_at))
+        typed = sa.and_(self._is_time(c.created_at), self._is_time(c.expires_at))
+        if self.user_index:
+            # As record() reads it: an owner that is not text (a blob) is damage.
+            kinds = [sa.literal("text"), sa.literal("null")]
+            typed = sa.and_(typed, sa.func.typeof(c[OWNER]).in_(kinds))
         # A row that does not read as a record is left alone. JSON functions
         # fail on malformed text, and CASE keeps the tests in this order.
         readable = sa.case(
@@ -90,7 +95,7 @@ class SQLiteStatements(Statements):
             (sa.func.json_valid(c.data) == 0, sa.false()),
             (sa.func.json_type(c.data) != "object", sa.false()),
             (not_text, sa.false()),
-            (~times, sa.false()),
+            (~typed, sa.false()),
             else_=fits,
         )
         update = self.set_if_live(extras).where(readable)
@@ -193,10 +198,10 @@ class PostgreSQLStatements(Statements):
         return int(conn.execute(by_address).rowcount)
 
 
-def statements_for(table: sa.Table, dialect: sa.Dialect) -> Statements:
-    """Return the statements for ``dialect``."""
+def statements_for(table: sa.Table, dialect: sa.Dialect, *, user_index: bool) -> Statements:
+    """Return the statements for ``dialect``; with ``user_index``, rows carry their owner."""
     kinds: dict[str, type[Statements]] = {
         "sqlite": SQLiteStatements,
         "postgresql": PostgreSQLStatements,
     }
-    return kinds.get(dialect.name, Statements)(table, dialect)
+    return kinds.get(dialect.name, Statements)(table, dialect, user_index=user_index)

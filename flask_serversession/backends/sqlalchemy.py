@@ -21,6 +21,7 @@ from ._sql import extra_bind
 from ._sql import KEY
 from ._sql import merged
 from ._sql import NOW
+from ._sql import OWNER
 from ._sql import plain
 from ._sql import serializer_for
 from ._sql import shape_of
@@ -28,6 +29,9 @@ from ._sql import sqlite_on_connect
 from ._sql import twice
 from ._sql import utc
 from ._sql_dialects import statements_for
+from ._sql_users import add_owner
+from ._sql_users import check_owner
+from ._sql_users import records_of
 from .base import Backend
 from .base import check_size
 from .base import CorruptRecordError
@@ -46,19 +50,34 @@ _SET_IF_LIVE: tuple[str, tuple[str, ...]] = ("set_if_live", ())
 
 
 def make_table(
-    name: str, metadata: sa.MetaData, extra_columns: t.Sequence[sa.Column[t.Any]] = ()
+    name: str,
+    metadata: sa.MetaData,
+    extra_columns: t.Sequence[sa.Column[t.Any]] = (),
+    *,
+    user_index: bool = False,
 ) -> sa.Table:
     """Return the session table ``name`` of ``metadata``, defining it if needed.
 
     A table of that name already in ``metadata`` (a second app sharing it, or
-    one declared for migrations) is reused when it has the expected columns.
+    one declared for migrations) is reused when it has the expected columns;
+    the user index's column is added to it if missing.
     An Alembic ``env.py`` without Flask-SQLAlchemy can call it on its
     ``target_metadata`` to declare the session table for autogenerate.
 
     :param name: the table name.
     :param metadata: the metadata that holds the table.
     :param extra_columns: columns added after the four standard ones.
+    :param user_index: add the indexed ``owner`` column of the user index
+        (``SERVERSESSION_USER_KEY``).
+
+    .. versionchanged:: 0.2
+        The ``user_index`` parameter.
     """
+    if user_index and any(c.name == OWNER for c in extra_columns):
+        raise ConfigError(
+            f"The extra column {OWNER!r} of table {name!r} has the name of the user index's"
+            " column (SERVERSESSION_USER_KEY). Rename the extra column."
+        )
     existing = metadata.tables.get(f"{metadata.schema}.{name}" if metadata.schema else name)
     if existing is not None:
         wanted = [*_COLUMNS, *(c.name for c in extra_columns)]
@@ -68,8 +87,11 @@ def make_table(
                 f"Table {name!r} is already defined in this MetaData without the"
                 f" columns {missing}. Use another table name, or define it with them."
             )
+        if user_index and OWNER not in existing.c:
+            # Another app of this metadata runs without the user index.
+            add_owner(existing)
         return existing
-    return sa.Table(
+    table = sa.Table(
         name,
         metadata,
         sa.Column("key", sa.String(64), primary_key=True),
@@ -79,6 +101,9 @@ def make_table(
         # A Column belongs to one Table; copies let several apps share one config.
         *(c._copy() for c in extra_columns),
     )
+    if user_index:
+        add_owner(table)
+    return table
 
 
 class SQLAlchemyBackend(Backend):
@@ -118,6 +143,15 @@ class SQLAlchemyBackend(Backend):
     listeners, as tracing tools add) or whose pool pings connections
     (``pool_pre_ping``) run everything through SQLAlchemy.
 
+    With ``user_index``, the table has one more column, ``owner``: the user
+    a session belongs to (``SERVERSESSION_USER_KEY``), NULL for none, written
+    by the same statement as the rest of a save, and indexed (sessions
+    without a user left out of the index on SQLite and PostgreSQL), so
+    :meth:`user_records` is one indexed ``SELECT``. A table that exists
+    without the column is not altered: every operation raises
+    :class:`~flask_serversession.ConfigError` naming the statements that add
+    it, until they have run.
+
     :param engine: the engine to connect with.
     :param table_name: the name of the session table.
     :param metadata: where to define the table; a new ``MetaData`` if None.
@@ -132,6 +166,11 @@ class SQLAlchemyBackend(Backend):
         disk: a crash of the database server (not of the app) may lose the
         last fraction of a second of saves, never corrupt one. None keeps
         the server's setting.
+    :param user_index: keep the user index that ``SERVERSESSION_USER_KEY``
+        needs (set from config when that key is set).
+
+    .. versionchanged:: 0.2
+        The ``user_index`` parameter.
     """
 
     #: Rows deleted per transaction by :meth:`purge_expired`.
@@ -148,6 +187,7 @@ class SQLAlchemyBackend(Backend):
         extra_columns: t.Sequence[sa.Column[t.Any]] = (),
         extras: t.Callable[[t.Mapping[str, t.Any]], t.Mapping[str, t.Any]] | None = None,
         synchronous_commit: bool | None = None,
+        user_index: bool = False,
     ) -> None:
         if synchronous_commit is not None and engine.dialect.name != "postgresql":
             raise ConfigError(
@@ -157,11 +197,16 @@ class SQLAlchemyBackend(Backend):
         self.engine = engine
         #: The session :class:`~sqlalchemy.schema.Table`, for queries and migrations.
         self.table = make_table(
-            table_name, sa.MetaData() if metadata is None else metadata, extra_columns
+            table_name,
+            sa.MetaData() if metadata is None else metadata,
+            extra_columns,
+            user_index=user_index,
         )
         self.extras = extras
+        #: Whether the backend keeps the user index (the ``owner`` column).
+        self.user_index = user_index
         self._extra_names = frozenset(c.name for c in extra_columns)
-        self._sql = statements_for(self.table, engine.dialect)
+        self._sql = statements_for(self.table, engine.dialect, user_index=user_index)
         self._serial = serializer_for(engine)
         self._runner = Runner(engine, synchronous_commit)
         self._owns_engine = False
@@ -265,6 +310,8 @@ class SQLAlchemyBackend(Backend):
             # Another process created it between the check and the create.
             if not sa.inspect(self.engine).has_table(self.table.name, self.table.schema):
                 raise
+        if self.user_index:
+            check_owner(self.engine, self.table)
 
     def _run(self, action: str, operation: t.Callable[..., _T], *args: t.Any) -> _T:
         """Run one operation on a ready table; store failures raise :class:`BackendError`."""
@@ -395,16 +442,29 @@ class SQLAlchemyBackend(Backend):
         return self._run("list sessions", read)
 
     def _extras_of(
-        self, values: t.Mapping[str, t.Any] | None
+        self, values: t.Mapping[str, t.Any] | None, owner: bool = False, user: str | None = None
     ) -> tuple[tuple[str, ...], dict[str, t.Any]]:
-        """The extra columns to set, and their parameters."""
+        """The extra columns to set, and their parameters; with ``owner``, the user's too.
+
+        The owner column is set as an extra column is, by the statement of the
+        save itself: a change of user costs no statement of its own.
+        """
+        if owner and not self.user_index:
+            raise ConfigError(
+                "SERVERSESSION_USER_KEY needs the user index of SQLAlchemyBackend, which"
+                " this one was built without: pass it user_index=True."
+            )
         extra = self._extra_values(values)
-        if not extra:
-            return (), {}
         names = tuple(sorted(extra))
-        return names, {extra_bind(name): extra[name] for name in names}
+        parameters = {extra_bind(name): extra[name] for name in names}
+        if owner:
+            names += (OWNER,)
+            parameters[extra_bind(OWNER)] = user
+        return names, parameters
 
     def load(self, key: str) -> Record | None:
+        if not self._ready:
+            self._ensure_table()  # its errors are no damage of the row
         try:
             rows = self._run(
                 "load a session",
@@ -419,7 +479,10 @@ class SQLAlchemyBackend(Backend):
         return self._sql.record(rows[0]) if rows else None
 
     def create(self, key: str, record: Record) -> None:
-        extras, values = self._extras_of(record.values)
+        # With the index, every create sets the owner: it may replace another's row.
+        extras, values = self._extras_of(
+            record.values, self.user_index or record.user is not None, record.user
+        )
         values[KEY] = key
         values[DATA] = json.dumps(record.data)
         values[CREATED] = utc(record.created_at)
@@ -437,7 +500,7 @@ class SQLAlchemyBackend(Backend):
         self._run("create a session", write)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
-        extras, values = self._extras_of(delta.values)
+        extras, values = self._extras_of(delta.values, delta.user_changed, delta.user)
         values[KEY] = key
         values[NOW] = now = utc(now)
         values[EXPIRES] = utc(delta.expires_at)
@@ -525,6 +588,25 @@ class SQLAlchemyBackend(Backend):
             if len(page) < self.items_page_size:
                 return
             after = page[-1][0]
+
+    def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
+        """Return ``(key, record)`` for the live sessions of ``user``, in one indexed ``SELECT``.
+
+        Rows that cannot be read are logged and skipped, as by :meth:`items`.
+
+        :raises ConfigError: the backend keeps no user index, or its table
+            lacks the ``owner`` column.
+
+        .. versionadded:: 0.2
+        """
+        if not self.user_index:
+            raise ConfigError(
+                "This SQLAlchemyBackend keeps no user index: build it with user_index=True,"
+                " as config does when SERVERSESSION_USER_KEY is set."
+            )
+        if not self._ready:
+            self._ensure_table()  # its errors are no damage of a row
+        return records_of(self, user, utc(now))
 
     def clear(self) -> int:
         def remove() -> int:

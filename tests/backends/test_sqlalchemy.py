@@ -88,7 +88,9 @@ def sql_backend(request: pytest.FixtureRequest) -> SQLAlchemyBackend:
 
 
 def test_table_shape(sql_backend: SQLAlchemyBackend) -> None:
-    table = sql_backend.table
+    # Without the user index (SERVERSESSION_USER_KEY unset): the table of 0.1.
+    backend = SQLAlchemyBackend(sql_backend.engine, table_name=unique_table_name())
+    table = backend.table
     assert [c.name for c in table.columns] == ["key", "data", "created_at", "expires_at"]
     assert [c.name for c in table.primary_key] == ["key"]
     assert isinstance(table.c.key.type, sa.String) and table.c.key.type.length == 64
@@ -97,14 +99,17 @@ def test_table_shape(sql_backend: SQLAlchemyBackend) -> None:
         column_type = table.c[name].type
         assert isinstance(column_type, sa.DateTime) and column_type.timezone
 
-    assert sql_backend.count(NOW) == 0  # first use creates the table
-    inspector = sa.inspect(sql_backend.engine)
-    columns = {c["name"]: c for c in inspector.get_columns(table.name)}
-    assert list(columns) == ["key", "data", "created_at", "expires_at"]
-    assert not any(c["nullable"] for c in columns.values())
-    assert inspector.get_pk_constraint(table.name)["constrained_columns"] == ["key"]
-    indexes = inspector.get_indexes(table.name)
-    assert [i["column_names"] for i in indexes] == [["expires_at"]]
+    try:
+        assert backend.count(NOW) == 0  # first use creates the table
+        inspector = sa.inspect(backend.engine)
+        columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+        assert list(columns) == ["key", "data", "created_at", "expires_at"]
+        assert not any(c["nullable"] for c in columns.values())
+        assert inspector.get_pk_constraint(table.name)["constrained_columns"] == ["key"]
+        indexes = inspector.get_indexes(table.name)
+        assert [i["column_names"] for i in indexes] == [["expires_at"]]
+    finally:
+        drop_table(backend)
 
 
 def test_table_created_lazily_once(tmp_path: Path) -> None:
