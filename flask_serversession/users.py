@@ -312,3 +312,9 @@ def require_index(backend: Backend, user_key: str | None) -> None:
             f" {type(backend).__name__} keeps no user index (it does not implement"
             " user_records). Use a backend that does, or leave the key unset."
         )
+    if user_key is not None and getattr(backend, "user_index", True) is False:
+        raise ConfigError(
+            f"SERVERSESSION_USER_KEY = {user_key!r} cannot be used: this"
+            f" {type(backend).__name__} was built without its user index."
+            " Build it with user_index=True."
+        )

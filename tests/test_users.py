@@ -627,6 +627,17 @@ def test_user_key_needs_a_backend_with_a_user_index(make_app: t.Callable[..., Fl
     make_app(NoIndexBackend())
 
 
+def test_user_key_needs_an_sql_backend_built_with_its_index(
+    make_app: t.Callable[..., Flask], tmp_path: t.Any
+) -> None:
+    from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
+
+    built_without = SQLAlchemyBackend.from_url(f"sqlite:///{tmp_path / 'plain.sqlite'}")
+    with pytest.raises(ConfigError, match="user_index=True"):
+        make_app(built_without, SERVERSESSION_USER_KEY="_user_id")
+    built_without.close()
+
+
 def test_listing_needs_the_user_key(make_app: t.Callable[..., Flask]) -> None:
     app = make_app()
     client = app.test_client()

@@ -53,14 +53,18 @@ def drop_table(backend: SQLAlchemyBackend) -> None:
 
 @pytest.fixture
 def sqlite_backend(tmp_path: Path) -> t.Iterator[SQLAlchemyBackend]:
-    backend = SQLAlchemyBackend.from_url(f"sqlite:///{tmp_path / 'sessions.sqlite'}")
+    backend = SQLAlchemyBackend.from_url(
+        f"sqlite:///{tmp_path / 'sessions.sqlite'}", user_index=True
+    )
     yield backend
     backend.close()
 
 
 @pytest.fixture
 def postgres_backend(postgres_url: str) -> t.Iterator[SQLAlchemyBackend]:
-    backend = SQLAlchemyBackend.from_url(postgres_url, table_name=unique_table_name())
+    backend = SQLAlchemyBackend.from_url(
+        postgres_url, table_name=unique_table_name(), user_index=True
+    )
     yield backend
     drop_table(backend)
     backend.close()
@@ -68,7 +72,11 @@ def postgres_backend(postgres_url: str) -> t.Iterator[SQLAlchemyBackend]:
 
 @pytest.fixture
 def fsa_sqlite_backend(tmp_path: Path) -> t.Iterator[SQLAlchemyBackend]:
-    app, db = fsa_app(f"sqlite:///{tmp_path / 'app.sqlite'}", tmp_path / "instance")
+    app, db = fsa_app(
+        f"sqlite:///{tmp_path / 'app.sqlite'}",
+        tmp_path / "instance",
+        SERVERSESSION_USER_KEY="_user_id",
+    )
     backend = build_sql_backend(app)
     yield backend
     backend.close()
@@ -78,7 +86,10 @@ def fsa_sqlite_backend(tmp_path: Path) -> t.Iterator[SQLAlchemyBackend]:
 @pytest.fixture
 def fsa_postgres_backend(postgres_url: str, tmp_path: Path) -> t.Iterator[SQLAlchemyBackend]:
     app, db = fsa_app(
-        postgres_url, tmp_path / "instance", SERVERSESSION_SQLALCHEMY_TABLE=unique_table_name()
+        postgres_url,
+        tmp_path / "instance",
+        SERVERSESSION_SQLALCHEMY_TABLE=unique_table_name(),
+        SERVERSESSION_USER_KEY="_user_id",
     )
     backend = build_sql_backend(app)
     yield backend
