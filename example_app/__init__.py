@@ -30,6 +30,9 @@ def create_app(
         SECRET_KEY="dev-only-secret-key",
         # API clients send and receive the token in this header instead of a cookie.
         SERVERSESSION_HEADER_NAME="X-Session-Token",
+        # Sessions are indexed by the signed-in user, for the "Your devices" page.
+        SERVERSESSION_USER_KEY="user",
+        SERVERSESSION_TRACK_CLIENT=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )
     app.config.from_prefixed_env()

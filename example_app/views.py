@@ -53,6 +53,12 @@ def utc(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def config_duration(key: str) -> timedelta:
+    """Read a duration setting, given as a timedelta or a number of seconds."""
+    value = current_app.config[key]
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+
 @bp.route("/")
 def index() -> str:
     session["visits"] = session.get("visits", 0) + 1
@@ -113,12 +119,9 @@ def empty_cart() -> t.Any:
 
 @bp.route("/session")
 def session_info() -> str:
-    renew_time = current_app.config["SERVERSESSION_RENEW_TIME"]
-    if not isinstance(renew_time, timedelta):
-        renew_time = timedelta(seconds=renew_time)
     return render_template(
         "session.html",
-        renew_time=renew_time,
+        renew_time=config_duration("SERVERSESSION_RENEW_TIME"),
         new=session.new,
         storage_key=session.storage_key,
         created_at=session.created_at,
@@ -145,6 +148,43 @@ def set_permanent() -> t.Any:
     else:
         flash("The cookie now ends when the browser closes.")
     return redirect(url_for("pages.session_info"))
+
+
+@bp.route("/devices")
+def devices() -> t.Any:
+    if "user" not in session:
+        return redirect(url_for("pages.login"))
+    # Indexed by SERVERSESSION_USER_KEY; current=True marks this browser's session.
+    sessions = server_session.user_sessions(session["user"])
+    return render_template(
+        "devices.html",
+        sessions=sessions,
+        last_seen_every=config_duration("SERVERSESSION_LAST_SEEN_EVERY"),
+    )
+
+
+@bp.post("/devices/revoke")
+def revoke_device() -> t.Any:
+    if "user" not in session:
+        abort(403)
+    storage_key = request.form.get("storage_key", "")
+    # Only the user's own sessions: a storage key from anyone else's is refused.
+    own = {info.storage_key for info in server_session.user_sessions(session["user"])}
+    if storage_key not in own:
+        abort(404)
+    # Its next request starts a fresh, empty session: that device is signed out.
+    server_session.revoke(storage_key)
+    flash("Signed out that device.")
+    return redirect(url_for("pages.devices"))
+
+
+@bp.post("/devices/revoke-others")
+def revoke_other_devices() -> t.Any:
+    if "user" not in session:
+        abort(403)
+    ended = server_session.revoke_user(session["user"], keep_current=True)
+    flash(f"Signed out {ended} other device{'' if ended == 1 else 's'}.")
+    return redirect(url_for("pages.devices"))
 
 
 @bp.route("/admin")

@@ -1,9 +1,11 @@
 """The example app in headless Chromium: sign in, cart, tabs, sign out, cookie flags,
-remember me across browser restarts, and forms posted from another origin."""
+remember me across browser restarts, signing out other devices, and forms posted
+from another origin."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -323,6 +325,8 @@ FORGED_PAGE = """<!doctype html>
 def test_forms_posted_from_another_origin_are_refused(live_server: str, driver: t.Any) -> None:
     sign_in(driver, live_server, "dave")
     signed_in = session_cookie(driver)["value"]
+    # A second device of dave's: an API client.
+    token = api_sign_in(live_server, "dave")
 
     def forger(environ: t.Any, start_response: t.Any) -> list[bytes]:
         action = live_server + environ["PATH_INFO"]
@@ -330,15 +334,19 @@ def test_forms_posted_from_another_origin_are_refused(live_server: str, driver: 
         return [FORGED_PAGE.format(action=action).encode()]
 
     # Another port of the same host: the same site, so the SameSite=Lax
-    # session cookie goes along with the forged post.
+    # session cookie goes along with the forged posts.
     with serve(forger, "forger") as other_origin:
-        driver.get(f"{other_origin}/logout")
-        wait_for_url(driver, f"{live_server}/logout")
-        assert "Forbidden" in driver.page_source
+        for path in ("/logout", "/devices/revoke-others"):
+            driver.get(f"{other_origin}{path}")
+            wait_for_url(driver, f"{live_server}{path}")
+            assert "Forbidden" in driver.page_source
 
     driver.get(f"{live_server}/")
     wait_for_text(driver, "status", "Signed in as dave.")
     assert session_cookie(driver)["value"] == signed_in
+    driver.get(f"{live_server}/devices")
+    assert len(devices(driver)) == 2
+    assert api_cart(live_server, token) == {"user": "dave", "cart": []}
 
 
 def wait_for_url(driver: t.Any, url: str) -> None:
@@ -346,3 +354,96 @@ def wait_for_url(driver: t.Any, url: str) -> None:
     from selenium.webdriver.support.wait import WebDriverWait
 
     WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))
+
+
+def wait_until(driver: t.Any, condition: t.Callable[[t.Any], bool]) -> None:
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(driver, WAIT_SECONDS).until(condition)
+
+
+def api_sign_in(base: str, username: str) -> str:
+    request = urllib.request.Request(
+        f"{base}/api/login",
+        data=json.dumps({"username": username}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
+        return t.cast(str, json.load(response)["token"])
+
+
+def api_cart(base: str, token: str) -> t.Any:
+    request = urllib.request.Request(f"{base}/api/cart", headers={"X-Session-Token": token})
+    with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
+        return json.load(response)
+
+
+def storage_key(driver: t.Any, base: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/session")
+    return t.cast(str, driver.find_element(By.ID, "storage-key").text)
+
+
+def devices(driver: t.Any) -> dict[str, str]:
+    """The rows of the devices page: storage key -> the row's text."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#devices tr.device")
+    return {row.get_attribute("id").removeprefix("device-"): row.text for row in rows}
+
+
+def post_form(driver: t.Any, path: str, **fields: str) -> int:
+    """Post a form from the page open in the browser, as its own script would; return the status."""
+    script = (
+        "return fetch(arguments[0], {method: 'POST', body: new URLSearchParams(arguments[1])})"
+        ".then(response => response.status);"
+    )
+    return t.cast(int, driver.execute_script(script, path, fields))
+
+
+def flashed(driver: t.Any, message: str) -> None:
+    wait_until(driver, lambda d: message in d.page_source)
+
+
+def test_your_devices_signs_out_another_browser(live_server: str, browsers: Browsers) -> None:
+    first = browsers.start("first")
+    second = browsers.start("second")
+    sign_in(first, live_server, "erin")
+    sign_in(second, live_server, "erin")
+    first_key = storage_key(first, live_server)
+    second_key = storage_key(second, live_server)
+
+    first.get(f"{live_server}/devices")
+    rows = devices(first)
+    assert set(rows) == {first_key, second_key}
+    assert "This device" in rows[first_key]
+    assert "This device" not in rows[second_key]
+    # The client of each session is the one that signed in with it.
+    assert second.execute_script("return navigator.userAgent") in rows[second_key]
+    assert "127.0.0.1" in rows[second_key]
+
+    click(first, f"revoke-{second_key}")
+    flashed(first, "Signed out that device.")
+    assert set(devices(first)) == {first_key}
+    second.get(f"{live_server}/")
+    wait_for_text(second, "status", "You are not signed in.")
+
+    # Another user's session is not erin's to end, even posted from her own pages.
+    sign_in(second, live_server, "frank")
+    frank_key = storage_key(second, live_server)
+    assert post_form(first, "/devices/revoke", storage_key=frank_key) == 404
+    second.get(f"{live_server}/")
+    wait_for_text(second, "status", "Signed in as frank.")
+
+    # Signing in as erin moves the session over to her.
+    sign_in(second, live_server, "erin")
+    first.get(f"{live_server}/devices")
+    assert len(devices(first)) == 2
+    click(first, "revoke-others")
+    flashed(first, "Signed out 1 other device.")
+    assert set(devices(first)) == {first_key}
+    second.get(f"{live_server}/")
+    wait_for_text(second, "status", "You are not signed in.")
+    first.get(f"{live_server}/")
+    wait_for_text(first, "status", "Signed in as erin.")
