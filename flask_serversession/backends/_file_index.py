@@ -4,6 +4,7 @@ import errno
 import hashlib
 import os
 import re
+import time
 import typing as t
 from contextlib import suppress
 from datetime import datetime
@@ -18,6 +19,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _MARKER_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _WHAT = "user index directory"
+#: Seconds an empty user directory stays before a purge's sweep removes it.
+EMPTY_DIRECTORY_GRACE = 60.0
 
 
 def user_hash(user: str) -> str:
@@ -196,11 +199,12 @@ class UserIndex:
             return None, True
         return record, False
 
-    def sweep(self) -> None:
-        """Remove markers whose session file is gone, and empty user directories."""
+    def sweep(self, *, grace: float) -> None:
+        """Remove markers whose session file is gone, and user directories left
+        empty and untouched for ``grace`` seconds."""
         shards: dict[str, int | None] = {}
         try:
-            for user_fd, keys in self.walk():
+            for user_fd, keys in self.walk(grace=grace):
                 for key in keys:
                     if key[:2] not in shards:
                         shards[key[:2]] = self._open_trusted(key[:2])
@@ -229,7 +233,7 @@ class UserIndex:
         finally:
             os.close(root)
 
-    def walk(self) -> t.Iterator[tuple[int, list[str]]]:
+    def walk(self, *, grace: float = EMPTY_DIRECTORY_GRACE) -> t.Iterator[tuple[int, list[str]]]:
         """Yield ``(descriptor, keys)`` of every user's directory.
 
         After the consumer is done with a directory, it is removed if empty,
@@ -253,13 +257,13 @@ class UserIndex:
                 if group is None:
                     continue
                 try:
-                    yield from self._walk_group(group, h2)
+                    yield from self._walk_group(group, h2, grace)
                 finally:
                     os.close(group)
         finally:
             os.close(top)
 
-    def _walk_group(self, group: int, h2: str) -> t.Iterator[tuple[int, list[str]]]:
+    def _walk_group(self, group: int, h2: str, grace: float) -> t.Iterator[tuple[int, list[str]]]:
         for h in self._subdirs(group, _HEX64):
             try:
                 fd = _files.open_shard(group, h, self._where(h2, h), _WHAT)
@@ -272,8 +276,10 @@ class UserIndex:
                 yield fd, self._marker_names(fd)
                 with os.scandir(fd) as entries:
                     empty = next(entries, None) is None
-                if empty:
-                    # Fails harmlessly if a marker was added meanwhile.
+                # Only a directory left untouched for a while goes, so a save
+                # that has just made it or emptied it is not raced; rmdir
+                # fails harmlessly if a marker was added meanwhile.
+                if empty and time.time() - os.fstat(fd).st_mtime >= grace:
                     with suppress(OSError):
                         os.rmdir(h, dir_fd=group)
             finally:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from ..errors import BackendError
 from . import _file_format as _format
 from . import _files
+from ._file_index import EMPTY_DIRECTORY_GRACE as _EMPTY_DIRECTORY_GRACE
 from ._file_index import UserIndex
 from .base import Backend
 from .base import check_size
@@ -312,7 +313,7 @@ class FileSystemBackend(Backend):
                     for name in self._names(fd):
                         if name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
-            self._index.sweep()
+            self._index.sweep(grace=_EMPTY_DIRECTORY_GRACE)
         return removed
 
     def count(self, now: datetime) -> int:
@@ -356,7 +357,7 @@ class FileSystemBackend(Backend):
                                 removed += 1
                         elif name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
-            self._index.sweep()
+            self._index.sweep(grace=0.0)
         return removed
 
     def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
