@@ -19,16 +19,16 @@ from floors import floors_for
 from lineup import lineup
 from lineup import note
 from lineup import Places
-from ratios import Medians
+from ratios import paired
 from ratios import render_against_cookie
 from ratios import render_against_flask_session
 from ratios import render_against_floor
 from ratios import render_floors
+from ratios import Rounds
 from stats import Batch
 from stats import Budget
 from stats import interleaved
 from stats import load
-from stats import ratio
 from stats import spread
 from stats import Summary
 from stats import table
@@ -80,11 +80,16 @@ def measure(
     return results
 
 
-def reference(results: t.Mapping[Spec, Summary], family: str, backend: str) -> float | None:
+def reference(results: t.Mapping[Spec, Summary], family: str, backend: str) -> Summary | None:
     for spec, summary in results.items():
         if spec.family == family and spec.backend == backend:
-            return summary.median
+            return summary
     return None
+
+
+def paired_ratio(summary: Summary, reference: Summary | None) -> str:
+    """A table cell: the median of per-round ratios, or "-"."""
+    return "-" if reference is None else f"{paired(summary, reference):.2f}x"
 
 
 def render(scenario: str, results: t.Mapping[Spec, Summary], load: str = "") -> str:
@@ -99,8 +104,8 @@ def render(scenario: str, results: t.Mapping[Spec, Summary], load: str = "") -> 
                 spec.name,
                 us(summary.median),
                 spread(summary),
-                ratio(summary.median, cookie),
-                ratio(summary.median, flask_session),
+                paired_ratio(summary, cookie),
+                paired_ratio(summary, flask_session),
             )
         )
     headers = ("contender", "median us", "min-max us", "/cookie", "/Flask-Session")
@@ -136,16 +141,19 @@ def _floor_name(backend: str, label: str) -> str:
     return f"driver {backend} {label}".rstrip()
 
 
-def medians(
+def rounds(
     results: t.Mapping[Spec, Summary], floors: t.Mapping[str, t.Mapping[str, Floor]]
-) -> Medians:
-    m = Medians(cookie=reference(results, "cookie", "cookie"))
-    by_extra = {spec.backend: s.median for spec, s in results.items() if spec.family == "extra"}
+) -> Rounds:
+    """Sort one scenario's summaries into contenders and floors."""
+    m = Rounds()
+    by_extra = {spec.backend: s for spec, s in results.items() if spec.family == "extra"}
     for spec, summary in results.items():
-        if spec.family == "fss":
-            m.ours[spec.backend] = summary.median
+        if spec.family == "cookie":
+            m.cookie = summary
+        elif spec.family == "fss":
+            m.ours[spec.backend] = summary
         elif spec.family == "fs":
-            m.flask_session[spec.backend] = summary.median
+            m.flask_session[spec.backend] = summary
     for backend, labels in floors.items():
         for label in labels:
             name = _floor_name(backend, label)
@@ -180,7 +188,7 @@ def _fsyncs(app: Flask, cookie: str) -> int:
 
 def run(
     places: Places, budget: Budget, backends: t.Sequence[str], board: Scoreboard
-) -> dict[str, Medians]:
+) -> dict[str, Rounds]:
     ready = prepare(lineup(places, "micro", backends=backends))
     floors = build_floors(places, ready)
     by_scenario = {}
@@ -190,7 +198,7 @@ def run(
             before = load()
             results = measure(ready, scenario, budget, floor_batches(floors, scenario))
             print(render(scenario, results, f"{before}, after: {load()}"), flush=True)
-            by_scenario[scenario] = medians(results, floors)
+            by_scenario[scenario] = rounds(results, floors)
         print(render_floors(by_scenario), flush=True)
         matching = {"filesystem": fsync_floor(ready)}
         print(render_against_floor(by_scenario, matching, board), flush=True)

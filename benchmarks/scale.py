@@ -13,9 +13,9 @@ from lineup import note
 from lineup import Places
 from micro import measure
 from micro import prepare
+from ratios import paired
 from stats import Budget
 from stats import load as load_average
-from stats import ratio
 from stats import spread
 from stats import stopwatch
 from stats import Summary
@@ -63,7 +63,7 @@ def render(scenario: str, results: t.Mapping[Spec, Summary], load_note: str) -> 
                 f"{spec.extra['n']:,}",
                 us(summary.median),
                 spread(summary),
-                ratio(summary.median, results[smallest].median),
+                f"{paired(summary, results[smallest]):.2f}x",
             )
         )
     headers = ("backend", "stored", "median us", "min-max us", "/smallest")
@@ -76,7 +76,7 @@ def score(scenario: str, results: t.Mapping[Spec, Summary], board: Scoreboard) -
         if len(sizes) < 2:
             continue
         low, high = sizes[0], sizes[-1]
-        value = results[high].median / results[low].median
+        value = paired(results[high], results[low])
         subject = f"{scenario}: {backend} {high.extra['n']:,} vs {low.extra['n']:,}"
         board.at_most("scale cost", subject, value, LIMIT, "x")
 
