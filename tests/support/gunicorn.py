@@ -12,6 +12,7 @@ import typing as t
 from pathlib import Path
 
 from .postgres import free_port
+from .watchdog import after_death
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,17 +28,7 @@ def _unavailable(reason: str) -> t.NoReturn:
 
 def _watchdog(group: int) -> subprocess.Popen[bytes]:
     """End process group ``group`` if this process dies without tearing down."""
-    script = (
-        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done;"
-        f" kill -TERM -{group} 2>/dev/null; sleep 5; kill -KILL -{group} 2>/dev/null"
-    )
-    return subprocess.Popen(
-        ["sh", "-c", script],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return after_death(f"kill -TERM -{group} 2>/dev/null; sleep 5; kill -KILL -{group} 2>/dev/null")
 
 
 class Gunicorn:

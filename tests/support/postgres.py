@@ -11,6 +11,8 @@ import typing as t
 
 import pytest
 
+from .watchdog import after_death
+
 DATABASE = "serversession_test"
 HOST = "127.0.0.1"
 
@@ -45,17 +47,7 @@ def _run_as_postgres(args: list[str], *, timeout: float = 60) -> subprocess.Comp
 
 def _watchdog(stop: list[str], base: str) -> subprocess.Popen[bytes]:
     """Stop the server and remove ``base`` if this process dies without tearing down."""
-    script = (
-        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done;"
-        f" {shlex.join(stop)} >/dev/null 2>&1; rm -rf {shlex.quote(base)}"
-    )
-    return subprocess.Popen(
-        ["sh", "-c", script],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return after_death(f"{shlex.join(stop)} >/dev/null 2>&1; rm -rf {shlex.quote(base)}")
 
 
 class PostgresServer:
