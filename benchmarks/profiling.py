@@ -62,7 +62,7 @@ CATEGORIES = (
     "socket: waiting for the server (recv/poll)",
     "socket: send (on loopback, often the server running)",
     "fsync",
-    "other system calls (open, rename, read, write, flock...)",
+    "other system calls, libc (open, rename, locks...)",
     "SQLite engine (C)",
     "psycopg / libpq (C and Python)",
     "SQLAlchemy pool checkout/return",
@@ -122,9 +122,9 @@ def _native_category(frames: t.Sequence[Frame]) -> str | None:
 
 
 def _syscall(frames: t.Sequence[Frame]) -> bool:
-    """A leaf in libc under an ``os`` call of the interpreter: a system call."""
+    """A leaf in libc: a system call, or C library code (an address where no symbol is known)."""
     leaf = frames[-1]
-    return leaf.native and "libc.so" in leaf.file and not leaf.function.startswith("0x")
+    return leaf.native and "libc.so" in leaf.file
 
 
 def categorize(frames: t.Sequence[Frame]) -> str:
@@ -137,7 +137,7 @@ def categorize(frames: t.Sequence[Frame]) -> str:
     if sqlite_below:
         return "SQLite engine (C)"
     if _syscall(frames):
-        return "other system calls (open, rename, read, write, flock...)"
+        return "other system calls, libc (open, rename, locks...)"
     python = [f for f in frames if not f.native]
     files = [f.file for f in python]
     if any(f.startswith("psycopg/") for f in files):
