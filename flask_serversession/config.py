@@ -39,6 +39,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS": (),
     "SERVERSESSION_SQLALCHEMY_EXTRAS": None,
     "SERVERSESSION_FILE_DIR": None,
+    "SERVERSESSION_FILE_FSYNC": False,
     "SERVERSESSION_REDIS": None,
     "SERVERSESSION_REDIS_URL": "redis://localhost:6379/0",
     "SERVERSESSION_MEMORY_MAX_ENTRIES": 100_000,
@@ -323,8 +324,9 @@ def _filesystem(app: Flask) -> Backend:
         directory = os.path.join(app.instance_path, "serversession")
     elif not isinstance(directory, (str, os.PathLike)):
         raise _bad("SERVERSESSION_FILE_DIR", directory, "a directory path")
+    fsync = boolean(app.config, "SERVERSESSION_FILE_FSYNC")
     try:
-        return FileSystemBackend(directory)
+        return FileSystemBackend(directory, fsync=fsync)
     except OSError as e:
         raise ConfigError(
             f"SERVERSESSION_FILE_DIR = {os.fspath(directory)!r} cannot be used: {e}."

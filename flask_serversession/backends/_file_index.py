@@ -39,13 +39,16 @@ class UserIndex:
     after no session file names that user any more.
 
     :param directory: the session directory.
+    :param fsync: flush each new marker and directory to the disk, so that a
+        power loss cannot drop a marker whose session file survived.
     """
 
     #: Name of the index's top directory in the session directory.
     top = "users"
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, fsync: bool) -> None:
         self.directory = directory
+        self.fsync = fsync
 
     def _where(self, *names: str) -> str:
         return os.path.join(self.directory, self.top, *names)
@@ -53,8 +56,9 @@ class UserIndex:
     def _descend(self, names: tuple[str, ...], *, create: bool) -> int | None:
         """Open ``users/<names...>`` one level at a time, never through a link.
 
-        Returns None when a level does not exist and ``create`` is false. A
-        level created here is made durable by an ``fsync`` of its parent.
+        Returns None when a level does not exist and ``create`` is false.
+        With :attr:`fsync`, a level created here is made durable by an
+        ``fsync`` of its parent.
 
         :raise CorruptRecordError: a level is not a trusted directory.
         :raise PermissionError: creating, a level is an untrusted directory.
@@ -73,7 +77,8 @@ class UserIndex:
                     child = None
                 if child is None and create:
                     child = _files.make_shard(fd, name, path, _WHAT)
-                    os.fsync(fd)
+                    if self.fsync:
+                        os.fsync(fd)
                 os.close(fd)
                 fd = child
                 if fd is None:
@@ -85,7 +90,10 @@ class UserIndex:
             raise
 
     def add(self, user: str, key: str) -> None:
-        """Write the marker of ``key`` for ``user``, durably, unless it is there."""
+        """Write the marker of ``key`` for ``user`` unless it is there.
+
+        With :attr:`fsync`, the marker is on the disk when this returns.
+        """
         h = user_hash(user)
         for _attempt in range(5):
             fd = self._descend((h[:2], h), create=True)
@@ -98,7 +106,8 @@ class UserIndex:
                 # A sweep removed the empty directory after we opened it.
                 continue
             else:
-                os.fsync(fd)
+                if self.fsync:
+                    os.fsync(fd)
                 return
             finally:
                 os.close(fd)

@@ -209,21 +209,25 @@ def read(dir_fd: int, name: str, path: str, size: int = -1) -> bytes | None:
         os.close(fd)
 
 
-def write(dir_fd: int, name: str, content: bytes, prefix: str) -> None:
+def write(dir_fd: int, name: str, content: bytes, prefix: str, *, fsync: bool) -> None:
     """Replace file ``name`` (0600) with ``content`` in one atomic step.
 
-    The caller holds the directory's lock.
+    The caller holds the directory's lock. ``fsync`` flushes the content to
+    the disk before the rename, so that a power loss cannot leave a renamed
+    but empty or torn file.
     """
     # A save never writes into the session file itself: it writes a temp
-    # file in the same directory, fsyncs it and renames it over the old
-    # one. rename() is atomic, so a reader without the lock, a crash or a
-    # full disk leaves the old file or the new one, never a torn one, and a
-    # symlink planted at ``name`` is replaced, not written through. Every
-    # writer of a shard holds its lock from creating the temp file to the
-    # rename, so a temp file seen by someone holding the lock is a crash
-    # leftover, and purge can remove it at once without an age threshold. We
-    # do not fsync the directory: after a power loss the rename may be lost,
-    # which gives the previous version of the session, not a broken one.
+    # file in the same directory, optionally fsyncs it and renames it over
+    # the old one. rename() is atomic, so a reader without the lock, a
+    # process crash or a full disk leaves the old file or the new one, never
+    # a torn one, and a symlink planted at ``name`` is replaced, not written
+    # through. Every writer of a shard holds its lock from creating the temp
+    # file to the rename, so a temp file seen by someone holding the lock is
+    # a crash leftover, and purge can remove it at once without an age
+    # threshold. We never fsync the directory: after a power loss the rename
+    # may be lost, which gives the previous version of the session. Without
+    # ``fsync``, a power loss may also leave the new file empty or torn,
+    # which a read reports as a corrupt record.
     for _attempt in range(8):
         temp = f"{prefix}{secrets.token_hex(8)}.part"
         try:
@@ -238,7 +242,8 @@ def write(dir_fd: int, name: str, content: bytes, prefix: str) -> None:
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

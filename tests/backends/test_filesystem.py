@@ -31,6 +31,7 @@ from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.config import build_backend
+from flask_serversession.config import read_settings
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError
 from flask_serversession.errors import SessionTooLargeError
@@ -457,6 +458,7 @@ def test_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
     for directory in _unusable_dirs(tmp_path):
         app = Flask(__name__, instance_path=str(tmp_path / "instance"))
         app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_DIR=directory)
+        read_settings(app)
         with pytest.raises(ConfigError, match="SERVERSESSION_FILE_DIR"):
             build_backend(app)
 
@@ -464,10 +466,98 @@ def test_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
 def test_default_directory_is_under_instance_path(tmp_path: Path) -> None:
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_DIR=None)
+    read_settings(app)
     backend = build_backend(app)
     assert isinstance(backend, FileSystemBackend)
     assert backend.directory == str(tmp_path / "instance" / "serversession")
     assert os.path.isdir(backend.directory)
+
+
+# Durability: whether saves call os.fsync.
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record what each real os.fsync call from now on flushes: "dir" or "file"."""
+    calls: list[str] = []
+    real = os.fsync
+
+    def counting(fd: t.Any) -> None:
+        calls.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def test_saves_never_fsync_by_default(root: Path, fsyncs: list[str]) -> None:
+    fs = FileSystemBackend(root)
+    assert fs.fsync is False
+    key = key_of("a")
+    fs.create(key, record({"k": '"v"'}))
+    assert fs.update(key, Delta(NOW + HOUR, {"k": '"w"'}), NOW)
+    # Signing in writes the user's index entry and its new directories.
+    assert fs.update(key, Delta(NOW + HOUR, user="alice", user_changed=True), NOW)
+    fs.create(key_of("b"), of_user({}, "bob"))
+    assert fsyncs == []
+    # Nothing was given up but the flushing: every save is there and indexed.
+    assert fs.load(key) == of_user({"k": '"w"'}, "alice")
+    assert listed(fs, "alice") == {key} and listed(fs, "bob") == {key_of("b")}
+
+
+def test_fsync_flushes_every_save(root: Path, fsyncs: list[str]) -> None:
+    fs = FileSystemBackend(root, fsync=True)
+    key = key_of("a")
+    fs.create(key, record({"k": '"v"'}))
+    assert fsyncs == ["file"]  # The session file, before its rename.
+    assert fs.update(key, Delta(NOW + HOUR, {"k": '"w"'}), NOW)
+    assert fsyncs == ["file", "file"]
+
+
+def test_fsync_flushes_the_user_index_before_the_session(root: Path, fsyncs: list[str]) -> None:
+    fs = FileSystemBackend(root, fsync=True)
+    key = key_of("a")
+    fs.create(key, of_user({}, "alice"))
+    # users/, users/<h[:2]>/ and users/<h>/ are new (three parent fsyncs),
+    # then the marker's directory, then the session file.
+    assert fsyncs == ["dir"] * 4 + ["file"]
+    fsyncs.clear()
+    # A second session of the same user: its marker, then its file.
+    fs.create(key_of("b"), of_user({}, "alice"))
+    assert fsyncs == ["dir", "file"]
+    fsyncs.clear()
+    # A save that keeps its user finds the marker there: only the file.
+    assert fs.update(key, Delta(NOW + HOUR, {"k": '"v"'}), NOW)
+    assert fsyncs == ["file"]
+    assert listed(fs, "alice") == {key, key_of("b")}
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_fsync_is_configured_by_a_key(tmp_path: Path, fsyncs: list[str], value: bool) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_FSYNC=value)
+    read_settings(app)
+    backend = build_backend(app)
+    assert isinstance(backend, FileSystemBackend) and backend.fsync is value
+    backend.create(key_of("a"), record({}))
+    assert len(fsyncs) == int(value)
+
+
+def test_fsync_is_off_unless_configured(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SERVERSESSION_BACKEND="filesystem")
+    read_settings(app)
+    backend = build_backend(app)
+    assert isinstance(backend, FileSystemBackend) and backend.fsync is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_fsync_key_must_be_a_bool(tmp_path: Path, value: object) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_FSYNC=value)
+    read_settings(app)
+    with pytest.raises(ConfigError, match=f"SERVERSESSION_FILE_FSYNC = {value!r} is not valid"):
+        build_backend(app)
 
 
 @pytest.fixture
