@@ -26,7 +26,7 @@ from stats import load
 from stats import stopwatch
 from targets import Scoreboard
 
-SECTIONS = ("micro", "roundtrips", "scale", "purge", "concurrency", "profile")
+SECTIONS = ("micro", "roundtrips", "scale", "purge", "concurrency", "profile", "users")
 
 
 def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
@@ -61,6 +61,12 @@ def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         action="append",
         help="expired-session counts for the purge section (repeatable)",
+    )
+    parser.add_argument(
+        "--users-stored",
+        metavar="N",
+        type=int,
+        help="stored sessions in the users section (default 1,000,000)",
     )
     parser.add_argument("--rounds", type=int, help="timing rounds per figure (default 9, quick 7)")
     parser.add_argument(
@@ -206,6 +212,11 @@ def run_sections(args: argparse.Namespace, places: Places, board: Scoreboard) ->
         import profiling
 
         profiling.run(places, backends, quick=args.quick)
+    if "users" in sections:
+        import users
+
+        stored = args.users_stored or (100_000 if args.quick else None)
+        users.run(places, budget, backends, board, stored=stored)
 
 
 def _terminate(signum: int, frame: object) -> None:
