@@ -15,58 +15,28 @@ from flask_login import confirm_login
 from flask_login import current_user
 from flask_login import fresh_login_required
 from flask_login import login_required
-from flask_login import login_user
 from flask_login import LoginManager
 from flask_login import logout_user
-from flask_login import UserMixin
 
 from flask_serversession.backends.base import Backend
 
 from .conftest import Clock
 from .conftest import session_cookie
 from .conftest import store_of
+from .support.users import add_sign_in
+from .support.users import authenticate
+from .support.users import sign_in
 
 # Flask-Login dates its remember cookie with datetime.utcnow(), which newer
 # Pythons deprecate; the warning is Flask-Login's, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
 
-PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 REMEMBER = "remember_token"
-
-
-class User(UserMixin):
-    def __init__(self, user_id: str) -> None:
-        self.id = user_id
-
-
-def authenticate(username: str, password: str) -> User | None:
-    return User(username) if PASSWORDS.get(username) == password else None
 
 
 def add_login(app: Flask) -> LoginManager:
     """Flask-Login set up as in the docs page, with views that show the user."""
-    login_manager = LoginManager()
-    login_manager.init_app(app)
-
-    @login_manager.user_loader
-    def load_user(user_id: str) -> User | None:
-        return User(user_id) if user_id in PASSWORDS else None
-
-    # docs/extensions.rst, "Sign in and sign out"
-    @app.post("/login")
-    def login() -> str:
-        user = authenticate(request.form["username"], request.form["password"])
-        if user is None:
-            abort(401)
-        session.regenerate()
-        login_user(user, remember=request.form.get("remember") == "yes")
-        return "Signed in."
-
-    @app.post("/logout")
-    def logout() -> str:
-        session.destroy()
-        logout_user()
-        return "Signed out."
+    login_manager = add_sign_in(app)
 
     # docs/extensions.rst, "Fresh logins"
     @app.post("/password")
@@ -82,19 +52,7 @@ def add_login(app: Flask) -> LoginManager:
         confirm_login()
         return "Confirmed."
 
-    @app.get("/whoami")
-    def whoami() -> str:
-        return t.cast(str, current_user.get_id() or "anonymous")
-
     return login_manager
-
-
-def sign_in(client: FlaskClient, username: str = "alice", *, remember: bool = False) -> None:
-    form = {"username": username, "password": PASSWORDS[username]}
-    if remember:
-        form["remember"] = "yes"
-    response = client.post("/login", data=form)
-    assert response.status_code == 200, response.text
 
 
 def other_client(app: Flask, token: str, *, user_agent: str, remote_addr: str) -> FlaskClient:

@@ -17,10 +17,6 @@ from flask import url_for
 from flask.testing import FlaskClient
 from flask_login import current_user
 from flask_login import login_required
-from flask_login import login_user
-from flask_login import LoginManager
-from flask_login import logout_user
-from flask_login import UserMixin
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_serversession import ConfigError
@@ -35,7 +31,10 @@ from .conftest import Clock
 from .conftest import CountingBackend
 from .conftest import session_cookie
 from .conftest import store_of
+from .support.users import add_sign_in
 from .support.users import needs_user_index
+from .support.users import PASSWORDS
+from .support.users import sign_in
 from .test_races import park
 from .test_races import Parked
 
@@ -43,7 +42,6 @@ from .test_races import Parked
 # Pythons deprecate; the warning is Flask-Login's, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
 
-PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 LAPTOP = ("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0", "127.0.0.2")
 PHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5) Safari/604.1", "127.0.0.3")
 TABLET = ("Mozilla/5.0 (Linux; Android 14) Chrome/126.0", "127.0.0.4")
@@ -51,38 +49,9 @@ TABLET = ("Mozilla/5.0 (Linux; Android 14) Chrome/126.0", "127.0.0.4")
 server_session = ServerSession()
 
 
-class User(UserMixin):
-    def __init__(self, user_id: str) -> None:
-        self.id = user_id
-
-
 def add_account_views(app: Flask) -> None:
     """Flask-Login and the account views of the docs page."""
-    login_manager = LoginManager()
-    login_manager.init_app(app)
-
-    @login_manager.user_loader
-    def load_user(user_id: str) -> User | None:
-        return User(user_id) if user_id in PASSWORDS else None
-
-    @app.post("/login")
-    def login() -> str:
-        username = request.form["username"]
-        if PASSWORDS.get(username) != request.form["password"]:
-            abort(401)
-        session.regenerate()
-        login_user(User(username), remember=request.form.get("remember") == "yes")
-        return "Signed in."
-
-    @app.post("/logout")
-    def logout() -> str:
-        session.destroy()
-        logout_user()
-        return "Signed out."
-
-    @app.get("/whoami")
-    def whoami() -> str:
-        return t.cast(str, current_user.get_id() or "anonymous")
+    add_sign_in(app)
 
     # docs/users.rst, "Listing a user's sessions"
     @app.get("/account/sessions")
@@ -158,9 +127,7 @@ def device(app: Flask, client: tuple[str, str] = LAPTOP) -> FlaskClient:
 
 def signed_in(app: Flask, user: str = "alice", client: tuple[str, str] = LAPTOP) -> FlaskClient:
     test_client = device(app, client)
-    form = {"username": user, "password": PASSWORDS[user]}
-    response = test_client.post("/login", data=form)
-    assert response.status_code == 200, response.text
+    sign_in(test_client, user)
     return test_client
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -282,29 +283,29 @@ def _optional_string(config: t.Mapping[str, t.Any], key: str) -> str | None:
     return value
 
 
+def _is_instance(value: t.Any, *classes: str) -> bool:
+    # Each class is "module:name"; a module that is not installed made no value.
+    for name in classes:
+        module, _, attribute = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attribute)
+        except ImportError:
+            continue
+        if isinstance(value, cls):
+            return True
+    return False
+
+
 def _redis(config: t.Mapping[str, t.Any]) -> Records:
     client = config.get("SESSION_REDIS")
-    try:
-        import redis
-        import redis.cluster
-    except ImportError:
-        accepted = False
-    else:
-        accepted = isinstance(client, (redis.Redis, redis.cluster.RedisCluster))
-    if not accepted:
+    if not _is_instance(client, "redis:Redis", "redis.cluster:RedisCluster"):
         raise _bad("SESSION_REDIS", client, "the redis.Redis client that Flask-Session used")
     return RedisRecords(client)
 
 
 def _sqlalchemy(config: t.Mapping[str, t.Any]) -> Records:
     db = config.get("SESSION_SQLALCHEMY")
-    try:
-        from flask_sqlalchemy import SQLAlchemy
-    except ImportError:
-        accepted = False
-    else:
-        accepted = isinstance(db, SQLAlchemy)
-    if not accepted:
+    if not _is_instance(db, "flask_sqlalchemy:SQLAlchemy"):
         raise _bad("SESSION_SQLALCHEMY", db, "the Flask-SQLAlchemy db that Flask-Session used")
     table = config.get("SESSION_SQLALCHEMY_TABLE", "sessions")
     if not isinstance(table, str) or not table:
@@ -327,13 +328,7 @@ def _cachelib(config: t.Mapping[str, t.Any]) -> Records:
     if cache is None:
         # Flask-Session's default: FileSystemCache("flask_session").
         return FileRecords(_in_directory(os.path.abspath("flask_session")))
-    try:
-        from cachelib.file import FileSystemCache
-    except ImportError:
-        accepted = False
-    else:
-        accepted = isinstance(cache, FileSystemCache)
-    if not accepted:
+    if not _is_instance(cache, "cachelib.file:FileSystemCache"):
         raise _bad("SESSION_CACHELIB", cache, "a cachelib FileSystemCache")
     # Its own naming, so that a custom hash_method is honoured.
     return FileRecords(cache._get_filename)

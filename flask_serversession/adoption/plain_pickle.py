@@ -26,7 +26,7 @@ class PickledObject:
 # the pickle module. Their opcodes are read with pickletools (a disassembler
 # that builds nothing) and only the opcodes of plain values are carried out:
 # dict, list, tuple, str, bytes, int, float, bool and None. An opcode that
-# would import or call something yields an PickledObject placeholder instead, so a
+# would import or call something yields a PickledObject placeholder instead, so a
 # caller can leave that one value out; nothing named in the bytes is ever
 # imported, called or looked up.
 
@@ -206,32 +206,25 @@ def loads(data: bytes) -> t.Any:
 def _check_size(value: t.Any) -> None:
     # Memo references can make a few bytes stand for a huge (or endless)
     # tree; whoever walks the result later must not meet one.
-    pending = [value]
-    count = 0
-    while pending:
-        count += 1
+    for count, _ in enumerate(_walk(value), 1):
         if count > MAX_VALUES:
             raise Unreadable(f"it holds more than {MAX_VALUES} values, or refers to itself")
-        item = pending.pop()
-        kind = type(item)
-        if kind is dict:
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif kind is list or kind is tuple:
-            pending.extend(item)
 
 
 def holds_pickled_object(value: t.Any) -> bool:
-    """Whether ``value`` (a result of :func:`loads`) holds an :class:`PickledObject` anywhere."""
+    """Whether ``value`` (a result of :func:`loads`) holds a :class:`PickledObject` anywhere."""
+    return any(type(item) is PickledObject for item in _walk(value))
+
+
+def _walk(value: t.Any) -> t.Iterator[t.Any]:
+    # Every value in the tree, containers and keys included, shared ones at each use.
     pending = [value]
     while pending:
         item = pending.pop()
+        yield item
         kind = type(item)
-        if kind is PickledObject:
-            return True
         if kind is dict:
             pending.extend(item.keys())
             pending.extend(item.values())
         elif kind is list or kind is tuple:
             pending.extend(item)
-    return False

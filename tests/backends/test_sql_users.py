@@ -28,7 +28,6 @@ from flask_serversession.errors import ConfigError
 
 from ..conftest import session_cookie
 from ..conftest import store_of
-from ..support.sql import build_sql_backend
 from ..support.sql import dispose_fsa
 from ..support.sql import drop_table
 from ..support.sql import fsa_app
@@ -104,35 +103,9 @@ def make_backend(
 
 
 @pytest.fixture(params=["sqlite", "postgres", "fsa_sqlite", "fsa_postgres"])
-def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[SQLAlchemyBackend]:
+def indexed(request: pytest.FixtureRequest) -> SQLAlchemyBackend:
     """A backend with the user index, built as each kind of app builds it."""
-    if request.param.startswith("fsa_"):
-        uri = (
-            request.getfixturevalue("postgres_url")
-            if request.param == "fsa_postgres"
-            else f"sqlite:///{tmp_path / 'app.sqlite'}"
-        )
-        app, db = fsa_app(
-            uri,
-            tmp_path / "instance",
-            SERVERSESSION_SQLALCHEMY_TABLE=unique_table_name(),
-            SERVERSESSION_USER_KEY="_user_id",
-        )
-        backend = build_sql_backend(app)
-        yield backend
-        drop_table(backend)
-        backend.close()
-        dispose_fsa(app, db)
-        return
-    url = (
-        request.getfixturevalue("postgres_url")
-        if request.param == "postgres"
-        else f"sqlite:///{tmp_path / 'sessions.sqlite'}"
-    )
-    backend = SQLAlchemyBackend.from_url(url, table_name=unique_table_name(), user_index=True)
-    yield backend
-    drop_table(backend)
-    backend.close()
+    return t.cast(SQLAlchemyBackend, request.getfixturevalue(f"{request.param}_backend"))
 
 
 # The table.
