@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import typing as t
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 
@@ -12,6 +13,16 @@ from flask.sessions import SessionMixin
 
 if t.TYPE_CHECKING:
     from .adoption import Adoption
+
+
+#: Stored keys that start with this hold a session's own metadata: they are
+#: hidden from the session dict and refused as keys of it.
+META_PREFIX = "_serversession_"
+
+
+def is_meta(key: str) -> bool:
+    """Whether a stored key holds metadata rather than a value of the session."""
+    return key.startswith(META_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,8 @@ class StoredSession:
     expires_at: datetime
     #: The session's own lifetime (:meth:`ServerSideSession.set_lifetime`).
     lifetime: timedelta | None = None
+    #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 def in_socketio_event() -> bool:

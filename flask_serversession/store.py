@@ -22,6 +22,7 @@ from .serialization import ACCEPTED
 from .serialization import check_key
 from .serialization import SessionSerializer
 from .session import in_socketio_event
+from .session import is_meta
 from .session import ServerSideSession
 from .session import StoredSession
 from .signals import send
@@ -33,8 +34,6 @@ from .tokens import new_sid
 from .tokens import SecretKeys
 from .tokens import storage_key
 from .tokens import Tokens
-from .users import is_meta
-from .users import MetaStoredSession
 from .users import Users
 
 # Values of these exact types cannot change without an assignment, so a save
@@ -154,7 +153,7 @@ class SessionStore:
 
     def _decode(self, sid: str, key: str, record: Record) -> StoredSession:
         values, lifetime = self._values(record.data)
-        return MetaStoredSession(
+        return StoredSession(
             sid=sid,
             key=key,
             serialized={k: v for k, v in record.data.items() if not is_meta(k)},
@@ -232,15 +231,13 @@ class SessionStore:
         cap = self.settings.absolute_lifetime
         return expires_at if cap is None else min(expires_at, created_at + cap)
 
-    def _renewed(
-        self, created_at: datetime, expires_at: datetime, now: datetime, lifetime: timedelta | None
-    ) -> datetime:
-        span = self.settings.renew_time if lifetime is None else lifetime
-        return self._capped(max(expires_at, now + span), created_at)
-
     def renewed_expiry(self, stored: StoredSession, now: datetime) -> datetime:
-        """Return the expiry after a renewal: never earlier, never past the cap."""
-        return self._renewed(stored.created_at, stored.expires_at, now, stored.lifetime)
+        """Return the expiry after a renewal: never earlier, never past the cap.
+
+        A session with a lifetime of its own is extended by that span.
+        """
+        span = self.settings.renew_time if stored.lifetime is None else stored.lifetime
+        return self._capped(max(stored.expires_at, now + span), stored.created_at)
 
     def _lifetime_text(self, lifetime: timedelta) -> str:
         return self.serializer.dumps(lifetime.total_seconds())

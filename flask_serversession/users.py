@@ -4,7 +4,6 @@ import re
 import typing as t
 import uuid
 from dataclasses import dataclass
-from dataclasses import field
 from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
@@ -18,6 +17,8 @@ from .backends.base import Delta
 from .backends.base import logger
 from .backends.base import Record
 from .errors import ConfigError
+from .session import is_meta
+from .session import META_PREFIX
 from .session import ServerSideSession
 from .session import StoredSession
 from .signals import send
@@ -26,9 +27,6 @@ from .signals import session_revoked
 if t.TYPE_CHECKING:
     from .store import SessionStore
 
-#: Stored keys that start with this hold a session's own metadata: they are
-#: hidden from the session dict and refused as keys of it.
-META_PREFIX = "_serversession_"
 #: When the session was last seen, in seconds since the epoch.
 SEEN_KEY = "_serversession_seen"
 #: ``[user_agent, remote_addr]`` of the request that created the session.
@@ -38,11 +36,6 @@ _USER_AGENT_LENGTH = 512
 _STORAGE_KEY = re.compile("[0-9a-f]{64}")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 _USER_TYPES = (str, int, uuid.UUID)
-
-
-def is_meta(key: str) -> bool:
-    """Whether a stored key holds metadata rather than a value of the session."""
-    return key.startswith(META_PREFIX)
 
 
 def user_value(value: t.Any) -> str | None:
@@ -82,13 +75,6 @@ class SessionInfo:
     user_agent: str | None = None
     remote_addr: str | None = None
     current: bool = False
-
-
-@dataclass(frozen=True)
-class MetaStoredSession(StoredSession):
-    """A loaded session together with its stored metadata (serialized, by stored key)."""
-
-    meta: dict[str, str] = field(default_factory=dict)
 
 
 def _timestamp(value: t.Any) -> datetime:
@@ -185,10 +171,9 @@ class Users:
         """Whether a request that changes nothing should still record that it saw the session."""
         if self.user_key is None:
             return False
-        meta = stored.meta if isinstance(stored, MetaStoredSession) else {}
-        if SEEN_KEY not in meta:
+        if SEEN_KEY not in stored.meta:
             return True
-        seen = _timestamp(self.store.serializer.loads(meta[SEEN_KEY]))
+        seen = _timestamp(self.store.serializer.loads(stored.meta[SEEN_KEY]))
         return now - seen >= self.store.settings.last_seen_every
 
     def update(
@@ -206,8 +191,7 @@ class Users:
         after = user_value(values.get(self.user_key))
         # Every write made with the user key set records the last-seen time,
         # so a record without one was stored before: its user is not indexed yet.
-        meta = stored.meta if isinstance(stored, MetaStoredSession) else {}
-        unindexed = after is not None and SEEN_KEY not in meta
+        unindexed = after is not None and SEEN_KEY not in stored.meta
         delta = replace(
             delta,
             set={**delta.set, SEEN_KEY: self._dumps(now.timestamp())},

@@ -132,8 +132,8 @@ def adoptable(
     ``_permanent`` flag is kept as the old mechanism meant it. Logs name keys
     and types, never values.
     """
+    from ..session import is_meta
     from ..store import PERMANENT_KEY
-    from ..users import is_meta
 
     kept: dict[str, t.Any] = {}
     size = 0
