@@ -53,8 +53,12 @@ class UserIndex:
     def _where(self, *names: str) -> str:
         return os.path.join(self.directory, self.top, *names)
 
-    def _descend(self, names: tuple[str, ...], *, create: bool) -> int | None:
-        """Open ``users/<names...>`` one level at a time, never through a link.
+    def _session(self, *names: str) -> str:
+        """Path of a session shard or file, for messages."""
+        return os.path.join(self.directory, *names)
+
+    def _descend(self, root: int, names: tuple[str, ...], *, create: bool) -> int | None:
+        """Open ``users/<names...>`` of ``root`` one level at a time, never through a link.
 
         Returns None when a level does not exist and ``create`` is false.
         With :attr:`fsync`, a level created here is made durable by an
@@ -63,7 +67,7 @@ class UserIndex:
         :raise CorruptRecordError: a level is not a trusted directory.
         :raise PermissionError: creating, a level is an untrusted directory.
         """
-        fd: int | None = _files.open_root(self.directory)
+        fd: int | None = root
         path = self.directory
         try:
             for name in (self.top, *names):
@@ -79,24 +83,26 @@ class UserIndex:
                     child = _files.make_shard(fd, name, path, _WHAT)
                     if self.fsync:
                         os.fsync(fd)
-                os.close(fd)
+                if fd != root:
+                    os.close(fd)
                 fd = child
                 if fd is None:
                     return None
             return fd
         except BaseException:
-            if fd is not None:
+            if fd is not None and fd != root:
                 os.close(fd)
             raise
 
-    def add(self, user: str, key: str) -> None:
+    def add(self, root: int, user: str, key: str) -> None:
         """Write the marker of ``key`` for ``user`` unless it is there.
 
-        With :attr:`fsync`, the marker is on the disk when this returns.
+        ``root`` is the trusted session directory, as are all such parameters
+        here. With :attr:`fsync`, the marker is on the disk when this returns.
         """
         h = user_hash(user)
         for _attempt in range(5):
-            fd = self._descend((h[:2], h), create=True)
+            fd = self._descend(root, (h[:2], h), create=True)
             assert fd is not None
             try:
                 os.close(os.open(key, _MARKER_FLAGS, 0o600, dir_fd=fd))
@@ -113,23 +119,23 @@ class UserIndex:
                 os.close(fd)
         raise OSError(errno.EAGAIN, f"{self._where(h[:2], h)!r} keeps disappearing")
 
-    def remove(self, user: str, key: str) -> None:
+    def remove(self, root: int, user: str, key: str) -> None:
         """Remove the marker of ``key`` for ``user``, if there is one."""
         h = user_hash(user)
-        fd = self._descend((h[:2], h), create=False)
+        fd = self._descend(root, (h[:2], h), create=False)
         if fd is not None:
             try:
                 _files.remove(fd, key)
             finally:
                 os.close(fd)
 
-    def keys(self, user: str) -> list[str]:
+    def keys(self, root: int, user: str) -> list[str]:
         """Return the keys that ``user``'s markers name.
 
         :raise CorruptRecordError: the user's directory is not trusted.
         """
         h = user_hash(user)
-        fd = self._descend((h[:2], h), create=False)
+        fd = self._descend(root, (h[:2], h), create=False)
         if fd is None:
             return []
         try:
@@ -142,7 +148,7 @@ class UserIndex:
         with os.scandir(fd) as entries:
             return sorted(e.name for e in entries if _HEX64.fullmatch(e.name))
 
-    def records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
+    def records(self, root: int, user: str, now: datetime) -> list[tuple[str, Record]]:
         """Return ``(key, record)`` of every live session of ``user``.
 
         Reads the session file that each of the user's markers names, without
@@ -151,7 +157,7 @@ class UserIndex:
         removed.
         """
         try:
-            keys = self.keys(user)
+            keys = self.keys(root, user)
         except CorruptRecordError as e:
             logger.error("Cannot list the sessions of a user: %s", e)
             return []
@@ -162,7 +168,7 @@ class UserIndex:
         stale: list[str] = []
         for name, names in by_shard.items():
             try:
-                with _files.shard(self.directory, name, lock=False) as fd:
+                with _files.shard(root, name, self._session(name), lock=False) as fd:
                     for key in names:
                         record, gone = self._check(fd, key, user, now)
                         if record is not None:
@@ -173,12 +179,12 @@ class UserIndex:
                 logger.error("Skipping a session shard: %s", e)
         for key in stale:
             try:
-                with _files.shard(self.directory, key[:2], lock=True) as fd:
+                with _files.shard(root, key[:2], self._session(key[:2]), lock=True) as fd:
                     record, gone = self._check(fd, key, user, now)
                     if record is not None:
                         found.append((key, record))
                     elif gone:
-                        self.remove(user, key)
+                        self.remove(root, user, key)
             except CorruptRecordError as e:
                 logger.error("Skipping a session shard: %s", e)
         return found
@@ -195,7 +201,7 @@ class UserIndex:
         """
         if fd is None:
             return None, True
-        path = f"{self.directory}/{key[:2]}/{key}"
+        path = self._session(key[:2], key)
         try:
             content = _files.read(fd, key, path)
             if content is None:
@@ -208,21 +214,25 @@ class UserIndex:
             return None, True
         return record, False
 
-    def sweep(self, *, grace: float) -> None:
+    def sweep(self, root: int, *, grace: float) -> None:
         """Remove markers whose session file is gone, and user directories left
         empty and untouched for ``grace`` seconds."""
         shards: dict[str, int | None] = {}
         try:
-            for user_fd, keys in self.walk(grace=grace):
+            for user_fd, keys in self.walk(root, grace=grace):
                 for key in keys:
-                    if key[:2] not in shards:
-                        shards[key[:2]] = self._open_trusted(key[:2])
-                    fd = shards[key[:2]]
+                    name, path = key[:2], self._session(key[:2])
+                    if name not in shards:
+                        try:
+                            shards[name] = _files.open_shard(root, name, path)
+                        except CorruptRecordError:
+                            shards[name] = None
+                    fd = shards[name]
                     if fd is not None and _files.exists(fd, key):
                         continue
                     try:
                         # Checked again under the lock: a save may be under way.
-                        with _files.shard(self.directory, key[:2], lock=True) as fd:
+                        with _files.shard(root, name, path, lock=True) as fd:
                             if fd is None or not _files.exists(fd, key):
                                 _files.remove(user_fd, key)
                     except CorruptRecordError as e:
@@ -232,17 +242,9 @@ class UserIndex:
                 if fd is not None:
                     os.close(fd)
 
-    def _open_trusted(self, name: str) -> int | None:
-        """Open a session shard, unlocked; None if it is absent or not trusted."""
-        root = _files.open_root(self.directory)
-        try:
-            return _files.open_shard(root, name, os.path.join(self.directory, name))
-        except CorruptRecordError:
-            return None
-        finally:
-            os.close(root)
-
-    def walk(self, *, grace: float = EMPTY_DIRECTORY_GRACE) -> t.Iterator[tuple[int, list[str]]]:
+    def walk(
+        self, root: int, *, grace: float = EMPTY_DIRECTORY_GRACE
+    ) -> t.Iterator[tuple[int, list[str]]]:
         """Yield ``(descriptor, keys)`` of every user's directory.
 
         After the consumer is done with a directory, it is removed if empty,
@@ -250,19 +252,15 @@ class UserIndex:
         skipped; non-directories planted in the tree are removed unfollowed.
         """
         try:
-            top = self._descend((), create=False)
+            top = self._descend(root, (), create=False)
         except CorruptRecordError as e:
-            self._drop_planted(_files.open_root(self.directory), self.top, e)
+            self._drop_planted(root, self.top, e)
             return
         if top is None:
             return
         try:
             for h2 in self._subdirs(top, _HEX2):
-                try:
-                    group = _files.open_shard(top, h2, self._where(h2), _WHAT)
-                except CorruptRecordError as e:
-                    self._drop_planted(os.dup(top), h2, e)
-                    continue
+                group = self._open_level(top, h2, self._where(h2))
                 if group is None:
                     continue
                 try:
@@ -274,11 +272,7 @@ class UserIndex:
 
     def _walk_group(self, group: int, h2: str, grace: float) -> t.Iterator[tuple[int, list[str]]]:
         for h in self._subdirs(group, _HEX64):
-            try:
-                fd = _files.open_shard(group, h, self._where(h2, h), _WHAT)
-            except CorruptRecordError as e:
-                self._drop_planted(os.dup(group), h, e)
-                continue
+            fd = self._open_level(group, h, self._where(h2, h))
             if fd is None:
                 continue
             try:
@@ -299,13 +293,19 @@ class UserIndex:
         with os.scandir(fd) as entries:
             return sorted(e.name for e in entries if pattern.fullmatch(e.name))
 
+    @classmethod
+    def _open_level(cls, parent: int, name: str, path: str) -> int | None:
+        """Open a directory of the index; None if it is missing or not trusted."""
+        try:
+            return _files.open_shard(parent, name, path, _WHAT)
+        except CorruptRecordError as e:
+            cls._drop_planted(parent, name, e)
+            return None
+
     @staticmethod
     def _drop_planted(parent: int, name: str, problem: CorruptRecordError) -> None:
         """Unlink ``name`` if it is not a directory (it was planted); log either way."""
-        try:
-            logger.error("Skipping part of the user index: %s", problem)
-            # unlink() never removes a directory nor follows a link.
-            with suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                os.unlink(name, dir_fd=parent)
-        finally:
-            os.close(parent)
+        logger.error("Skipping part of the user index: %s", problem)
+        # unlink() never removes a directory nor follows a link.
+        with suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(name, dir_fd=parent)

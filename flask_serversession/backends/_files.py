@@ -119,18 +119,27 @@ def make_shard(parent_fd: int, name: str, path: str, what: str = "session shard"
 
 
 @contextmanager
-def shard(directory: str, name: str, *, lock: bool, create: bool = False) -> t.Iterator[int | None]:
-    """Yield a descriptor of trusted shard ``name``, locked if asked; None if it is missing.
+def root(path: str) -> t.Iterator[int]:
+    """Yield a descriptor of the trusted session directory (see :func:`open_root`)."""
+    fd = open_root(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def shard(
+    root_fd: int, name: str, path: str, *, lock: bool, create: bool = False
+) -> t.Iterator[int | None]:
+    """Yield a descriptor of trusted shard ``name`` of ``root_fd``, locked if asked.
+
+    Yields None if the shard is missing.
 
     :param create: create the shard (see :func:`make_shard`) if it is missing.
     :raise CorruptRecordError: the shard is not a trusted directory.
     """
-    root = open_root(directory)
-    path = os.path.join(directory, name)
-    try:
-        fd = make_shard(root, name, path) if create else open_shard(root, name, path)
-    finally:
-        os.close(root)
+    fd = make_shard(root_fd, name, path) if create else open_shard(root_fd, name, path)
     if fd is None:
         yield None
         return

@@ -7,6 +7,7 @@ from datetime import timedelta
 from datetime import timezone
 
 from redis.client import NEVER_DECODE
+from redis.exceptions import ResponseError
 
 from .base import CorruptRecordError
 from .base import Record
@@ -48,6 +49,11 @@ def expire_at_ms(value: datetime) -> int:
 def index_deadline_ms(expires_at: datetime, now: datetime) -> int:
     """Until when a user's set must live for a session that expires at ``expires_at``."""
     return expire_at_ms(max(expires_at, now) + max(expires_at - now, INDEX_SPAN))
+
+
+def wrong_type(reply: object) -> bool:
+    """Whether a reply is Redis's error for a key of another type."""
+    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 def text(value: bytes | str) -> str:

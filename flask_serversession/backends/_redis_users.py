@@ -14,6 +14,7 @@ from ._redis_codec import parse
 from ._redis_codec import RAW
 from ._redis_codec import text
 from ._redis_codec import USERS
+from ._redis_codec import wrong_type
 from .base import CorruptRecordError
 from .base import logger
 from .base import Record
@@ -121,7 +122,7 @@ class UserIndex:
             replies = self.backend._run(scripts.READ, names)
         found: list[t.Mapping[t.Any, t.Any] | Exception | None] = []
         for reply in replies:
-            if isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE"):
+            if wrong_type(reply):
                 found.append(CorruptRecordError("the key is not a hash"))
             elif isinstance(reply, Exception):
                 raise reply
@@ -177,7 +178,7 @@ class UserIndex:
                     "SSCAN", name, cursor, "COUNT", _SCAN_COUNT, **RAW
                 )
             except ResponseError as e:
-                if not str(e).startswith("WRONGTYPE"):
+                if not wrong_type(e):
                     raise
                 logger.error("The user index %s is not a set; no session is listed.", name)
                 return []

@@ -29,6 +29,11 @@ _SHARD = re.compile(r"[0-9a-f]{2}")
 _MICROSECOND = timedelta(microseconds=1)
 
 
+def _is_key(key: object) -> t.TypeGuard[str]:
+    """Whether ``key`` is a storage key: only those become file names."""
+    return isinstance(key, str) and _KEY.fullmatch(key) is not None
+
+
 class FileSystemBackend(Backend):
     """Keep each session in its own file under ``directory``.
 
@@ -91,42 +96,48 @@ class FileSystemBackend(Backend):
         self.fsync = fsync
         # Raises FileExistsError when the path exists but is not a directory.
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        root = _files.open_root(self.directory)
-        try:
+        with _files.root(self.directory) as root:
             # Creating (and dropping) a file proves the directory is writable.
             probe = f"{self.temp_prefix}{secrets.token_hex(8)}.probe"
             os.close(os.open(probe, _files.TEMP_FLAGS, 0o600, dir_fd=root))
             os.unlink(probe, dir_fd=root)
-        finally:
-            os.close(root)
         self._index = UserIndex(self.directory, fsync=fsync)
 
     def _where(self, *names: str) -> str:
         return os.path.join(self.directory, *names)
 
     @contextmanager
-    def _io(self, action: str) -> t.Iterator[None]:
+    def _io(self, action: str) -> t.Iterator[int]:
+        """Turn an OSError into a BackendError; yield the trusted session directory.
+
+        The directory is opened and checked once per operation.
+        """
         try:
-            yield
+            with _files.root(self.directory) as root:
+                yield root
         except OSError as e:
             raise BackendError(f"Cannot {action} in {self.directory!r}: {e}") from e
 
-    def _shard(
-        self, name: str, *, lock: bool, create: bool = False
-    ) -> t.ContextManager[int | None]:
-        return _files.shard(self.directory, name, lock=lock, create=create)
+    @contextmanager
+    def _session(
+        self, action: str, key: str, *, create: bool = False
+    ) -> t.Iterator[tuple[int, int | None]]:
+        """Yield ``(root, shard)`` of ``key``'s shard, locked; shard None if missing."""
+        with self._io(action) as root, self._shard(root, key[:2], lock=True, create=create) as fd:
+            yield root, fd
 
-    def _shards(self) -> t.Iterator[tuple[str, int]]:
+    def _shard(
+        self, root: int, name: str, *, lock: bool, create: bool = False
+    ) -> t.ContextManager[int | None]:
+        return _files.shard(root, name, self._where(name), lock=lock, create=create)
+
+    def _shards(self, root: int) -> t.Iterator[tuple[str, int]]:
         """Yield ``(name, descriptor)`` of every trusted shard; log the others."""
-        root = _files.open_root(self.directory)
-        try:
-            with os.scandir(root) as entries:
-                names = sorted(e.name for e in entries if _SHARD.fullmatch(e.name))
-        finally:
-            os.close(root)
+        with os.scandir(root) as entries:
+            names = sorted(e.name for e in entries if _SHARD.fullmatch(e.name))
         for name in names:
             try:
-                with self._shard(name, lock=False) as fd:
+                with self._shard(root, name, lock=False) as fd:
                     if fd is not None:
                         yield name, fd
             except CorruptRecordError as e:
@@ -155,14 +166,13 @@ class FileSystemBackend(Backend):
 
     def _stored_user(self, fd: int, key: str) -> str | None:
         """Return the user of the session file ``key``; None if none, absent or damaged."""
-        path = self._where(key[:2], key)
         try:
-            content = _files.read(fd, key, path)
-            return None if content is None else _format.record(path, content).user
+            record = self._load(fd, key)
         except CorruptRecordError:
             return None
+        return None if record is None else record.user
 
-    def _unmark(self, user: str | None, key: str) -> None:
+    def _unmark(self, root: int, user: str | None, key: str) -> None:
         """Remove a user's index entry of ``key`` after its session stopped naming the user.
 
         A failure is logged, not raised: the write it follows has succeeded,
@@ -171,7 +181,7 @@ class FileSystemBackend(Backend):
         if user is None:
             return
         try:
-            self._index.remove(user, key)
+            self._index.remove(root, user, key)
         except (OSError, CorruptRecordError) as e:
             logger.error("Cannot remove a user index entry of session %s: %s", key, e)
 
@@ -204,49 +214,45 @@ class FileSystemBackend(Backend):
         # written it recently enough to still be live.
         return st.st_mtime < before
 
-    def _drop_planted_shards(self, before: float) -> None:
+    def _drop_planted_shards(self, root: int, before: float) -> None:
         """Unlink non-directories last changed before ``before`` where shards belong."""
-        root = _files.open_root(self.directory)
-        try:
-            with os.scandir(root) as entries:
-                planted = [e for e in entries if _SHARD.fullmatch(e.name)]
-            for entry in planted:
-                if entry.is_dir(follow_symlinks=False):
-                    continue
-                with suppress(FileNotFoundError, IsADirectoryError):
-                    if entry.stat(follow_symlinks=False).st_mtime < before:
-                        logger.error("Removing %r: not a directory", self._where(entry.name))
-                        os.unlink(entry.name, dir_fd=root)
-        finally:
-            os.close(root)
+        with os.scandir(root) as entries:
+            planted = [e for e in entries if _SHARD.fullmatch(e.name)]
+        for entry in planted:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            with suppress(FileNotFoundError, IsADirectoryError):
+                if entry.stat(follow_symlinks=False).st_mtime < before:
+                    logger.error("Removing %r: not a directory", self._where(entry.name))
+                    os.unlink(entry.name, dir_fd=root)
 
     def load(self, key: str) -> Record | None:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not _is_key(key):
             return None
-        with self._io("read a session"), self._shard(key[:2], lock=False) as fd:
+        with self._io("read a session") as root, self._shard(root, key[:2], lock=False) as fd:
             return None if fd is None else self._load(fd, key)
 
     def create(self, key: str, record: Record) -> None:
         # Only a sha256 hex digest may become a file name: no directory traversal.
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not _is_key(key):
             raise ValueError(f"{key!r} is not a storage key (64 lowercase hex digits).")
         magic, body = _format.encode(record.user, record.data)
         head = (magic, _format.to_us(record.created_at), _format.to_us(record.expires_at))
-        with self._io("save a session"), self._shard(key[:2], lock=True, create=True) as fd:
+        with self._session("save a session", key, create=True) as (root, fd):
             assert fd is not None
             old_user = self._stored_user(fd, key)
             if record.user is not None:
-                self._index.add(record.user, key)
+                self._index.add(root, record.user, key)
             self._save(fd, key, head, body)
             if old_user != record.user:
-                self._unmark(old_user, key)
+                self._unmark(root, old_user, key)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not _is_key(key):
             return False
         path = self._where(key[:2], key)
         try:
-            with self._io("save a session"), self._shard(key[:2], lock=True) as fd:
+            with self._session("save a session", key) as (root, fd):
                 if fd is None:
                     return False
                 content = _files.read(fd, key, path)
@@ -263,22 +269,22 @@ class FileSystemBackend(Backend):
                     check_size(data_size(old), data_size(data), delta.max_size)
                     new_user = delta.user if delta.user_changed else user
                     if new_user is not None and delta.user_changed:
-                        self._index.add(new_user, key)
+                        self._index.add(root, new_user, key)
                     magic, body = _format.encode(new_user, data)
                 self._save(fd, key, (magic, created, _format.to_us(delta.expires_at)), body)
                 if user != new_user:
-                    self._unmark(user, key)
+                    self._unmark(root, user, key)
                 return True
         except CorruptRecordError as e:
             logger.error("Session %s is corrupt, not updating it: %s", key, e)
             return False
 
     def take(self, key: str, now: datetime) -> Record | None:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not _is_key(key):
             return None
         path = self._where(key[:2], key)
         try:
-            with self._io("take a session"), self._shard(key[:2], lock=True) as fd:
+            with self._session("take a session", key) as (root, fd):
                 if fd is None:
                     return None
                 try:
@@ -290,21 +296,21 @@ class FileSystemBackend(Backend):
                     return None
                 _files.remove(fd, key)
                 record = _format.record(path, content)
-                self._unmark(record.user, key)
+                self._unmark(root, record.user, key)
         except CorruptRecordError as e:
             logger.error("Session %s is corrupt, not taking it: %s", key, e)
             return None
         return record if record.expires_at > now else None
 
     def delete(self, key: str) -> None:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not _is_key(key):
             return
         try:
-            with self._io("delete a session"), self._shard(key[:2], lock=True) as fd:
+            with self._session("delete a session", key) as (root, fd):
                 if fd is not None:
                     user = self._stored_user(fd, key)
                     _files.remove(fd, key)
-                    self._unmark(user, key)
+                    self._unmark(root, user, key)
         except CorruptRecordError as e:
             # Nothing in an untrusted shard is ever loaded: the session is gone.
             logger.error("Session %s is in an untrusted place: %s", key, e)
@@ -315,10 +321,10 @@ class FileSystemBackend(Backend):
             far_us = now_us + longest_lifetime // _MICROSECOND
             before = now.timestamp() - longest_lifetime.total_seconds()
         removed = 0
-        with self._io("purge sessions"):
+        with self._io("purge sessions") as root:
             if longest_lifetime is not None:
-                self._drop_planted_shards(before)
-            for shard, fd in self._shards():
+                self._drop_planted_shards(root, before)
+            for shard, fd in self._shards(root):
                 names = self._names(fd)
                 sessions = [n for n in names if _KEY.fullmatch(n) and n[:2] == shard]
                 doomed = [n for n in sessions if self._doomed(fd, n, now_us, far_us, before)]
@@ -332,14 +338,14 @@ class FileSystemBackend(Backend):
                     for name in self._names(fd):
                         if name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
-            self._index.sweep(grace=_EMPTY_DIRECTORY_GRACE)
+            self._index.sweep(root, grace=_EMPTY_DIRECTORY_GRACE)
         return removed
 
     def count(self, now: datetime) -> int:
         now_us = _format.to_us(now)
         live = 0
-        with self._io("count sessions"):
-            for shard, fd in self._shards():
+        with self._io("count sessions") as root:
+            for shard, fd in self._shards(root):
                 for name in self._names(fd):
                     if _KEY.fullmatch(name) and name[:2] == shard:
                         expires = self._expiry(fd, name, self._where(shard, name))
@@ -348,8 +354,8 @@ class FileSystemBackend(Backend):
         return live
 
     def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
-        with self._io("list sessions"):
-            for shard, fd in self._shards():
+        with self._io("list sessions") as root:
+            for shard, fd in self._shards(root):
                 for name in self._names(fd):
                     if not (_KEY.fullmatch(name) and name[:2] == shard):
                         continue
@@ -363,8 +369,8 @@ class FileSystemBackend(Backend):
 
     def clear(self) -> int:
         removed = 0
-        with self._io("clear sessions"):
-            for shard, fd in self._shards():
+        with self._io("clear sessions") as root:
+            for shard, fd in self._shards(root):
                 with _files.locked(fd):
                     for name in self._names(fd):
                         if _KEY.fullmatch(name) and name[:2] == shard:
@@ -376,7 +382,7 @@ class FileSystemBackend(Backend):
                                 removed += 1
                         elif name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
-            self._index.sweep(grace=0.0)
+            self._index.sweep(root, grace=0.0)
         return removed
 
     def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
@@ -386,5 +392,5 @@ class FileSystemBackend(Backend):
         keeps those that are live and name ``user``. An entry found stale is
         checked again under its shard's lock and removed.
         """
-        with self._io("list a user's sessions"):
-            return self._index.records(user, now)
+        with self._io("list a user's sessions") as root:
+            return self._index.records(root, user, now)

@@ -33,6 +33,7 @@ from ._redis_codec import text
 from ._redis_codec import USER
 from ._redis_codec import USERS
 from ._redis_codec import whole
+from ._redis_codec import wrong_type
 from ._redis_users import UserIndex
 from .base import Backend
 from .base import check_size
@@ -199,7 +200,7 @@ class RedisBackend(Backend):
                 name = self.key_prefix + key
                 fields = self.client.execute_command("HGETALL", name, **RAW)  # type: ignore[no-untyped-call]
             except ResponseError as e:
-                if str(e).startswith("WRONGTYPE"):
+                if wrong_type(e):
                     raise CorruptRecordError(f"the session key is not a hash: {e}") from e
                 raise
         if not fields:
@@ -363,7 +364,7 @@ class RedisBackend(Backend):
                     except UnicodeDecodeError:
                         logger.error("Skipping key %r: its name is not UTF-8.", name)
                         continue
-                    if isinstance(fields, ResponseError) and str(fields).startswith("WRONGTYPE"):
+                    if wrong_type(fields):
                         logger.error("Skipping session %s: the key is not a hash.", key)
                         continue
                     if isinstance(fields, Exception):
