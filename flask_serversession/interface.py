@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import itertools
-import threading
 import typing as t
 from functools import partial
 
@@ -9,6 +7,7 @@ from flask.sessions import SessionInterface
 
 from .backends.base import logger
 from .errors import BackendError
+from .purging import EveryNRequests
 from .session import ServerSideSession
 from .store import SessionStore
 
@@ -44,8 +43,7 @@ class ServerSessionInterface(SessionInterface):
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
-        self._requests = itertools.count(1)
-        self._purging = threading.Lock()
+        self._purge_every = EveryNRequests(store.settings.purge_every)
 
     def get_token(self, app: Flask, request: Request) -> str | None:
         """Return the token the client sent; a configured header wins over the cookie."""
@@ -77,7 +75,7 @@ class ServerSessionInterface(SessionInterface):
         session: ServerSideSession,  # type: ignore[override]
         response: Response,
     ) -> None:
-        self._count_request()
+        self._purge_every.count(app, self.store)
         header_name = self.store.settings.header_name
         if session.accessed:
             response.vary.add("Cookie")
@@ -125,17 +123,3 @@ class ServerSessionInterface(SessionInterface):
         response.status = error_response.status
         response.content_type = error_response.content_type
         response.set_data(error_response.get_data())
-
-    def _count_request(self) -> None:
-        every = self.store.settings.purge_every
-        if every and next(self._requests) % every == 0 and self._purging.acquire(blocking=False):
-            threading.Thread(target=self._purge, name="serversession-purge", daemon=True).start()
-
-    def _purge(self) -> None:
-        try:
-            removed = self.store.purge_expired()
-            logger.debug("Purged %d expired sessions.", removed)
-        except Exception:
-            logger.exception("Purging expired sessions failed.")
-        finally:
-            self._purging.release()

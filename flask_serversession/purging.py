@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -77,6 +78,34 @@ def _purge(app: Flask, store: SessionStore) -> None:
         logger.exception("Purging expired sessions failed; trying again at the next interval.")
     else:
         logger.debug("Purged %d expired sessions.", removed)
+
+
+class EveryNRequests:
+    """Purge from a short-lived thread after every ``every`` requests of this process.
+
+    Backs ``SERVERSESSION_PURGE_EVERY``: a purge never runs twice at once and
+    never in a request's path.
+
+    :param every: requests between purges; 0 never purges.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self._requests = itertools.count(1)
+        self._busy = threading.Lock()
+
+    def count(self, app: Flask, store: SessionStore) -> None:
+        """Count one request; start a purge if this one completes ``every``."""
+        if self.every and next(self._requests) % self.every == 0 and self._busy.acquire(False):
+            threading.Thread(
+                target=self._run, args=(app, store), name="serversession-purge", daemon=True
+            ).start()
+
+    def _run(self, app: Flask, store: SessionStore) -> None:
+        try:
+            _purge(app, store)
+        finally:
+            self._busy.release()
 
 
 def _jittered(interval: float) -> float:
