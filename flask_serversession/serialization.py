@@ -22,8 +22,7 @@ _DATETIME = " dt"
 _HTTP_DATE = " d"
 _TAGS = frozenset({_TUPLE, _BYTES, _MARKUP, _UUID, _DICT, _DATETIME, _HTTP_DATE})
 
-# Values of these exact types are JSON as they are.
-_PLAIN = frozenset({str, int, float, bool, type(None)})
+# Values of these exact types are JSON as they are (and str, once checked for surrogates).
 _NUMBERS = frozenset({int, float, bool, type(None)})
 #: JSON nesting levels a value may take; decoding deeper could exhaust the stack.
 MAX_DEPTH = 200
