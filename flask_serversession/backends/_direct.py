@@ -37,13 +37,12 @@ class Compiled:
     :param dialect: the dialect to compile for.
     """
 
-    __slots__ = ("_template", "_variables", "statement", "text")
+    __slots__ = ("_template", "_variables", "text")
 
     def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
         compiled = t.cast(sa.sql.compiler.SQLCompiler, statement.compile(dialect=dialect))
         if "__[POSTCOMPILE_" in compiled.string:
             raise ValueError("Statements with expanding parameters cannot be compiled once.")
-        self.statement = statement
         self.text = compiled.string
         positional = bool(compiled.positional)
         names = list(compiled.positiontup or ()) if positional else list(compiled.binds)

@@ -77,21 +77,27 @@ def serializer_for(engine: sa.Engine) -> threading.RLock | None:
         return _SHARED_CONNECTION_LOCKS.setdefault(engine.pool, threading.RLock())
 
 
+def retry_after(error: exc.DBAPIError) -> bool:
+    """Whether an operation that failed with ``error`` runs once more, on a new connection.
+
+    It does when a server restart or an idle timeout closed its connection
+    while it sat in the pool: SQLAlchemy invalidated it and every pooled
+    connection as old, so a second attempt connects afresh. Every operation
+    of this backend may run twice: reads change nothing; create, delete,
+    touch and purge set the same end state again; a delta sets keys to
+    values and the expiry to a time, so applying it twice equals once; a
+    take repeated after its delete committed finds nothing and returns None,
+    which signs the user out but brings no session back.
+    """
+    return bool(error.connection_invalidated)
+
+
 def twice(operation: t.Callable[..., _T], *args: t.Any) -> _T:
-    """Run ``operation``; run it again if its pooled connection turned out to be dead."""
+    """Run ``operation``; run it again if :func:`retry_after` its error."""
     try:
         return operation(*args)
     except exc.DBAPIError as e:
-        # A server restart or an idle timeout closed the connection while it
-        # sat in the pool. SQLAlchemy invalidated it and every pooled
-        # connection as old, so a second attempt connects afresh. Every
-        # operation of this backend may run twice: reads change nothing;
-        # create, delete, touch and purge set the same end state again; a
-        # delta sets keys to values and the expiry to a time, so applying it
-        # twice equals once; a take repeated after its delete committed finds
-        # nothing and returns None, which signs the user out but brings no
-        # session back.
-        if not e.connection_invalidated:
+        if not retry_after(e):
             raise
     return operation(*args)
 
@@ -287,14 +293,13 @@ class Statements:
         """
         return None
 
-    def read(self, conn: sa.Connection, key: str, *, lock: bool = False) -> sa.Row[t.Any] | None:
-        """Read the row of ``key``; with ``lock``, lock it until the transaction ends.
+    def read_locked(self, conn: sa.Connection, key: str) -> sa.Row[t.Any] | None:
+        """Read the row of ``key`` and lock it until the transaction ends.
 
         :raises CorruptRecordError: the driver cannot convert a value of the row.
         """
-        query = self.read_query()
         try:
-            return conn.execute(query.with_for_update() if lock else query, {KEY: key}).first()
+            return conn.execute(self.read_query().with_for_update(), {KEY: key}).first()
         except (TypeError, ValueError) as e:
             raise CorruptRecordError(f"Session row {key} cannot be read: {e}") from e
 
@@ -303,7 +308,7 @@ class Statements:
         statement = self.take_statement()
         if statement is not None:
             return conn.execute(statement, {KEY: key}).first()
-        row = self.read(conn, key, lock=True)
+        row = self.read_locked(conn, key)
         if row is not None:
             conn.execute(self.delete_statement(), {KEY: key})
         return row

@@ -28,9 +28,10 @@ _LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 _NOT_A_STRING = sa.cast(sa.literal('$.* ? (@.type() != "string")'), postgresql.JSONPATH)
 
 
-def _written(extras: t.Sequence[str]) -> list[str]:
-    """The columns an upsert replaces: all but the key."""
-    return ["data", "created_at", "expires_at", *extras]
+def _replacing(insert: sqlite.Insert | postgresql.Insert, extras: t.Sequence[str]) -> sa.Insert:
+    """``insert``, replacing all columns but the key of a row that has its key."""
+    changes = {k: insert.excluded[k] for k in ["data", "created_at", "expires_at", *extras]}
+    return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
 
 
 class SQLiteStatements(Statements):
@@ -54,9 +55,7 @@ class SQLiteStatements(Statements):
             return None
 
     def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
-        insert = sqlite.insert(self.table).values(self.row_values(extras))
-        changes = {k: insert.excluded[k] for k in _written(extras)}
-        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
+        return _replacing(sqlite.insert(self.table).values(self.row_values(extras)), extras)
 
     def merge_values(self, delta: Delta) -> dict[str, t.Any]:
         # Values are strings, so a merge patch's null deletes and nothing nests.
@@ -115,13 +114,12 @@ class SQLiteStatements(Statements):
         total = sa.func.sum(octets(members.c.key) + octets(members.c.value))
         return sa.select(sa.func.coalesce(total, 0)).select_from(members).scalar_subquery()
 
-    def read(self, conn: sa.Connection, key: str, *, lock: bool = False) -> sa.Row[t.Any] | None:
-        if lock:
-            # No FOR UPDATE: a first write takes SQLite's database write lock instead.
-            c = self.table.c
-            touch = sa.update(self.table).where(self.by_key()).values(expires_at=c.expires_at)
-            conn.execute(touch, {KEY: key})
-        return super().read(conn, key, lock=lock)
+    def read_locked(self, conn: sa.Connection, key: str) -> sa.Row[t.Any] | None:
+        # No FOR UPDATE: a first write takes SQLite's database write lock instead.
+        c = self.table.c
+        touch = sa.update(self.table).where(self.by_key()).values(expires_at=c.expires_at)
+        conn.execute(touch, {KEY: key})
+        return super().read_locked(conn, key)
 
     def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
         rowid: sa.ColumnClause[int] = sa.literal_column("rowid")
@@ -138,9 +136,7 @@ class PostgreSQLStatements(Statements):
         return sa.case((column.between(_EARLIEST, _LATEST), column))
 
     def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
-        insert = postgresql.insert(self.table).values(self.row_values(extras))
-        changes = {k: insert.excluded[k] for k in _written(extras)}
-        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
+        return _replacing(postgresql.insert(self.table).values(self.row_values(extras)), extras)
 
     def merge_values(self, delta: Delta) -> dict[str, t.Any]:
         values: dict[str, t.Any] = {}

@@ -23,6 +23,7 @@ from ._sql import merged
 from ._sql import NOW
 from ._sql import OWNER
 from ._sql import plain
+from ._sql import retry_after
 from ._sql import serializer_for
 from ._sql import shape_of
 from ._sql import sqlite_on_connect
@@ -319,12 +320,12 @@ class SQLAlchemyBackend(Backend):
             self._ensure_table()
         try:
             if self._serial is None:
+                # twice(), inlined: one call fewer per operation.
                 try:
                     return operation(*args)
                 except exc.DBAPIError as e:
-                    if not e.connection_invalidated:
+                    if not retry_after(e):
                         raise
-                # As twice(): once more, on a new connection.
                 return operation(*args)
             with self._serial:
                 return twice(operation, *args)
@@ -374,14 +375,8 @@ class SQLAlchemyBackend(Backend):
     def _build_touch(self) -> sa.Update:
         return self._sql.set_if_live(())
 
-    def _merge(
-        self,
-        key: str,
-        delta: Delta,
-        now: datetime,
-        values: dict[str, t.Any],
-        extras: tuple[str, ...],
-    ) -> bool:
+    def _merge(self, delta: Delta, values: dict[str, t.Any], extras: tuple[str, ...]) -> bool:
+        """Apply ``delta`` to the live row; ``values`` binds KEY, NOW, EXPIRES and ``extras``."""
         name = shape = shape_of(delta, extras)
         build = lambda: self._sql.merge(shape)  # noqa: E731
         texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
@@ -396,23 +391,20 @@ class SQLAlchemyBackend(Backend):
                 pass
             else:
                 # No row matched: only now find out why, with one more read.
-                data = self._live_data(self._read(key), now)
+                data = self._live_data(self._read(values[KEY]), values[NOW])
                 if data is None:
                     return False
                 check_size(data_size(data), data_size(merged(data, delta)), delta.max_size)
                 # It fits now: the row changed since the UPDATE.
-        return self._merge_locked(key, delta, now, values, extras)
+        return self._merge_locked(delta, values, extras)
 
     def _merge_locked(
-        self,
-        key: str,
-        delta: Delta,
-        now: datetime,
-        values: dict[str, t.Any],
-        extras: tuple[str, ...],
+        self, delta: Delta, values: dict[str, t.Any], extras: tuple[str, ...]
     ) -> bool:
+        """:meth:`_merge` in Python, under a row lock."""
+        key = values[KEY]
         with self.engine.begin() as conn:
-            data = self._live_data(self._sql.read(conn, key, lock=True), now)
+            data = self._live_data(self._sql.read_locked(conn, key), values[NOW])
             if data is None:
                 return False
             new = merged(data, delta)
@@ -502,10 +494,10 @@ class SQLAlchemyBackend(Backend):
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         extras, values = self._extras_of(delta.values, delta.user_changed, delta.user)
         values[KEY] = key
-        values[NOW] = now = utc(now)
+        values[NOW] = utc(now)
         values[EXPIRES] = utc(delta.expires_at)
         if delta.set or delta.deleted:
-            return self._run("save a session", self._merge, key, delta, now, values, extras)
+            return self._run("save a session", self._merge, delta, values, extras)
         if extras:
             return self._run("save a session", self._set_if_live, values, extras)
         return bool(self._run("save a session", self._touch, values))
