@@ -146,23 +146,47 @@ def driver(browsers: Browsers) -> t.Any:
 def wait_for_text(driver: t.Any, element_id: str, text: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
 
     condition = expected_conditions.text_to_be_present_in_element((By.ID, element_id), text)
-    WebDriverWait(driver, WAIT_SECONDS).until(condition)
+    wait_until(driver, condition)
 
 
-def submit(driver: t.Any, field_id: str, value: str, button_id: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver.find_element(By.ID, field_id).send_keys(value)
-    driver.find_element(By.ID, button_id).click()
-
-
-def click(driver: t.Any, element_id: str) -> None:
+def check(driver: t.Any, element_id: str) -> None:
+    """Tick a box: the page stays."""
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.ID, element_id).click()
+
+
+def submit(driver: t.Any, field_id: str, value: str, button_id: str) -> None:
+    """Fill in a field and send its form; return once the next page has replaced this one."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, field_id).send_keys(value)
+    press(driver, button_id)
+
+
+def press(driver: t.Any, element_id: str) -> None:
+    """Click a button that loads another page; return once that page has replaced this one.
+
+    Without the wait, a check could read the old page, or read an element
+    while the browser swaps the document under it.
+    """
+    from selenium.webdriver.common.by import By
+
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    wait_until(driver, lambda _: is_gone(old_page))
+
+
+def is_gone(element: t.Any) -> bool:
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        element.is_enabled()
+    except WebDriverException:  # stale, or its document is being swapped out
+        return True
+    return False
 
 
 def cart_items(driver: t.Any) -> list[str]:
@@ -180,7 +204,7 @@ def page_with_cookie(url: str, value: str) -> str:
 def sign_in(driver: t.Any, base: str, username: str, *, remember: bool = False) -> None:
     driver.get(f"{base}/login")
     if remember:
-        click(driver, "remember")
+        check(driver, "remember")
     submit(driver, "username", username, "sign-in")
     wait_for_text(driver, "status", f"Signed in as {username}.")
 
@@ -192,7 +216,6 @@ def session_cookie(driver: t.Any) -> dict[str, t.Any]:
 
 
 def test_sign_in_cart_tabs_and_sign_out(live_server: str, driver: t.Any) -> None:
-    from selenium.webdriver.common.by import By
 
     driver.get(f"{live_server}/")
     wait_for_text(driver, "status", "You are not signed in.")
@@ -231,7 +254,7 @@ def test_sign_in_cart_tabs_and_sign_out(live_server: str, driver: t.Any) -> None
     assert cart_items(driver) == ["apple", "pear", "lamp"]
     assert driver.get_cookie("session")["value"] == signed_in
 
-    driver.find_element(By.ID, "logout").click()
+    press(driver, "logout")
     wait_for_text(driver, "status", "You are not signed in.")
     assert "Signed out." in driver.page_source
     assert driver.get_cookie("session")["value"] != signed_in
@@ -293,7 +316,7 @@ def test_changing_session_permanent_resends_the_cookie(
     assert "expiry" not in signed_in
 
     browser.get(f"{live_server}/session")
-    click(browser, "toggle-permanent")
+    press(browser, "toggle-permanent")
     wait_for_text(browser, "permanent", "yes")
     cookie = session_cookie(browser)
     # The same id, now with the session's expiry: 24 hours after sign-in.
@@ -305,7 +328,7 @@ def test_changing_session_permanent_resends_the_cookie(
     wait_for_text(browser, "permanent", "yes")
     assert session_cookie(browser)["value"] == signed_in["value"]
 
-    click(browser, "toggle-permanent")
+    press(browser, "toggle-permanent")
     wait_for_text(browser, "permanent", "no")
     cookie = session_cookie(browser)
     assert cookie["value"] == signed_in["value"]
@@ -356,10 +379,13 @@ def wait_for_url(driver: t.Any, url: str) -> None:
     WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))
 
 
-def wait_until(driver: t.Any, condition: t.Callable[[t.Any], bool]) -> None:
+def wait_until(driver: t.Any, condition: t.Callable[[t.Any], t.Any]) -> None:
+    """Poll ``condition`` until it holds; a page that is still loading is polled again."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
-    WebDriverWait(driver, WAIT_SECONDS).until(condition)
+    wait = WebDriverWait(driver, WAIT_SECONDS, ignored_exceptions=(WebDriverException,))
+    wait.until(condition)
 
 
 def api_sign_in(base: str, username: str) -> str:
@@ -423,7 +449,7 @@ def test_your_devices_signs_out_another_browser(live_server: str, browsers: Brow
     assert second.execute_script("return navigator.userAgent") in rows[second_key]
     assert "127.0.0.1" in rows[second_key]
 
-    click(first, f"revoke-{second_key}")
+    press(first, f"revoke-{second_key}")
     flashed(first, "Signed out that device.")
     assert set(devices(first)) == {first_key}
     second.get(f"{live_server}/")
@@ -440,7 +466,7 @@ def test_your_devices_signs_out_another_browser(live_server: str, browsers: Brow
     sign_in(second, live_server, "erin")
     first.get(f"{live_server}/devices")
     assert len(devices(first)) == 2
-    click(first, "revoke-others")
+    press(first, "revoke-others")
     flashed(first, "Signed out 1 other device.")
     assert set(devices(first)) == {first_key}
     second.get(f"{live_server}/")
