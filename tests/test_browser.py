@@ -362,7 +362,8 @@ def test_forms_posted_from_another_origin_are_refused(live_server: str, driver: 
         for path in ("/logout", "/devices/revoke-others"):
             driver.get(f"{other_origin}{path}")
             wait_for_url(driver, f"{live_server}{path}")
-            assert "Forbidden" in driver.page_source
+            # The refusal's page, once it has loaded in place of the forger's.
+            wait_until(driver, lambda d: "Forbidden" in d.page_source)
 
     driver.get(f"{live_server}/")
     wait_for_text(driver, "status", "Signed in as dave.")
