@@ -61,6 +61,14 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 """
 
+# Writes a new hash and its expiry in one step (ARGV: expire_at_ms, then
+# field/value pairs): the cheapest atomic insert, one command to parse.
+_REDIS_INSERT = """
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 def stored_values() -> dict[str, str]:
     """The seed session as the backends store it: tagged JSON text by key."""
@@ -239,6 +247,7 @@ class RedisFloor(Floor):
         self.client.hset(self.name, mapping=self.mapping)
         self.client.pexpireat(self.name, self.expires_ms)
         self.sha = self.client.script_load(_REDIS_UPDATE)
+        self.insert_sha = self.client.script_load(_REDIS_INSERT)
         self.value = session_json_serializer.dumps(41)
         self.keys = _new_keys()
 
@@ -260,15 +269,12 @@ class RedisFloor(Floor):
         return time.perf_counter() - start
 
     def new(self, n: int) -> float:
-        pipeline, keys, mapping = self.client.pipeline, self.keys, self.mapping
+        evalsha, sha, keys = self.client.evalsha, self.insert_sha, self.keys
+        pairs = [part for item in self.mapping.items() for part in item]
         prefix, expires_ms = self.prefix, self.expires_ms
         start = time.perf_counter()
         for _ in range(n):
-            name = prefix + next(keys)
-            pipe = pipeline(transaction=True)
-            pipe.hset(name, mapping=mapping)
-            pipe.pexpireat(name, expires_ms)
-            pipe.execute()
+            evalsha(sha, 1, prefix + next(keys), expires_ms, *pairs)
         return time.perf_counter() - start
 
     def close(self) -> None:

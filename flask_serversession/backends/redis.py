@@ -212,24 +212,20 @@ class RedisBackend(Backend):
         mapping: dict[t.Any, t.Any] = {DATA + k: v for k, v in record.data.items()}
         mapping[CREATED] = micros(record.created_at)
         mapping[EXPIRES] = micros(record.expires_at)
-        user, deadline = record.user, 0
+        keys, user, deadline = [name], record.user, 0
         with self._errors("create a session"):
             if user is not None:
                 deadline = index_deadline_ms(record.expires_at, datetime.now(timezone.utc))
                 mapping[USER] = user
                 mapping[INDEXED] = deadline * 1000
-                if not self._cluster:
-                    pairs = [part for item in mapping.items() for part in item]
-                    keys = [name, self._users.name(user)]
-                    expire_at = expire_at_ms(record.expires_at)
-                    self._run(scripts.CREATE, keys, expire_at, key, deadline, *pairs)
-                    return
-                self._users.add(user, key, deadline)
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(name)
-            pipe.hset(name, mapping=mapping)
-            pipe.pexpireat(name, expire_at_ms(record.expires_at))
-            pipe.execute()
+                if self._cluster:
+                    # The set may live on another node: index first, then create.
+                    self._users.add(user, key, deadline)
+                else:
+                    keys.append(self._users.name(user))
+            pairs = [part for item in mapping.items() for part in item]
+            expire_at = expire_at_ms(record.expires_at)
+            self._run(scripts.CREATE, keys, expire_at, key, deadline, *pairs)
         if user is not None:
             self._users.confirm(user, key, deadline)
 
