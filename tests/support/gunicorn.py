@@ -73,7 +73,7 @@ class Gunicorn:
             return ""
 
     def start(self) -> Gunicorn:
-        """Start the server and wait until a worker answers ``ready_path``."""
+        """Start the server; return once every worker runs and one answers ``ready_path``."""
         try:
             import gunicorn
         except ImportError:
@@ -103,7 +103,8 @@ class Gunicorn:
             )
         self._watchdog = _watchdog(self.process.pid)
         deadline = time.monotonic() + START_TIMEOUT
-        while not self._answers():
+        # The master forks its workers a moment apart: wait for all of them.
+        while not self._answers() or len(self.worker_pids()) < self.workers:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"gunicorn did not start: {shlex.join(command)}\n{self.log()}")
