@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import time
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -151,3 +152,32 @@ def _fill_files(spec: Spec, key: str, count: int) -> None:
             os.write(fd, content)
         finally:
             os.close(fd)
+
+
+def delete_expired_at_once(spec: Spec) -> tuple[int, float]:
+    """Delete every expired copy in one bare-driver transaction; return (rows, seconds).
+
+    The floor of a purge: one statement through the expiry index, no
+    batches, and so no room for a concurrent save until it is done. The
+    copies share the earliest expiry in the table.
+    """
+    table = table_of(spec)
+    statement = f'DELETE FROM "{table}" WHERE expires_at <= (SELECT min(expires_at) FROM "{table}")'
+    if spec.backend == "sqlite":
+        conn = sqlite3.connect(sqlite_path(spec), isolation_level=None, timeout=30)
+        try:
+            conn.execute("PRAGMA synchronous = NORMAL")
+            start = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            removed = conn.execute(statement).rowcount
+            conn.execute("COMMIT")
+            return removed, time.perf_counter() - start
+        finally:
+            conn.close()
+    import psycopg
+    from floors import psycopg_conninfo
+
+    with psycopg.connect(psycopg_conninfo(spec.location), autocommit=True) as pg:
+        start = time.perf_counter()
+        removed = pg.execute(statement).rowcount
+        return removed, time.perf_counter() - start
