@@ -25,6 +25,8 @@ TOKEN_CHARS = string.ascii_letters + string.digits + "-_"
 
 #: Characters a token never holds, some of which look like ones it does.
 BAD_TOKEN_CHARS = ".=+/ \t\"';,\\%\x00\x7f\xa0é\u0130\u017f\u212a\u2028\uff21\u0663\U0001f600"
+#: What may take the place of one character of a live token.
+REPLACEMENT_CHARS = TOKEN_CHARS + BAD_TOKEN_CHARS
 
 #: How a request carries a token: Flask's cookie, quoted as a client quotes it;
 #: the raw ``Cookie`` header as any client may send it; or the token header.
@@ -132,7 +134,7 @@ def forged_tokens(draw: st.DrawFn) -> Forged:
         return Forged(kind, draw(st.text(min_size=1, max_size=20)), seed=seed)
     if kind == "live, one character replaced":
         position = draw(st.integers(0, 86))
-        char = draw(st.sampled_from(TOKEN_CHARS + "." + BAD_TOKEN_CHARS))
+        char = draw(st.sampled_from(REPLACEMENT_CHARS))
         return Forged(kind, position=position, char=char, seed=seed)
     return Forged(kind, seed=seed)
 
