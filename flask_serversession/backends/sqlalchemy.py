@@ -23,7 +23,6 @@ from ._sql import merged
 from ._sql import NOW
 from ._sql import OWNER
 from ._sql import plain
-from ._sql import retry_after
 from ._sql import serializer_for
 from ._sql import shape_of
 from ._sql import sqlite_on_connect
@@ -320,13 +319,7 @@ class SQLAlchemyBackend(Backend):
             self._ensure_table()
         try:
             if self._serial is None:
-                # twice(), inlined: one call fewer per operation.
-                try:
-                    return operation(*args)
-                except exc.DBAPIError as e:
-                    if not retry_after(e):
-                        raise
-                return operation(*args)
+                return twice(operation, *args)
             with self._serial:
                 return twice(operation, *args)
         except exc.SQLAlchemyError as e:
