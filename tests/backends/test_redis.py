@@ -132,11 +132,7 @@ def test_script_is_reloaded_after_the_server_forgets_it(redis_backend: RedisBack
 def test_cluster_operations_are_one_round_trip(redis_cluster: RedisCluster) -> None:
     counter = Counter()
     client = redis_cluster.client()
-    for node in client.get_primaries():  # type: ignore[no-untyped-call]
-        pool = t.cast(t.Any, node.redis_connection).connection_pool
-        pool.connection_class = counter.connection_class(pool.connection_class)
-        pool.disconnect()
-        pool.reset()
+    counter.count_cluster(client)
     backend = RedisBackend(client, key_prefix=unique_prefix())
     start = now()
     keys = [key_of(f"s{i}") for i in range(6)]
@@ -1169,11 +1165,7 @@ def test_cluster_saves_that_keep_the_user_are_one_round_trip(
 ) -> None:
     counter = Counter()
     client = redis_cluster.client()
-    for node in client.get_primaries():  # type: ignore[no-untyped-call]
-        pool = t.cast(t.Any, node.redis_connection).connection_pool
-        pool.connection_class = counter.connection_class(pool.connection_class)
-        pool.disconnect()
-        pool.reset()
+    counter.count_cluster(client)
     backend = RedisBackend(client, key_prefix=unique_prefix())
     start = now()
     keys = [key_of(f"s{i}") for i in range(6)]

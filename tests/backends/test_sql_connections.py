@@ -81,12 +81,7 @@ def fresh_sqlite(tmp_path: Path) -> t.Iterator[SQLAlchemyBackend]:
 def test_sqlite_operations_are_one_statement_each_and_no_transaction(
     fresh_sqlite: SQLAlchemyBackend,
 ) -> None:
-    traced: list[str] = []
-    sa.event.listen(
-        fresh_sqlite.engine,
-        "connect",
-        lambda dbapi_connection, record: dbapi_connection.set_trace_callback(traced.append),
-    )
+    traced = trace_statements(fresh_sqlite.engine)
     counts = Counts(fresh_sqlite.engine)
     expected = {
         "create": "INSERT",
@@ -115,12 +110,7 @@ def test_sqlite_operations_are_one_statement_each_and_no_transaction(
 def test_sqlite_refused_save_reads_once_on_the_same_connection(
     fresh_sqlite: SQLAlchemyBackend,
 ) -> None:
-    traced: list[str] = []
-    sa.event.listen(
-        fresh_sqlite.engine,
-        "connect",
-        lambda dbapi_connection, record: dbapi_connection.set_trace_callback(traced.append),
-    )
+    traced = trace_statements(fresh_sqlite.engine)
     key = key_of("a")
     fresh_sqlite.create(key, Record(dict(DATA), NOW, NOW + HOUR))
     traced.clear()
@@ -199,22 +189,41 @@ def relayed_backend(
         relay.close()
 
 
+def trace_statements(engine: sa.Engine) -> list[str]:
+    """Return a list that collects the SQL of every statement run on the
+    SQLite connections ``engine`` makes from now on."""
+    traced: list[str] = []
+    sa.event.listen(
+        engine,
+        "connect",
+        lambda dbapi_connection, record: dbapi_connection.set_trace_callback(traced.append),
+    )
+    return traced
+
+
+def round_trips(
+    operations: t.Mapping[str, t.Callable[[], object]], relay: RoundTrips
+) -> dict[str, int]:
+    """Round trips each operation makes, once psycopg has prepared its statements."""
+    # psycopg prepares a statement on its fifth run, once per connection.
+    for _ in range(6):
+        for operation in operations.values():
+            operation()
+    trips = {}
+    for name, operation in operations.items():
+        before = relay.count
+        operation()
+        trips[name] = relay.count - before
+    return trips
+
+
 @pytest.mark.parametrize("synchronous_commit", [None, False])
 def test_postgres_operations_are_one_round_trip_each(
     postgres_url: str, synchronous_commit: bool | None
 ) -> None:
     with relayed_backend(postgres_url, synchronous_commit=synchronous_commit) as (backend, relay):
         operations = every_operation(backend)
-        # psycopg prepares a statement on its fifth run, once per connection.
-        for _ in range(6):
-            for operation in operations.values():
-                operation()
-        trips = {}
-        for name, operation in operations.items():
-            before = relay.count
-            operation()
-            trips[name] = relay.count - before
-        assert trips == dict.fromkeys(operations, 1)
+        assert round_trips(operations, relay) == dict.fromkeys(operations, 1)
 
 
 def test_connections_are_reused_made_per_concurrent_operation_and_closed(

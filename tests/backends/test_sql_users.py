@@ -34,6 +34,8 @@ from ..support.sql import fsa_app
 from ..support.sql import unique_table_name
 from .test_sql_connections import every_operation
 from .test_sql_connections import relayed_backend
+from .test_sql_connections import round_trips
+from .test_sql_connections import trace_statements
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 HOUR = timedelta(hours=1)
@@ -300,14 +302,8 @@ def test_column_without_its_index_is_logged(
 
 
 def traced_sqlite(tmp_path: Path) -> tuple[SQLAlchemyBackend, list[str]]:
-    traced: list[str] = []
     backend = SQLAlchemyBackend.from_url(f"sqlite:///{tmp_path / 's.sqlite'}", user_index=True)
-    sa.event.listen(
-        backend.engine,
-        "connect",
-        lambda dbapi_connection, record: dbapi_connection.set_trace_callback(traced.append),
-    )
-    return backend, traced
+    return backend, trace_statements(backend.engine)
 
 
 def test_sqlite_user_operations_are_one_statement_each(tmp_path: Path) -> None:
@@ -361,16 +357,7 @@ def test_postgres_user_operations_are_one_round_trip_each(postgres_url: str) -> 
             ),
             "list": lambda: backend.user_records("alice", NOW),
         }
-        # psycopg prepares a statement on its fifth run, once per connection.
-        for _ in range(6):
-            for operation in operations.values():
-                operation()
-        trips = {}
-        for name, operation in operations.items():
-            before = relay.count
-            operation()
-            trips[name] = relay.count - before
-        assert trips == dict.fromkeys(operations, 1)
+        assert round_trips(operations, relay) == dict.fromkeys(operations, 1)
         assert listed(backend, "alice") == {key}
 
 

@@ -396,6 +396,14 @@ class Counter:
 
         return CountingConnection
 
+    def count_cluster(self, client: t.Any) -> None:
+        """Count what ``client``, a ``RedisCluster``, sends to every primary."""
+        for node in client.get_primaries():
+            pool = node.redis_connection.connection_pool
+            pool.connection_class = self.connection_class(pool.connection_class)
+            pool.disconnect()
+            pool.reset()
+
     def measure(self, call: t.Callable[[], object]) -> tuple[int, list[bytes]]:
         del self.sent[:]
         call()
