@@ -11,6 +11,8 @@ from flask import has_request_context
 from flask import request
 from flask.sessions import SessionMixin
 
+from .lifetime import checked_lifetime
+
 if t.TYPE_CHECKING:
     from .adoption import Adoption
 
@@ -247,16 +249,16 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         settings.
 
         :param lifetime: a ``timedelta``, a number of seconds, or None.
+        :raises ValueError: the span is not positive, or longer than 400 days
+            (the longest cookie lifetime browsers keep).
 
         .. versionadded:: 0.2
+        .. versionchanged:: 0.3
+            Spans longer than 400 days raise ``ValueError``. With
+            :meth:`regenerate` in the same request, the session gets this
+            lifetime rather than keeping the expiry it had.
         """
-        if lifetime is not None:
-            if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
-                lifetime = timedelta(seconds=lifetime)
-            if not isinstance(lifetime, timedelta) or lifetime <= timedelta(0):
-                raise ValueError(
-                    f"set_lifetime() takes a positive timedelta, seconds or None, not {lifetime!r}"
-                )
+        lifetime = checked_lifetime(lifetime)
         self._write()
         self.requested_lifetime = lifetime
 

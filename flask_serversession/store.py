@@ -18,6 +18,8 @@ from .config import Settings
 from .errors import BackendError
 from .errors import SessionExpiredError
 from .errors import SessionNotFoundError
+from .errors import SessionTooLargeError
+from .lifetime import Lifetimes
 from .serialization import ACCEPTED
 from .serialization import check_key
 from .serialization import SessionSerializer
@@ -44,10 +46,6 @@ _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 PERMANENT_KEY = "_permanent"
 #: The stored key of a session's own lifetime (seconds); hidden from the session dict.
 LIFETIME_KEY = "_serversession_lifetime"
-# Damaged records are kept at least this long after their last write when no
-# absolute lifetime bounds every session: longer than any "remember me" span.
-_DAMAGED_RECORD_GRACE = timedelta(days=400)
-_CLOCK_MARGIN = timedelta(days=1)
 
 
 def utcnow() -> datetime:
@@ -102,6 +100,10 @@ class SessionStore:
         self.backend = backend
         self.settings = settings
         self.tokens = Tokens(sign=settings.sign_id, secret_keys=secret_keys, salt=self.salt)
+        #: When sessions expire.
+        self.lifetimes = Lifetimes(
+            settings.expire_time, settings.renew_time, settings.absolute_lifetime
+        )
         #: The users' side: who a session belongs to, last seen, revocation.
         self.users = Users(self)
 
@@ -117,25 +119,6 @@ class SessionStore:
         return self.tokens.sid_from(token)
 
     storage_key = staticmethod(storage_key)
-
-    @property
-    def longest_lifetime(self) -> timedelta:
-        """How long after its last write a record may still be live, at most.
-
-        The absolute cap bounds it when set; otherwise a session's own lifetime
-        may be anything, so a generous grace applies.
-        """
-        settings = self.settings
-        if settings.absolute_lifetime is not None:
-            # A margin for app servers whose clocks run ahead of the purging one.
-            return settings.absolute_lifetime + _CLOCK_MARGIN
-        return max(settings.expire_time, settings.renew_time, _DAMAGED_RECORD_GRACE)
-
-    def _is_expired(self, record: Record, now: datetime) -> bool:
-        if record.expires_at <= now:
-            return True
-        cap = self.settings.absolute_lifetime
-        return cap is not None and record.created_at + cap <= now
 
     def _values(self, data: dict[str, str]) -> tuple[dict[str, t.Any], timedelta | None]:
         """Decode stored data into the session's values and its own lifetime."""
@@ -178,7 +161,7 @@ class SessionStore:
             record = self.backend.load(key)
             if record is None:
                 return None
-            if self._is_expired(record, self.clock()):
+            if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 return None
             return self._decode(sid, key, record)
@@ -196,7 +179,7 @@ class SessionStore:
             record = self.backend.load(key)
             if record is None:
                 raise SessionNotFoundError("No session is stored for this token.")
-            if self._is_expired(record, self.clock()):
+            if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 raise SessionExpiredError(
                     f"The session expired at {record.expires_at.isoformat()}."
@@ -227,17 +210,9 @@ class SessionStore:
         check_size(0, data_size(data), self.settings.max_size)
         return data
 
-    def _capped(self, expires_at: datetime, created_at: datetime) -> datetime:
-        cap = self.settings.absolute_lifetime
-        return expires_at if cap is None else min(expires_at, created_at + cap)
-
     def renewed_expiry(self, stored: StoredSession, now: datetime) -> datetime:
-        """Return the expiry after a renewal: never earlier, never past the cap.
-
-        A session with a lifetime of its own is extended by that span.
-        """
-        span = self.settings.renew_time if stored.lifetime is None else stored.lifetime
-        return self._capped(max(stored.expires_at, now + span), stored.created_at)
+        """Return the expiry of ``stored`` after a renewal now."""
+        return self.lifetimes.renewed(stored.expires_at, stored.created_at, stored.lifetime, now)
 
     def _lifetime_text(self, lifetime: timedelta) -> str:
         return self.serializer.dumps(lifetime.total_seconds())
@@ -249,8 +224,7 @@ class SessionStore:
         if lifetime is not None:
             data[LIFETIME_KEY] = self._lifetime_text(lifetime)
         sid = self.new_sid()
-        span = self.settings.expire_time if lifetime is None else lifetime
-        expires_at = self._capped(now + span, now)
+        expires_at = self.lifetimes.started(now, now, lifetime)
         key = self.storage_key(sid)
         record = self.users.record(Record(data, now, expires_at, values), now)
         self.backend.create(key, record)
@@ -333,8 +307,7 @@ class SessionStore:
                     deleted |= {LIFETIME_KEY}
                 else:
                     changed[LIFETIME_KEY] = self._lifetime_text(lifetime)
-            span = self.settings.expire_time if lifetime is None else lifetime
-            expires_at = self._capped(now + span, stored.created_at)
+            expires_at = self.lifetimes.started(now, stored.created_at, lifetime)
         else:
             renew = session.renew_requested or (
                 self.settings.renew_on == "access"
@@ -343,7 +316,10 @@ class SessionStore:
             expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
 
         if session.regenerate_requested:
-            outcome = self._regenerate(stored, changed, deleted, expires_at, values, now)
+            # A lifetime set in this request holds as it is; otherwise the
+            # new id keeps the later of this expiry and the taken record's.
+            chosen = expires_at if session.lifetime_set else None
+            outcome = self._regenerate(stored, changed, deleted, expires_at, chosen, values, now)
             return replace(outcome, persistent=persistent)
 
         if changed or deleted:
@@ -371,13 +347,20 @@ class SessionStore:
         changed: dict[str, str],
         deleted: frozenset[str],
         expires_at: datetime,
+        chosen: datetime | None,
         values: t.Mapping[str, t.Any],
         now: datetime,
     ) -> SaveOutcome:
         # The old record is taken (read and removed in one step) rather than
         # copied: a sign-out that lands first leaves nothing to take, so its
         # data never reappears under the new id, and changes that other
-        # requests made since this one loaded are carried over.
+        # requests made since this one loaded are carried over. A taken record
+        # is never put back: a revoke landing after the take found nothing to
+        # end, so a record put back would undo it. The size is therefore
+        # checked before the take, on the data as loaded.
+        full = {**stored.serialized, **stored.meta}
+        merged = {k: v for k, v in full.items() if k not in deleted} | changed
+        check_size(data_size(full), data_size(merged), self.settings.max_size)
         taken = self.backend.take(stored.key, now)
         if taken is None:
             return SaveOutcome(delete_cookie=True)
@@ -385,10 +368,11 @@ class SessionStore:
         data.update(changed)
         try:
             check_size(data_size(taken.data), data_size(data), self.settings.max_size)
-        except Exception:
-            self.backend.create(stored.key, replace(taken, user=self.users.user_of(taken.data)))
+        except SessionTooLargeError:
+            # Other requests grew the session meanwhile: it ends here.
+            send(session_destroyed, storage_key=stored.key)
             raise
-        expires_at = max(expires_at, taken.expires_at)
+        expires_at = max(expires_at, taken.expires_at) if chosen is None else chosen
         sid = self.new_sid()
         record = self.users.record(Record(data, taken.created_at, expires_at, values), now)
         key = self.storage_key(sid)
@@ -440,7 +424,7 @@ class SessionStore:
         self._delete(key)
 
     def purge_expired(self) -> int:
-        return self.backend.purge_expired(self.clock(), longest_lifetime=self.longest_lifetime)
+        return self.backend.purge_expired(self.clock(), longest_lifetime=self.lifetimes.longest)
 
     def count(self) -> int:
         return self.backend.count(self.clock())
@@ -449,7 +433,7 @@ class SessionStore:
         """Yield ``(storage key, data)`` of each live session."""
         now = self.clock()
         for key, record in self.backend.items(now):
-            if self._is_expired(record, now):
+            if self.lifetimes.is_expired(record, now):
                 continue
             try:
                 values, _lifetime = self._values(record.data)

@@ -226,7 +226,7 @@ class Users:
                 " the signed-in user (Flask-Login's is '_user_id')."
             )
         records = self.backend.user_records(user, now)
-        return [(k, r) for k, r in records if not self.store._is_expired(r, now)]
+        return [(k, r) for k, r in records if not self.store.lifetimes.is_expired(r, now)]
 
     def _last_seen(self, record: Record) -> datetime:
         try:

@@ -1206,8 +1206,8 @@ def test_lifetime_remember_me_and_audit_log(tmp_path: t.Any, caplog: t.Any) -> N
         user = check_password(request.form["username"], request.form["password"])
         session.regenerate()
         session["user_id"] = user.id
-        if request.form.get("remember"):
-            session.set_lifetime(timedelta(days=30))
+        # None: an earlier "remember me" of this browser does not carry over.
+        session.set_lifetime(timedelta(days=30) if request.form.get("remember") else None)
         return redirect(url_for("index"))
 
     @app.get("/")
@@ -1238,6 +1238,10 @@ def test_lifetime_remember_me_and_audit_log(tmp_path: t.Any, caplog: t.Any) -> N
         response = forgetful.post("/sign-in", data={"username": "a", "password": "secret"})
         assert "Expires=" not in response.headers["Set-Cookie"]
         assert [r.getMessage().split()[-1] for r in caplog.records] == ["created", "created"]
+        # The remembered browser signs in again without "remember me".
+        response = client.post("/sign-in", data={"username": "a", "password": "secret"})
+        assert "Expires=" not in response.headers["Set-Cookie"]
+        assert client.get("/").json == {"user_id": 7}
     finally:
         signals.session_created.disconnect(log_created)
         signals.session_regenerated.disconnect(log_regenerated)

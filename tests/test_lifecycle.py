@@ -125,6 +125,83 @@ def test_bad_lifetime_is_refused(make_app: t.Callable[..., Flask], bad: t.Any) -
         app.test_client().post("/bad")
 
 
+@pytest.mark.parametrize("bad", [timedelta(days=400, seconds=1), 400 * 86400 + 1, 1e300])
+def test_lifetime_past_what_browsers_keep_is_refused(
+    make_app: t.Callable[..., Flask], bad: t.Any
+) -> None:
+    app = make_app()
+
+    @app.post("/too-long")
+    def too_long() -> str:
+        session.set_lifetime(bad)
+        return "never"
+
+    with pytest.raises(ValueError, match="400 days"):
+        app.test_client().post("/too-long")
+
+
+def test_lifetime_of_400_days_holds(
+    make_app: t.Callable[..., Flask], backend: Backend, clock: Clock
+) -> None:
+    app = lifetime_app(make_app, backend, clock)
+
+    @app.post("/longest")
+    def longest() -> str:
+        session["user"] = "alice"
+        session.set_lifetime(timedelta(days=400))
+        return "longest"
+
+    client = app.test_client()
+    header = set_cookie_header(client.post("/longest"))
+    assert header is not None and cookie_expires(header) == clock.now + 400 * DAY
+    clock.advance(days=399)
+    assert client.get("/dump").json == {"user": "alice"}
+
+
+def sign_in_app(make: t.Callable[..., Flask], backend: Backend, clock: Clock) -> Flask:
+    """The sign-in recipe: a new id, and the lifetime the user chose."""
+    app = lifetime_app(make, backend, clock)
+
+    @app.post("/sign-in-for/<int:seconds>")
+    def sign_in_for(seconds: int) -> str:
+        session.regenerate()
+        session["user"] = "alice"
+        session.set_lifetime(timedelta(seconds=seconds) if seconds else None)
+        return "signed in"
+
+    return app
+
+
+@pytest.mark.parametrize("before", ["fresh", "remembered"])
+def test_regenerate_with_a_shorter_lifetime_shortens(
+    make_app: t.Callable[..., Flask], backend: Backend, clock: Clock, before: str
+) -> None:
+    app = sign_in_app(make_app, backend, clock)
+    client = app.test_client()
+    if before == "remembered":
+        client.post("/sign-in/1")
+    else:
+        client.post("/set", json={"cart": [1]})
+    header = set_cookie_header(client.post("/sign-in-for/60"))
+    assert header is not None and cookie_expires(header) == clock.now + timedelta(seconds=60)
+    assert client.get("/meta").json["expires_at"] == (clock.now + timedelta(seconds=60)).isoformat()
+    clock.advance(seconds=61)
+    assert client.get("/dump").json == {}
+
+
+def test_regenerate_with_lifetime_none_restores_the_app_settings(
+    make_app: t.Callable[..., Flask], backend: Backend, clock: Clock
+) -> None:
+    app = sign_in_app(make_app, backend, clock)
+    client = app.test_client()
+    client.post("/sign-in/1")
+    header = set_cookie_header(client.post("/sign-in-for/0"))
+    assert header is not None and cookie_expires(header) is None
+    assert client.get("/meta").json["expires_at"] == (clock.now + DAY).isoformat()
+    clock.advance(days=1, seconds=1)
+    assert client.get("/dump").json == {}
+
+
 # signals
 
 

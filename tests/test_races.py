@@ -163,3 +163,71 @@ def test_concurrent_growth_cannot_pass_max_size(race_app: Flask) -> None:
     # The session stays writable: a save that fits goes through.
     assert client.post("/set", json={"b": "short"}).status_code == 200
     assert client.get("/get/b").json == {"value": "short"}
+
+
+class ParkedTake:
+    """Stops a store's first ``take`` right after the record is taken, until released."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.taken = threading.Event()
+        self.release = threading.Event()
+        self._take = backend.take
+
+    def __call__(self, key: str, now: t.Any) -> t.Any:
+        record = self._take(key, now)
+        if not self.taken.is_set():
+            self.taken.set()
+            assert self.release.wait(WAIT)
+        return record
+
+
+def test_revoke_during_a_failed_regenerate_stays_revoked(race_app: Flask) -> None:
+    @race_app.post("/parked/sign-in")
+    def parked_sign_in() -> str:
+        session.get("user")
+        park("/parked/sign-in")
+        session.regenerate()
+        session["profile"] = "p" * 500
+        return "signed in"
+
+    client, token = signed_in(race_app)
+    store = store_of(race_app)
+    with race_app.app_context():
+        key = store.storage_key(t.cast(str, store.sid_from(token)))
+    with Parked(race_app, token, "/parked/sign-in") as sign_in:
+        # Another request grows the session: the sign-in's save no longer fits.
+        assert client.post("/set", json={"b": "y" * 600}).status_code == 200
+        take = ParkedTake(store.backend)
+        store.backend.take = take  # type: ignore[method-assign]
+        sign_in.release.set()
+        assert take.taken.wait(WAIT)
+        with race_app.app_context():
+            revoked = store.users.revoke(key)
+        take.release.set()
+    assert isinstance(sign_in.error, SessionTooLargeError)
+    # Whatever revoke() answered, the session it meant to end stays ended.
+    assert revoked is False
+    assert stored(race_app) == []
+    assert client.get("/dump").json == {}
+
+
+def test_regenerate_too_large_for_the_store_takes_nothing(race_app: Flask) -> None:
+    @race_app.post("/sign-in/large")
+    def sign_in_large() -> str:
+        session.regenerate()
+        session["profile"] = "p" * 2000
+        return "signed in"
+
+    client, token = signed_in(race_app)
+    store = store_of(race_app)
+    take = ParkedTake(store.backend)
+    take.release.set()
+    store.backend.take = take  # type: ignore[method-assign]
+    with pytest.raises(SessionTooLargeError):
+        client.post("/sign-in/large")
+    assert not take.taken.is_set()
+    assert client.get("/dump").json == {"user": "alice"}
+    with race_app.app_context():
+        key = store.storage_key(t.cast(str, store.sid_from(token)))
+        assert store.users.revoke(key) is True
+    assert stored(race_app) == []
