@@ -5,8 +5,8 @@ from functools import partial
 
 from flask.sessions import SessionInterface
 
-from .backends.base import logger
 from .errors import BackendError
+from .log import logger
 from .purging import EveryNRequests
 from .session import ServerSideSession
 from .store import SessionStore

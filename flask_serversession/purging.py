@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import random
 import threading
@@ -12,13 +11,12 @@ from datetime import timedelta
 from flask import request_started
 
 from .errors import BackendError
+from .log import logger
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
     from .store import SessionStore
-
-logger = logging.getLogger("flask_serversession")
 
 #: The ``app.extensions`` key of an app's :class:`Purger`.
 EXTENSION_KEY = "serversession_purger"

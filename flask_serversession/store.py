@@ -12,7 +12,6 @@ from .backends.base import check_size
 from .backends.base import CorruptRecordError
 from .backends.base import data_size
 from .backends.base import Delta
-from .backends.base import logger
 from .backends.base import Record
 from .config import Settings
 from .errors import BackendError
@@ -20,6 +19,7 @@ from .errors import SessionExpiredError
 from .errors import SessionNotFoundError
 from .errors import SessionTooLargeError
 from .lifetime import Lifetimes
+from .log import logger
 from .serialization import ACCEPTED
 from .serialization import check_key
 from .serialization import SessionSerializer

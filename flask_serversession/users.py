@@ -14,9 +14,9 @@ from flask import session as request_session
 
 from .backends.base import Backend
 from .backends.base import Delta
-from .backends.base import logger
 from .backends.base import Record
 from .errors import ConfigError
+from .log import logger
 from .session import is_meta
 from .session import META_PREFIX
 from .session import ServerSideSession

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 import typing as t
 from dataclasses import dataclass
 
@@ -8,14 +7,13 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadData
 
 from ..errors import ConfigError
+from ..log import logger
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Request
 
     from ..store import SessionStore
-
-logger = logging.getLogger("flask_serversession")
 
 
 @dataclass(frozen=True)

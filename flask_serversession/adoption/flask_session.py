@@ -3,7 +3,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import logging
 import os
 import re
 import struct
@@ -18,13 +17,12 @@ from itsdangerous import BadSignature
 from itsdangerous import Signer
 
 from ..errors import ConfigError
+from ..log import logger
 from . import Found
 from . import plain_pickle
 
 if t.TYPE_CHECKING:
     from flask import Flask
-
-logger = logging.getLogger("flask_serversession")
 
 # The alphabet of secrets.token_urlsafe, which made Flask-Session's ids.
 _SID = re.compile(r"[A-Za-z0-9_-]{1,256}")

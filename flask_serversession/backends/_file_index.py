@@ -9,10 +9,10 @@ import typing as t
 from contextlib import suppress
 from datetime import datetime
 
+from ..log import logger
 from . import _file_format as _format
 from . import _files
 from .base import CorruptRecordError
-from .base import logger
 from .base import Record
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -9,6 +9,7 @@ from redis.exceptions import RedisClusterException
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 
+from ..log import logger
 from . import _redis_scripts as scripts
 from ._redis_codec import parse
 from ._redis_codec import RAW
@@ -16,7 +17,6 @@ from ._redis_codec import text
 from ._redis_codec import USERS
 from ._redis_codec import wrong_type
 from .base import CorruptRecordError
-from .base import logger
 from .base import Record
 
 if t.TYPE_CHECKING:

@@ -9,11 +9,11 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from ..errors import ConfigError
+from ..log import logger
 from ._sql import NOW
 from ._sql import OWNER
 from ._sql import USER
 from .base import CorruptRecordError
-from .base import logger
 from .base import Record
 
 if t.TYPE_CHECKING:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 import typing as t
 from abc import ABC
 from abc import abstractmethod
@@ -10,8 +9,6 @@ from datetime import datetime
 from datetime import timedelta
 
 from ..errors import SessionTooLargeError
-
-logger = logging.getLogger("flask_serversession")
 
 
 @dataclass(frozen=True)

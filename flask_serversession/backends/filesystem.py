@@ -12,6 +12,7 @@ from datetime import datetime
 from datetime import timedelta
 
 from ..errors import BackendError
+from ..log import logger
 from . import _file_format as _format
 from . import _files
 from ._file_index import EMPTY_DIRECTORY_GRACE as _EMPTY_DIRECTORY_GRACE
@@ -21,7 +22,6 @@ from .base import check_size
 from .base import CorruptRecordError
 from .base import data_size
 from .base import Delta
-from .base import logger
 from .base import Record
 
 _KEY = re.compile(r"[0-9a-f]{64}")

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from ..errors import BackendError
+from ..log import logger
 from . import _redis_scripts as scripts
 from ._redis_codec import CREATED
 from ._redis_codec import DATA
@@ -39,7 +40,6 @@ from .base import Backend
 from .base import check_size
 from .base import CorruptRecordError
 from .base import Delta
-from .base import logger
 from .base import Record
 
 _MILLISECOND = timedelta(milliseconds=1)

@@ -13,6 +13,7 @@ from sqlalchemy import exc
 
 from ..errors import BackendError
 from ..errors import ConfigError
+from ..log import logger
 from ._direct import Runner
 from ._sql import CREATED
 from ._sql import DATA
@@ -37,7 +38,6 @@ from .base import check_size
 from .base import CorruptRecordError
 from .base import data_size
 from .base import Delta
-from .base import logger
 from .base import Record
 
 if t.TYPE_CHECKING:
