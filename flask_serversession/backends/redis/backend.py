@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -18,46 +17,36 @@ from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from ..errors import BackendError
-from ..log import logger
-from . import _redis_scripts as scripts
-from ._redis_codec import CREATED
-from ._redis_codec import DATA
-from ._redis_codec import decode
-from ._redis_codec import expire_at_ms
-from ._redis_codec import EXPIRES
-from ._redis_codec import index_deadline_ms
-from ._redis_codec import INDEXED
-from ._redis_codec import micros
-from ._redis_codec import RAW
-from ._redis_codec import text
-from ._redis_codec import USER
-from ._redis_codec import USERS
-from ._redis_codec import whole
-from ._redis_codec import wrong_type
-from ._redis_users import UserIndex
-from .base import Backend
-from .base import check_size
-from .base import CorruptRecordError
-from .base import Delta
-from .base import Record
+from ...errors import BackendError
+from ...log import logger
+from ..base import Backend
+from ..base import check_size
+from ..base import CorruptRecordError
+from ..base import Delta
+from ..base import Record
+from . import scripts
+from .codec import CREATED
+from .codec import DATA
+from .codec import decode
+from .codec import escape_glob
+from .codec import expire_at_ms
+from .codec import EXPIRES
+from .codec import index_deadline_ms
+from .codec import INDEXED
+from .codec import micros
+from .codec import RAW
+from .codec import text
+from .codec import USER
+from .codec import USERS
+from .codec import whole
+from .codec import wrong_type
+from .users import UserIndex
 
 _MILLISECOND = timedelta(milliseconds=1)
 _BATCH = 500
 # Saves retried after moving a user's set TTL forward; more than one retry
 # needs the session to change hands at the same moment.
 _ATTEMPTS = 4
-_SHAS: dict[str, str] = {}
-
-
-def _sha(script: str) -> str:
-    if script not in _SHAS:
-        _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
-    return _SHAS[script]
-
-
-def _escape_glob(value: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
 
 
 class RedisBackend(Backend):
@@ -157,7 +146,7 @@ class RedisBackend(Backend):
 
         With ``sessions``, the keys of session hashes only, not users' sets.
         """
-        match = _escape_glob(self.key_prefix) + "*"
+        match = escape_glob(self.key_prefix) + "*"
         users = (self.key_prefix + USERS).encode()
         batch: list[t.Any] = []
         for name in self.client.scan_iter(match=match, count=_BATCH, **RAW):
@@ -187,7 +176,7 @@ class RedisBackend(Backend):
         Only a server that does not know the script yet (restarted, flushed,
         a new cluster node) costs two more, to load it and run it again.
         """
-        command = ("EVALSHA", _sha(script), len(keys), *keys, *args)
+        command = ("EVALSHA", scripts.sha(script), len(keys), *keys, *args)
         try:
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
         except NoScriptError:

@@ -9,8 +9,8 @@ from datetime import timezone
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
-from .base import CorruptRecordError
-from .base import Record
+from ..base import CorruptRecordError
+from ..base import Record
 
 # The layout of a session hash: one "d:<name>" field per session key, the
 # times, and for a session with a user, the user and until when the user's
@@ -97,3 +97,8 @@ def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
 def decode(fields: t.Mapping[t.Any, t.Any]) -> Record:
     """Build a record from the fields of a session hash (see :func:`parse`)."""
     return parse(fields)[0]
+
+
+def escape_glob(value: str) -> str:
+    """Return ``value`` as a ``SCAN MATCH`` pattern that matches it literally."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in value)

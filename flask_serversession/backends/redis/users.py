@@ -5,28 +5,38 @@ import json
 import typing as t
 from datetime import datetime
 
+import redis
 from redis.exceptions import RedisClusterException
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 
-from ..log import logger
-from . import _redis_scripts as scripts
-from ._redis_codec import parse
-from ._redis_codec import RAW
-from ._redis_codec import text
-from ._redis_codec import USERS
-from ._redis_codec import wrong_type
-from .base import CorruptRecordError
-from .base import Record
-
-if t.TYPE_CHECKING:
-    from .redis import RedisBackend
+from ...log import logger
+from ..base import CorruptRecordError
+from ..base import Record
+from . import scripts
+from .codec import parse
+from .codec import RAW
+from .codec import text
+from .codec import USERS
+from .codec import wrong_type
 
 # Hashes read per round trip when listing.
 _BATCH = 1000
 # Buckets an SSCAN call visits: one call reads a set of a few thousand.
 _SCAN_COUNT = 10_000
 _MAX_BATCHES = 100_000
+
+
+class Host(t.Protocol):
+    """What the index uses of the backend it serves: its client, prefix and round trips."""
+
+    client: redis.Redis | redis.cluster.RedisCluster
+    key_prefix: str
+    _cluster: bool
+
+    def _run(self, script: str, keys: t.Sequence[t.Any], *args: t.Any) -> t.Any: ...
+
+    def _each(self, names: list[t.Any], command: str, *args: t.Any) -> list[t.Any]: ...
 
 
 class UserIndex:
@@ -48,7 +58,7 @@ class UserIndex:
     :param backend: the backend whose client and prefix it uses.
     """
 
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(self, backend: Host) -> None:
         self.backend = backend
 
     def name(self, user: str) -> str:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 # Lua scripts of the Redis backend. Each runs atomically on one server, so a
 # write either happens whole or not at all. Redis refuses a script (READONLY,
 # OOM) only at its first write, and every script does its checks first, so
@@ -182,3 +184,12 @@ LIMIT = """
 if redis.call('PTTL', KEYS[1]) ~= -1 then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 """
+
+_SHAS: dict[str, str] = {}
+
+
+def sha(script: str) -> str:
+    """Return the SHA1 that ``EVALSHA`` runs ``script`` by."""
+    if script not in _SHAS:
+        _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    return _SHAS[script]
