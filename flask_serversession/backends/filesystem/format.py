@@ -8,8 +8,8 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
-from .base import CorruptRecordError
-from .base import Record
+from ..base import CorruptRecordError
+from ..base import Record
 
 #: Format 1: the body is the JSON object of the session's values.
 MAGIC = b"FSS\x01"

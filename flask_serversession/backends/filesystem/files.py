@@ -9,8 +9,8 @@ import typing as t
 from contextlib import contextmanager
 from contextlib import suppress
 
-from ..log import logger
-from .base import CorruptRecordError
+from ...log import logger
+from ..base import CorruptRecordError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a planted FIFO must not wait for a writer.

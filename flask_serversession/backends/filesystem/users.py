@@ -9,11 +9,11 @@ import typing as t
 from contextlib import suppress
 from datetime import datetime
 
-from ..log import logger
-from . import _file_format as _format
-from . import _files
-from .base import CorruptRecordError
-from .base import Record
+from ...log import logger
+from ..base import CorruptRecordError
+from ..base import Record
+from . import files as _files
+from . import format as _format
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")

@@ -11,18 +11,18 @@ from contextlib import suppress
 from datetime import datetime
 from datetime import timedelta
 
-from ..errors import BackendError
-from ..log import logger
-from . import _file_format as _format
-from . import _files
-from ._file_index import EMPTY_DIRECTORY_GRACE as _EMPTY_DIRECTORY_GRACE
-from ._file_index import UserIndex
-from .base import Backend
-from .base import check_size
-from .base import CorruptRecordError
-from .base import data_size
-from .base import Delta
-from .base import Record
+from ...errors import BackendError
+from ...log import logger
+from ..base import Backend
+from ..base import check_size
+from ..base import CorruptRecordError
+from ..base import data_size
+from ..base import Delta
+from ..base import Record
+from . import files as _files
+from . import format as _format
+from .users import EMPTY_DIRECTORY_GRACE as _EMPTY_DIRECTORY_GRACE
+from .users import UserIndex
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
