@@ -234,7 +234,7 @@ def _memory(app: Flask) -> Backend:
 def _sqlalchemy(app: Flask) -> Backend:
     import sqlalchemy as sa
 
-    from .backends.sqlalchemy import SQLAlchemyBackend
+    from .backends.sql import SQLAlchemyBackend
 
     config = app.config
     columns = config["SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS"]

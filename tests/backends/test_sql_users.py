@@ -17,11 +17,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_serversession import ServerSession
-from flask_serversession.backends._sql import Statements
-from flask_serversession.backends._sql_dialects import SQLiteStatements
 from flask_serversession.backends.base import CorruptRecordError
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
+from flask_serversession.backends.sql.dialects import SQLiteStatements
+from flask_serversession.backends.sql.statements import Statements
 from flask_serversession.backends.sqlalchemy import make_table
 from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
 from flask_serversession.errors import ConfigError

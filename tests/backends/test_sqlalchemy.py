@@ -27,12 +27,12 @@ from sqlalchemy.orm import mapped_column
 from werkzeug.serving import make_server
 
 from flask_serversession import ServerSession
-from flask_serversession.backends._sql import Statements
-from flask_serversession.backends._sql_dialects import SQLiteStatements
 from flask_serversession.backends.base import CorruptRecordError
 from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
+from flask_serversession.backends.sql.dialects import SQLiteStatements
+from flask_serversession.backends.sql.statements import Statements
 from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError

@@ -1,29 +1,17 @@
 from __future__ import annotations
 
 import json
-import threading
 import typing as t
-import weakref
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 
 import sqlalchemy as sa
-from sqlalchemy import exc
 from sqlalchemy.sql.dml import ReturningDelete
 
-from .base import CorruptRecordError
-from .base import Delta
-from .base import Record
-
-_T = t.TypeVar("_T")
-
-_SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-# One lock per pool that hands a single connection to every thread.
-_SHARED_CONNECTION_LOCKS: weakref.WeakKeyDictionary[sa.Pool, threading.RLock] = (
-    weakref.WeakKeyDictionary()
-)
-_SHARED_CONNECTION_LOCKS_GUARD = threading.Lock()
+from ..base import CorruptRecordError
+from ..base import Delta
+from ..base import Record
 
 # Names of the bound parameters of the statements that Statements builds once.
 KEY = "p_key"
@@ -63,61 +51,6 @@ def plain(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def serializer_for(engine: sa.Engine) -> threading.RLock | None:
-    """Return a lock held around each operation where all threads share one connection.
-
-    A ``StaticPool`` (an in-memory SQLite database) gives every thread the same
-    DBAPI connection, which cannot run two statements or transactions at once.
-    """
-    if not isinstance(engine.pool, sa.StaticPool):
-        return None
-    with _SHARED_CONNECTION_LOCKS_GUARD:
-        return _SHARED_CONNECTION_LOCKS.setdefault(engine.pool, threading.RLock())
-
-
-def retry_after(error: exc.DBAPIError) -> bool:
-    """Whether an operation that failed with ``error`` runs once more, on a new connection.
-
-    It does when a server restart or an idle timeout closed its connection
-    while it sat in the pool: SQLAlchemy invalidated it and every pooled
-    connection as old, so a second attempt connects afresh. Every operation
-    of this backend may run twice: reads change nothing; create, delete,
-    touch and purge set the same end state again; a delta sets keys to
-    values and the expiry to a time, so applying it twice equals once; a
-    take repeated after its delete committed finds nothing and returns None,
-    which signs the user out but brings no session back.
-    """
-    return bool(error.connection_invalidated)
-
-
-def twice(operation: t.Callable[..., _T], *args: t.Any) -> _T:
-    """Run ``operation``; run it again if :func:`retry_after` its error."""
-    try:
-        return operation(*args)
-    except exc.DBAPIError as e:
-        if not retry_after(e):
-            raise
-    return operation(*args)
-
-
-def sqlite_on_connect(*, wal: bool) -> t.Callable[[t.Any, t.Any], None]:
-    """Return a connect listener: busy timeout, and WAL for a database file."""
-
-    def on_connect(dbapi_connection: t.Any, connection_record: t.Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                # With WAL, a commit survives an app crash without an fsync;
-                # only a power loss may drop the last commits.
-                cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
-
-    return on_connect
 
 
 def extra_bind(column: str) -> str:
@@ -326,6 +259,38 @@ class Statements:
         update = sa.update(self.table).where(self.by_key()).values(changes)
         if not conn.execute(update, values).rowcount:
             conn.execute(sa.insert(self.table).values(row), values)
+
+    def page(
+        self, conn: sa.Connection, live: sa.ColumnElement[bool], size: int
+    ) -> list[tuple[str, sa.Row[t.Any] | None]]:
+        """Return ``(key, row)`` of the first ``size`` rows matching ``live`` by key.
+
+        The row is None where the driver cannot read the rows.
+        """
+        c = self.table.c
+        try:
+            query = self.select().where(live).order_by(c.key)
+            rows = conn.execute(query.limit(size)).all()
+            return [(row.key, row) for row in rows]
+        except (TypeError, ValueError):
+            keys = sa.select(c.key).where(live).order_by(c.key)
+            found = conn.execute(keys.limit(size)).scalars().all()
+            return [(key, None) for key in found]
+
+    def stale(self, now: datetime, longest_lifetime: timedelta | None) -> sa.ColumnElement[bool]:
+        """The rows a purge removes: expired by ``now``, or expiring past ``longest_lifetime``."""
+        expires_at = self.table.c.expires_at
+        stale = expires_at <= now
+        if longest_lifetime is not None:
+            try:
+                horizon = now + longest_lifetime
+            except OverflowError:
+                pass
+            else:
+                # No save sets an expiry this far ahead ('infinity', say):
+                # such a row would otherwise never expire.
+                stale = sa.or_(stale, expires_at > horizon)
+        return stale
 
     def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
         """Delete at most ``size`` rows matching ``stale``; return how many."""

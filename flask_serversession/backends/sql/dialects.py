@@ -11,15 +11,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
-from ._sql import ADDED
-from ._sql import DELETED
-from ._sql import KEY
-from ._sql import MAX_SIZE
-from ._sql import OWNER
-from ._sql import PATCH
-from ._sql import Shape
-from ._sql import Statements
-from .base import Delta
+from ..base import Delta
+from .statements import ADDED
+from .statements import DELETED
+from .statements import KEY
+from .statements import MAX_SIZE
+from .statements import OWNER
+from .statements import PATCH
+from .statements import Shape
+from .statements import Statements
 
 # Timestamps that every driver turns into a datetime, whatever the session's time zone.
 _EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)

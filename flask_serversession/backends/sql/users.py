@@ -8,16 +8,22 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ..errors import ConfigError
-from ..log import logger
-from ._sql import NOW
-from ._sql import OWNER
-from ._sql import USER
-from .base import CorruptRecordError
-from .base import Record
+from ...errors import ConfigError
+from ...log import logger
+from ..base import CorruptRecordError
+from ..base import Record
+from .statements import NOW
+from .statements import OWNER
+from .statements import USER
 
 if t.TYPE_CHECKING:
-    from .sqlalchemy import SQLAlchemyBackend
+    from .runner import Runner
+    from .statements import Statements
+
+#: Runs an operation on the ready table as the backend does: ``run(action, operation, *args)``.
+Run = t.Callable[..., t.Any]
+#: Loads the record of a key.
+Load = t.Callable[[str], Record | None]
 
 _LISTING = "user_records"
 _LISTING_KEYS = "user_keys"
@@ -102,19 +108,26 @@ def check_owner(engine: sa.Engine, table: sa.Table) -> None:
         )
 
 
-def records_of(backend: SQLAlchemyBackend, user: str, now: datetime) -> list[tuple[str, Record]]:
-    """The live records of ``user`` in ``backend``'s ready table; damaged rows are logged."""
+def records_of(
+    run: Run, runner: Runner, sql: Statements, load: Load, user: str, now: datetime
+) -> list[tuple[str, Record]]:
+    """The live records of ``user`` in a ready table; damaged rows are logged and skipped.
+
+    :param run: runs an operation as the backend does (errors, retries, locks).
+    :param runner: runs the backend's statements.
+    :param sql: the backend's statements.
+    :param load: the backend's load, for rows read one by one.
+    """
     values = {USER: user, NOW: now}
-    run, execute, build = backend._run, backend._runner.execute, backend._sql.user_query
     try:
-        rows = run("list a user's sessions", execute, _LISTING, build, values, True)
+        rows = run("list a user's sessions", runner.execute, _LISTING, sql.user_query, values, True)
     except (TypeError, ValueError):
         # The driver cannot convert a value of a row: read the rows one by one.
-        return _one_by_one(backend, user, now, values)
+        return _one_by_one(run, runner, sql, load, user, now, values)
     found = []
     for row in rows:
         try:
-            record = backend._sql.record(row)
+            record = sql.record(row)
         except CorruptRecordError as e:
             logger.error("Skipping a damaged session record: %s", e)
             continue
@@ -124,13 +137,19 @@ def records_of(backend: SQLAlchemyBackend, user: str, now: datetime) -> list[tup
 
 
 def _one_by_one(
-    backend: SQLAlchemyBackend, user: str, now: datetime, values: dict[str, t.Any]
+    run: Run,
+    runner: Runner,
+    sql: Statements,
+    load: Load,
+    user: str,
+    now: datetime,
+    values: dict[str, t.Any],
 ) -> list[tuple[str, Record]]:
-    run, execute, build = backend._run, backend._runner.execute, backend._sql.user_keys_query
+    build = sql.user_keys_query
     found = []
-    for (key,) in run("list a user's sessions", execute, _LISTING_KEYS, build, values, True):
+    for (key,) in run("list a user's sessions", runner.execute, _LISTING_KEYS, build, values, True):
         try:
-            record = backend.load(key)
+            record = load(key)
         except CorruptRecordError as e:
             logger.error("Skipping a damaged session record: %s", e)
             continue
