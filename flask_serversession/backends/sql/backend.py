@@ -35,8 +35,9 @@ from .table import make_table
 from .users import records_of
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
+
+    from .engines import App
 
 _T = t.TypeVar("_T")
 
@@ -170,7 +171,7 @@ class SQLAlchemyBackend(Backend):
         db: SQLAlchemy,
         *,
         bind_key: str | None = None,
-        app: Flask | None = None,
+        app: App | None = None,
         **kwargs: t.Any,
     ) -> SQLAlchemyBackend:
         """Use the engine of a Flask-SQLAlchemy ``db`` for ``app``.

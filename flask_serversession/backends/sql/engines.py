@@ -14,7 +14,6 @@ from sqlalchemy import event
 from ...errors import ConfigError
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -24,6 +23,12 @@ _SHARED_CONNECTION_LOCKS: weakref.WeakKeyDictionary[sa.Pool, threading.RLock] = 
     weakref.WeakKeyDictionary()
 )
 _SHARED_CONNECTION_LOCKS_GUARD = threading.Lock()
+
+
+class App(t.Protocol):
+    """What the backend uses of a Flask app: the app context that Flask-SQLAlchemy needs."""
+
+    def app_context(self) -> t.ContextManager[t.Any]: ...
 
 
 def engine_from_url(url: str | sa.URL) -> sa.Engine:
@@ -52,7 +57,7 @@ def engine_from_url(url: str | sa.URL) -> sa.Engine:
 
 
 def flask_sqlalchemy_bind(
-    db: SQLAlchemy, bind_key: str | None, app: Flask | None
+    db: SQLAlchemy, bind_key: str | None, app: App | None
 ) -> tuple[sa.Engine, sa.MetaData]:
     """The engine and metadata of Flask-SQLAlchemy's bind ``bind_key`` for ``app``.
 
