@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from .backends.base import Backend
 from .errors import ConfigError
+from .extras import require
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -265,11 +266,8 @@ def _sqlalchemy(app: Flask) -> Backend:
     db = config["SERVERSESSION_SQLALCHEMY"]
     if db is not None:
         accepted = "a flask_sqlalchemy.SQLAlchemy (the app's db) or None"
-        try:
-            from flask_sqlalchemy import SQLAlchemy
-        except ImportError as e:
-            raise _bad("SERVERSESSION_SQLALCHEMY", db, accepted) from e
-        if not isinstance(db, SQLAlchemy):
+        flask_sqlalchemy = require("flask_sqlalchemy", key="SERVERSESSION_SQLALCHEMY", value=db)
+        if not isinstance(db, flask_sqlalchemy.SQLAlchemy):
             raise _bad("SERVERSESSION_SQLALCHEMY", db, accepted)
         if bind_key is not None and not isinstance(bind_key, str):
             raise _bad("SERVERSESSION_SQLALCHEMY_BIND_KEY", bind_key, "None or a bind name")
@@ -306,6 +304,8 @@ def _sqlalchemy(app: Flask) -> Backend:
             synchronous_commit,
             f"None: it is a PostgreSQL setting and {key} is {url.get_backend_name()}",
         )
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
+        require("psycopg", key=key, value=shown)
     try:
         return SQLAlchemyBackend.from_url(url, **options)
     except (ImportError, sa.exc.ArgumentError) as e:
@@ -335,6 +335,7 @@ def _filesystem(app: Flask) -> Backend:
 
 
 def _redis(app: Flask) -> Backend:
+    require("redis", key="SERVERSESSION_BACKEND", value="redis")
     from .backends.redis import RedisBackend
 
     prefix = string(app.config, "SERVERSESSION_KEY_PREFIX")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadData
 
-from ..errors import ConfigError
+from ..extras import require
 from ..log import logger
 
 if t.TYPE_CHECKING:
@@ -176,12 +176,8 @@ def build_adopter(app: Flask, *, cookie_sessions: bool, flask_session: bool) -> 
     if cookie_sessions:
         sources.append(CookieSessionSource())
     if flask_session:
-        try:
-            from .flask_session import source_from_config
-        except ImportError as e:
-            raise ConfigError(
-                f"SERVERSESSION_ADOPT_FLASK_SESSION = True needs msgspec ({e}),"
-                " which Flask-Session itself installs. Install msgspec."
-            ) from e
+        require("msgspec", key="SERVERSESSION_ADOPT_FLASK_SESSION", value=True)
+        from .flask_session import source_from_config
+
         sources.append(source_from_config(app.config))
     return Adopter(sources) if sources else None
