@@ -10,6 +10,7 @@ from datetime import timedelta
 from .backends.base import Backend
 from .errors import ConfigError
 from .extras import require
+from .leftover_keys import warn_flask_session_keys
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -165,7 +166,7 @@ def read_settings(app: Flask) -> Settings:
 
     sign_id = boolean(config, "SERVERSESSION_SIGN_ID")
 
-    return Settings(
+    settings = Settings(
         expire_time=duration(config, "SERVERSESSION_EXPIRE_TIME"),  # type: ignore[arg-type]
         renew_time=duration(config, "SERVERSESSION_RENEW_TIME", zero=True),  # type: ignore[arg-type]
         renew_on=renew_on,
@@ -179,6 +180,9 @@ def read_settings(app: Flask) -> Settings:
         adopter=_adopter(app),
         **_user_settings(config),
     )
+    if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
+        warn_flask_session_keys(config)
+    return settings
 
 
 def _user_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:

@@ -987,7 +987,15 @@ def test_migrating_flask_session_steps(tmp_path: Path, redis_server: RedisServer
             SERVERSESSION_REDIS=redis.Redis.from_url(redis_server.url),
             SERVERSESSION_ADOPT_FLASK_SESSION=adopt,
         )
-        ServerSession(app)
+        if adopt:
+            ServerSession(app)
+        else:
+            # Step 3 removes the keys; while they stay, init_app says they are unused.
+            with pytest.warns(UserWarning, match="is a Flask-Session setting") as caught:
+                ServerSession(app)
+            assert {str(w.message).split()[0] for w in caught} == set(prefixes) - {
+                "SERVERSESSION_KEY_PREFIX"
+            } | {"SESSION_TYPE", "SESSION_REDIS"}
 
         @app.get("/me")
         def me() -> t.Any:

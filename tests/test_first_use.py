@@ -1,17 +1,102 @@
 from __future__ import annotations
 
 import configparser
+import importlib
+import inspect
 import json
+import re
 import subprocess
 import sys
 import typing as t
+import warnings
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
+from flask_serversession import ServerSession
 from flask_serversession.extras import EXTRAS
+from flask_serversession.leftover_keys import FLASK_SESSION_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
+FLASK_SESSION_DEFAULTS = [
+    name
+    for name in dir(pytest.importorskip("flask_session.defaults").Defaults)
+    if name.startswith("SESSION_")
+]
+
+
+def make_app(tmp_path: Path, **config: t.Any) -> Flask:
+    app = Flask("first_use", instance_path=str(tmp_path / "instance"))
+    app.config.update(SECRET_KEY="secret", SERVERSESSION_BACKEND="memory")
+    app.config.update(config)
+    return app
+
+
+def init(tmp_path: Path, **config: t.Any) -> list[str]:
+    """Run init_app on an app with ``config``; return the warnings it gave."""
+    app = make_app(tmp_path, **config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ServerSession(app)
+    assert all(w.category is UserWarning for w in caught)
+    return [str(w.message) for w in caught]
+
+
+def test_every_key_flask_session_reads_is_known() -> None:
+    assert set(FLASK_SESSION_DEFAULTS) == set(FLASK_SESSION_KEYS)
+    # The keys its set-up reads, beside the defaults it declares.
+    source = inspect.getsource(importlib.import_module("flask_session"))
+    read = set(re.findall(r'config\.get\(\s*"(SESSION_\w+)"', source))
+    assert read == set(FLASK_SESSION_KEYS)
+
+
+def test_warning_points_at_the_apps_own_line(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning) as direct:
+        ServerSession(make_app(tmp_path, SESSION_TYPE="redis"))
+    with pytest.warns(UserWarning) as factory:
+        ServerSession().init_app(make_app(tmp_path, SESSION_TYPE="redis"))
+    assert [w.filename for w in (*direct, *factory)] == [__file__, __file__]
+
+
+def test_flask_session_keys_left_over_warn_with_their_replacement(tmp_path: Path) -> None:
+    messages = init(tmp_path, SESSION_TYPE="redis", SESSION_REDIS=object())
+    assert len(messages) == 2
+    kind, client = messages
+    assert kind.startswith("SESSION_TYPE is a Flask-Session setting")
+    assert "set SERVERSESSION_BACKEND instead" in kind
+    assert "SERVERSESSION_BACKEND = 'memory'" in kind
+    assert client.startswith("SESSION_REDIS is a Flask-Session setting")
+    assert "set SERVERSESSION_REDIS instead" in client
+
+
+@pytest.mark.parametrize("key", sorted(FLASK_SESSION_KEYS))
+def test_each_flask_session_key_warns_once(tmp_path: Path, key: str) -> None:
+    (message,) = init(tmp_path, **{key: None})
+    assert message.startswith(f"{key} is a Flask-Session setting")
+    replacement = FLASK_SESSION_KEYS[key]
+    if replacement is None:
+        assert message.split(": ", 1)[1].startswith("no key replaces it (")
+    else:
+        assert f"set {replacement} instead" in message
+
+
+def test_no_warning_while_adopting_flask_sessions(tmp_path: Path) -> None:
+    messages = init(
+        tmp_path,
+        SERVERSESSION_ADOPT_FLASK_SESSION=True,
+        SESSION_TYPE="filesystem",
+        SESSION_FILE_DIR=str(tmp_path / "flask_session"),
+        SESSION_USE_SIGNER=True,
+    )
+    assert messages == []
+
+
+def test_flasks_own_session_keys_never_warn(tmp_path: Path) -> None:
+    flask_keys = {k: v for k, v in Flask.default_config.items() if k.startswith("SESSION_")}
+    assert "SESSION_COOKIE_NAME" in flask_keys
+    flask_keys = {**flask_keys, "SESSION_COOKIE_SECURE": True, "SESSION_COOKIE_NAME": "sid"}
+    assert init(tmp_path, **flask_keys) == []
 
 
 # A child Python in which ``module`` cannot be imported, as when it is not installed.
@@ -74,3 +159,10 @@ def test_every_extra_named_in_errors_exists() -> None:
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     assert set(EXTRAS.values()) <= set(setup["options.extras_require"])
+
+
+def test_the_migrating_page_shows_the_warning_as_printed(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "migrating.rst").read_text()
+    shown = page.split(".. code-block:: text\n\n", 1)[1].split("\n\n")[0]
+    (message,) = init(tmp_path, SESSION_TYPE="redis", SERVERSESSION_BACKEND="sqlalchemy")
+    assert " ".join(shown.split()) == f"UserWarning: {message}"
