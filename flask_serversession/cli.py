@@ -18,6 +18,11 @@ FULL_KEY = re.compile("[0-9a-f]{64}")
 T = t.TypeVar("T")
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in the number it needs: "1 session", "2 sessions"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _run(action: t.Callable[[SessionStore], T]) -> T:
     """Run ``action`` on the app's store; a store failure becomes a one-line error."""
     store = current_app.extensions.get("serversession")
@@ -39,7 +44,7 @@ def cli() -> None:
 def purge() -> None:
     """Remove expired sessions (run it from cron or a timer)."""
     removed = _run(SessionStore.purge_expired)
-    click.echo(f"Removed {removed} expired sessions.")
+    click.echo(f"Removed {counted(removed, 'expired session')}.")
 
 
 @cli.command("count")
@@ -57,7 +62,7 @@ def clear(yes: bool) -> None:
     if not yes:
         click.confirm("Remove all sessions? Every user will be signed out.", abort=True)
     removed = _run(SessionStore.clear)
-    click.echo(f"Removed {removed} sessions.")
+    click.echo(f"Removed {counted(removed, 'session')}.")
 
 
 def _time(moment: datetime) -> str:
@@ -89,22 +94,35 @@ def revoke(user_id: str | None, key: str | None) -> None:
         if user_id is None:
             raise click.UsageError("Give a USER_ID, or --key with a storage key.")
         ended = _run(lambda store: store.users.revoke_user(user_id, keep_current=False))
+        if not ended:
+            click.echo(f"User {user_id!r} has no live sessions.")
+            return
     else:
         ended = _run(lambda store: _revoke_one(store, user_id, key))
-    click.echo(f"Ended {ended} sessions.")
+    click.echo(f"Ended {counted(ended, 'session')}.")
 
 
 def _revoke_one(store: SessionStore, user_id: str | None, key: str) -> int:
-    """End the session ``key`` names: a storage key, or the start of one of a user's."""
+    """End the session ``key`` names: a storage key, or the start of one of a user's.
+
+    A key that names no live session is an error, so a mistyped key never
+    reads as done.
+    """
     if user_id is None:
         if not FULL_KEY.fullmatch(key):
             raise click.UsageError(
                 f"{key!r} is not a storage key (64 hex digits). To use the short key that"
                 " 'sessions' prints, give the USER_ID too."
             )
-        return int(store.users.revoke(key))
+        if not store.users.revoke(key):
+            raise click.ClickException(f"No live session has the storage key {key!r}.")
+        return 1
     infos = store.users.sessions(user_id)
     matches = [info.storage_key for info in infos if info.storage_key.startswith(key)]
     if len(matches) > 1:
         raise click.UsageError(f"{key!r} starts more than one session of user {user_id!r}.")
-    return sum(store.users.revoke(match) for match in matches)
+    if not matches or not store.users.revoke(matches[0]):
+        raise click.ClickException(
+            f"No live session of user {user_id!r} has a storage key starting with {key!r}."
+        )
+    return 1

@@ -32,6 +32,15 @@ def test_purge_reports_removed_sessions(backend_app: Flask) -> None:
     assert result.output == "2\n"
 
 
+def test_counts_of_one_are_singular(app: Flask) -> None:
+    fill(app, live=1, expired=1)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["serversession", "purge"]).output == "Removed 1 expired session.\n"
+    assert runner.invoke(args=["serversession", "purge"]).output == "Removed 0 expired sessions.\n"
+    result = runner.invoke(args=["serversession", "clear", "--yes"])
+    assert result.output == "Removed 1 session.\n"
+
+
 def test_clear_asks_first(app: Flask) -> None:
     fill(app, live=2, expired=0)
     runner = app.test_cli_runner()

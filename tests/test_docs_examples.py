@@ -893,7 +893,7 @@ def test_cli_commands(tmp_path: t.Any) -> None:
     result = runner.invoke(args=["serversession", "clear"], input="n\n")
     assert result.exit_code == 1 and "Every user will be signed out." in result.output
     result = runner.invoke(args=["serversession", "clear", "--yes"])
-    assert result.output == "Removed 1 sessions.\n"
+    assert result.output == "Removed 1 session.\n"
 
     with app.app_context():
         server_session.create({"user_id": 1})

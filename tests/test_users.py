@@ -550,14 +550,25 @@ def test_cli_lists_and_revokes(users_app: Flask) -> None:
     def revoke(*args: str) -> t.Any:
         return runner.invoke(args=["serversession", "revoke", *args])
 
-    assert revoke("bob", "--key", key_of(users_app, laptop)[:12]).output == "Ended 0 sessions.\n"
-    assert revoke("alice", "--key", key_of(users_app, phone)[:12]).output == "Ended 1 sessions.\n"
-    assert revoke("--key", key_of(users_app, laptop)).output == "Ended 1 sessions.\n"
-    assert revoke("--key", key_of(users_app, laptop)).output == "Ended 0 sessions.\n"
-    assert revoke("bob").output == "Ended 1 sessions.\n"
-    assert runner.invoke(args=["serversession", "sessions", "bob"]).output == (
-        "User 'bob' has no live sessions.\n"
+    laptop_key = key_of(users_app, laptop)
+    result = revoke("bob", "--key", laptop_key[:12])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: No live session of user 'bob' has a storage key starting with"
+        f" {laptop_key[:12]!r}.\n"
     )
+    assert revoke("alice", "--key", key_of(users_app, phone)[:12]).output == "Ended 1 session.\n"
+    assert revoke("--key", laptop_key).output == "Ended 1 session.\n"
+    result = revoke("--key", laptop_key)
+    assert result.exit_code == 1
+    assert result.output == f"Error: No live session has the storage key {laptop_key!r}.\n"
+    result = revoke("alice", "--key", laptop_key[:12])
+    assert result.exit_code == 1 and repr(laptop_key[:12]) in result.output
+    assert revoke("bob").output == "Ended 1 session.\n"
+    for user in ("bob", "nobody"):
+        result = revoke(user)
+        assert result.exit_code == 0
+        assert result.output == f"User {user!r} has no live sessions.\n"
     for args in ((), ("--key", "3fa9c2e1b7d0")):
         result = revoke(*args)
         assert result.exit_code == 2 and "Error:" in result.output
