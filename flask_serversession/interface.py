@@ -3,6 +3,7 @@ from __future__ import annotations
 import typing as t
 from functools import partial
 
+from flask import request
 from flask.sessions import SessionInterface
 
 from .errors import BackendError
@@ -108,7 +109,9 @@ class ServerSessionInterface(SessionInterface):
             return
         expires = outcome.expires_at if outcome.persistent else None
         response.set_cookie(name, outcome.token, expires=expires, **cookie)
-        if header_name is not None and outcome.id_changed:
+        if header_name is not None and outcome.id_changed and name not in request.cookies:
+            # A client that sent the cookie is a browser, whose page scripts
+            # can read response headers but not an HttpOnly cookie.
             response.headers[header_name] = outcome.token
 
     @staticmethod

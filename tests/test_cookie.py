@@ -76,6 +76,34 @@ def test_header_mode_returns_token_and_accepts_it(make_app: t.Callable[..., Flas
     assert response.headers["X-Session-Token"] not in ("", token)
 
 
+def test_header_mode_gives_a_browser_its_new_token_in_the_cookie_only(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    app = make_app(SERVERSESSION_HEADER_NAME="X-Session-Token")
+    browser = app.test_client()
+    browser.post("/set", json={"user": "alice"})
+    token = session_cookie(browser)
+    response = browser.post("/regenerate")
+    new_token = session_cookie(browser)
+    assert new_token not in (None, token)
+    assert f"session={new_token}" in set_cookie_header(response)
+    assert "X-Session-Token" not in response.headers
+    # Sent along with the header, the cookie still marks a browser.
+    response = browser.post("/regenerate", headers={"X-Session-Token": t.cast(str, new_token)})
+    assert session_cookie(browser) not in (None, new_token)
+    assert "X-Session-Token" not in response.headers
+
+
+def test_header_mode_gives_an_api_client_its_new_token_in_the_header(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    app = make_app(SERVERSESSION_HEADER_NAME="X-Session-Token")
+    api = app.test_client(use_cookies=False)
+    first = api.post("/set", json={"user": "bot"}).headers["X-Session-Token"]
+    response = api.post("/regenerate", headers={"X-Session-Token": first})
+    assert response.headers["X-Session-Token"] not in ("", first)
+
+
 def test_header_wins_over_cookie(make_app: t.Callable[..., Flask]) -> None:
     app = make_app(SERVERSESSION_HEADER_NAME="X-Session-Token")
     client = app.test_client()
