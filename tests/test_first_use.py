@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import configparser
 import importlib
 import inspect
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import typing as t
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,58 @@ def test_the_migrating_page_shows_the_warning_as_printed(tmp_path: Path) -> None
     shown = page.split(".. code-block:: text\n\n", 1)[1].split("\n\n")[0]
     (message,) = init(tmp_path, SESSION_TYPE="redis", SERVERSESSION_BACKEND="sqlalchemy")
     assert " ".join(shown.split()) == f"UserWarning: {message}"
+
+
+def documented_entries() -> dict[str, tuple[str, str]]:
+    """Type and default of every ``.. data::`` entry of the docs, by key."""
+    entries = {}
+    for page in sorted((ROOT / "docs").glob("*.rst")):
+        for match in re.finditer(
+            r"^\.\. data:: (SERVERSESSION_\w+)\n(.*?)(?=^\S|\Z)", page.read_text(), re.M | re.S
+        ):
+            body = " ".join(match[2].split())
+            found = re.search(r"Type (.*?)\. Default (.*?)\.(?: |$)", body)
+            assert found, f"{match[1]} in {page.name} gives no type and default"
+            entries[match[1]] = (found[1], found[2])
+    return entries
+
+
+def configuration_table() -> dict[str, tuple[str, str, str]]:
+    """The rows of the table that opens the Configuration page: type, default, line."""
+    page = (ROOT / "docs" / "configuration.rst").read_text()
+    table = page.split(".. list-table:: Every setting\n", 1)[1].split("\n\n", 2)[1]
+    rows = [row.split("\n     - ") for row in table.split("   * - ")[1:]]
+    assert rows[0] == ["Key", "Type", "Default", "What it does\n"]
+    table_rows = {}
+    for key, kind, default, line in rows[1:]:
+        name = re.fullmatch(r":data:`(SERVERSESSION_\w+)`", key)
+        assert name, key
+        table_rows[name[1]] = (" ".join(kind.split()), " ".join(default.split()), line.strip())
+    return table_rows
+
+
+def test_configuration_table_lists_every_key() -> None:
+    from flask_serversession.config import DEFAULTS
+
+    table = configuration_table()
+    entries = documented_entries()
+    assert sorted(table) == sorted(DEFAULTS)
+    assert sorted(entries) == sorted(DEFAULTS)
+    for key, (kind, default, line) in table.items():
+        assert (kind, default) == entries[key], key
+        assert line, key
+        literal = re.match(r"``(.+?)``", default)
+        if literal:
+            assert ast.literal_eval(literal[1]) == DEFAULTS[key], key
+        else:
+            assert isinstance(DEFAULTS[key], timedelta), key
+            assert default == humanize(DEFAULTS[key]), key
+
+
+def humanize(span: timedelta) -> str:
+    """A default duration as the docs spell it: "24 hours", "1 hour", "5 minutes"."""
+    for unit, seconds in (("hour", 3600), ("minute", 60)):
+        if span.total_seconds() % seconds == 0:
+            n = int(span.total_seconds() // seconds)
+            return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+    raise AssertionError(span)
