@@ -101,10 +101,19 @@ def test_flasks_own_session_keys_never_warn(tmp_path: Path) -> None:
     assert init(tmp_path, **flask_keys) == []
 
 
-# A child Python in which ``module`` cannot be imported, as when it is not installed.
+# A child Python in which ``module`` cannot be found, as when it is not installed.
 CHILD = """
 import json, sys
-sys.modules[{module!r}] = None
+
+
+class Uninstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Uninstalled())
 from flask import Flask
 from flask_serversession import ConfigError, ServerSession
 app = Flask("child", instance_path={instance!r})
@@ -137,10 +146,8 @@ MISSING = [
 ]
 
 
-@pytest.mark.parametrize(("module", "config", "named"), MISSING, ids=[m[0] for m in MISSING])
-def test_missing_extra_is_a_config_error_with_the_install_command(
-    tmp_path: Path, module: str, config: dict[str, t.Any], named: str
-) -> None:
+def error_without(tmp_path: Path, module: str, config: dict[str, t.Any]) -> str:
+    """The ConfigError that init_app raises with ``config`` where ``module`` is missing."""
     code = CHILD.format(module=module, instance=str(tmp_path / "instance"), config=config)
     child = subprocess.run(
         [sys.executable, "-c", code],
@@ -153,8 +160,23 @@ def test_missing_extra_is_a_config_error_with_the_install_command(
     assert child.returncode == 0, child.stderr
     message = json.loads(child.stdout)
     assert message is not None, "init_app succeeded without the package"
+    return t.cast(str, message)
+
+
+@pytest.mark.parametrize(("module", "config", "named"), MISSING, ids=[m[0] for m in MISSING])
+def test_missing_extra_is_a_config_error_with_the_install_command(
+    tmp_path: Path, module: str, config: dict[str, t.Any], named: str
+) -> None:
+    message = error_without(tmp_path, module, config)
     assert message.startswith(f"{named} needs the {module} package, which is not installed")
     assert message.endswith(f"pip install 'Flask-ServerSession[{EXTRAS[module]}]'")
+
+
+def test_the_quickstart_shows_the_error_for_a_missing_extra(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "quickstart.rst").read_text()
+    shown = page.split(".. code-block:: text\n\n", 1)[1].split("\n\n")[0]
+    message = error_without(tmp_path, "redis", {"SERVERSESSION_BACKEND": "redis"})
+    assert " ".join(shown.split()) == f"flask_serversession.errors.ConfigError: {message}"
 
 
 def test_every_extra_named_in_errors_exists() -> None:
