@@ -149,6 +149,14 @@ class SQLAlchemyBackend(Backend):
         self._ready = False
         self._ready_lock = threading.Lock()
 
+    @property
+    def synchronous_commit(self) -> bool | None:
+        """The ``synchronous_commit`` that session writes set; None: the server's.
+
+        .. versionadded:: 0.3
+        """
+        return self._runner.synchronous_commit
+
     @classmethod
     def from_url(cls, url: str | sa.URL, **kwargs: t.Any) -> SQLAlchemyBackend:
         """Create an engine for ``url`` and a backend that owns it.
