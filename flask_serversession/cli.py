@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import typing as t
 from datetime import datetime
@@ -9,6 +10,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .checks import Finding
+from .checks import run_checks
 from .errors import ServerSessionError
 from .store import SessionStore
 
@@ -126,3 +129,36 @@ def _revoke_one(store: SessionStore, user_id: str | None, key: str) -> int:
             f"No live session of user {user_id!r} has a storage key starting with {key!r}."
         )
     return 1
+
+
+@cli.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as a JSON list.")
+@click.option("--ignore", multiple=True, metavar="ID", help="Leave out a check (repeatable).")
+@with_appcontext
+def check(as_json: bool, ignore: tuple[str, ...]) -> None:
+    """Audit the session set-up for production; exit 1 if an error is found.
+
+    Reads the config and the session store's server settings; changes nothing.
+    """
+    if current_app.extensions.get("serversession") is None:
+        raise click.ClickException("ServerSession is not set up on this app: call 'init_app'.")
+    try:
+        findings = run_checks(current_app, ignore=ignore)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--ignore'") from e
+    if as_json:
+        click.echo(json.dumps([finding.as_dict() for finding in findings], indent=2))
+    else:
+        for finding in findings:
+            click.echo(finding.line())
+        click.echo(_summary(findings))
+    if any(finding.severity == "error" for finding in findings):
+        raise SystemExit(1)
+
+
+def _summary(findings: list[Finding]) -> str:
+    errors = sum(finding.severity == "error" for finding in findings)
+    warnings = len(findings) - errors
+    if not findings:
+        return "No problems found."
+    return f"{counted(errors, 'error')}, {counted(warnings, 'warning')}."

@@ -73,7 +73,7 @@ def _primaries(client: redis.cluster.RedisCluster) -> list[t.Any]:
 
 
 def sql_setting(engine: sa.Engine, name: str | None) -> str | None:
-    """The value ``SHOW name`` gives on a new connection of ``engine``.
+    """The value ``SHOW name`` gives on a connection of ``engine``.
 
     It reflects the server's, the database's and the role's settings, as the
     backend's own connections see them before they set anything. With

@@ -165,8 +165,8 @@ def _synchronous_commit(setting: str, value: str) -> Finding:
         "PostgreSQL answers a session write before it reaches the disk, so a crash of the"
         " database server can lose sign-ins and sign-outs the app was told had been saved.",
         "set SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT = True, or turn synchronous_commit"
-        " back on where it was turned off (ALTER ROLE / ALTER DATABASE ... RESET"
-        " synchronous_commit, or postgresql.conf).",
+        " on for the app's role (ALTER ROLE ... SET synchronous_commit = on), its database"
+        " or in postgresql.conf.",
     )
 
 
