@@ -66,9 +66,10 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
             "serversession.W007",
             "SERVERSESSION_HEADER_NAME",
             repr(settings.header_name),
-            "The app renders pages, and in every one of them the token is also accepted from"
-            " and sent in a header that page scripts can read and set, out of reach of the"
-            " HttpOnly cookie's protection.",
+            "The app renders pages and header mode covers all of it, so page scripts can hold"
+            " a token outside the HttpOnly cookie: a request sent without the cookie gets its"
+            " new token in a header they can read, and any token they hold is accepted in the"
+            " request header.",
             "leave SERVERSESSION_HEADER_NAME unset in the app that serves pages (API clients"
             " can keep a cookie jar, or get an app of their own); if no page script ever reads"
             " or sets the header, pass --ignore serversession.W007.",
