@@ -283,6 +283,8 @@ class Users:
     @staticmethod
     def _user(user_id: t.Any) -> str:
         user = user_value(user_id)
+        if user_id == "":
+            raise ValueError("A user id is a non-empty str or an int; this one is empty.")
         if user is None:
             raise TypeError(f"A user id is a str or an int, not {type(user_id).__name__}.")
         return user

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+import string
 import typing as t
 from datetime import timedelta
 
@@ -195,6 +197,63 @@ def test_user_ids_are_compared_as_text(users_app: Flask) -> None:
         server_session.create({"_user_id": 1234})
     assert len(sessions_of(users_app, 123)) == 2
     assert [info.user_id for info in sessions_of(users_app, "123")] == ["123", "123"]
+
+
+# Random, so a database cannot compress it below its index's limit.
+_RANDOM = random.Random(7)
+ODD_USER_IDS = {
+    "nul": "sso|a\x00b",
+    "long": "".join(_RANDOM.choices(string.ascii_letters + string.digits, k=10_000)),
+    "long unicode": "ü🙂中" * 1_000,
+    "digest-like": "sha256:" + "0" * 64,
+}
+
+
+@pytest.mark.parametrize("user", list(ODD_USER_IDS.values()), ids=list(ODD_USER_IDS))
+def test_any_user_id_signs_in_lists_and_revokes(users_app: Flask, user: str) -> None:
+    PASSWORDS[user] = "secret"
+    laptop = signed_in(users_app, user)
+    phone = signed_in(users_app, user, PHONE)
+    signed_in(users_app, "alice", TABLET)
+    assert laptop.get("/whoami").text == user
+
+    listed = sorted(info.storage_key for info in sessions_of(users_app, user))
+    assert listed == sorted([key_of(users_app, laptop), key_of(users_app, phone)])
+    assert {info.user_id for info in sessions_of(users_app, user)} == {user}
+    # Ids that differ only past what an index keeps, or by the NUL, are others.
+    assert sessions_of(users_app, user + "y") == []
+    if "\x00" in user:
+        assert sessions_of(users_app, user.replace("\x00", "")) == []
+
+    with users_app.app_context():
+        assert server_session.revoke_user(user, keep_current=False) == 2
+    assert laptop.get("/whoami").text == "anonymous"
+    assert len(sessions_of(users_app, "alice")) == 1
+
+
+def test_a_long_id_and_its_digest_are_two_users(users_app: Flask) -> None:
+    import hashlib
+
+    long_id = "z" * 500
+    digest = "sha256:" + hashlib.sha256(long_id.encode()).hexdigest()
+    with users_app.app_context():
+        server_session.create({"_user_id": long_id})
+        server_session.create({"_user_id": digest})
+    assert [info.user_id for info in sessions_of(users_app, long_id)] == [long_id]
+    assert [info.user_id for info in sessions_of(users_app, digest)] == [digest]
+
+
+@pytest.mark.parametrize("empty", ["", ()])
+def test_an_empty_user_id_is_refused_by_name(users_app: Flask, empty: t.Any) -> None:
+    with users_app.app_context():
+        if empty == "":
+            with pytest.raises(ValueError, match="empty"):
+                server_session.user_sessions(empty)
+            with pytest.raises(ValueError, match="empty"):
+                server_session.revoke_user(empty)
+        else:
+            with pytest.raises(TypeError, match="not tuple"):
+                server_session.user_sessions(empty)
 
 
 def test_sign_out_and_change_of_user_move_the_session(users_app: Flask) -> None:

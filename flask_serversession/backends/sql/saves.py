@@ -20,6 +20,7 @@ from .statements import KEY
 from .statements import merged
 from .statements import NOW
 from .statements import OWNER
+from .statements import owner_text
 from .statements import plain
 from .statements import shape_of
 
@@ -63,7 +64,7 @@ def extra_parameters(
     parameters = {extra_bind(name): extra[name] for name in names}
     if owner:
         names += (OWNER,)
-        parameters[extra_bind(OWNER)] = user
+        parameters[extra_bind(OWNER)] = owner_text(user)
     return names, parameters
 
 

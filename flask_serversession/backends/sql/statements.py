@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import typing as t
 from datetime import datetime
@@ -29,6 +30,26 @@ USER = "p_user"
 #: NULL for a session without one. Not ``user_id``: that is the name the docs
 #: give an extra column filled by ``extras``, which the index may now replace.
 OWNER = "owner"
+
+# User ids the owner column keeps as they are; others are kept as a digest.
+_DIGEST = "sha256:"
+_LONGEST_PLAIN_OWNER = 200
+
+
+def owner_text(user: str | None) -> str | None:
+    """The owner column's text for ``user``: the id itself, or its digest.
+
+    Every column type and index takes an id of up to 200 characters without
+    NUL (PostgreSQL refuses NUL in text, its index entries end near 2,700
+    bytes, other databases bound the column at 255). Any other id is kept as
+    its SHA-256: the index only finds rows, and an id that starts like a
+    digest is kept as a digest too, so the two spellings never meet.
+    """
+    if user is None or (
+        len(user) <= _LONGEST_PLAIN_OWNER and "\x00" not in user and not user.startswith(_DIGEST)
+    ):
+        return user
+    return _DIGEST + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def utc(value: datetime) -> datetime:
@@ -124,6 +145,9 @@ class Statements:
             raise CorruptRecordError(
                 f"Session row {key} has an owner of type {type(user).__name__}, not text."
             )
+        if user is not None and user.startswith(_DIGEST):
+            user = None  # the data names the user; a digest cannot
+
         created_at = self.parse_timestamp(created)
         expires_at = self.parse_timestamp(expires)
         if created_at is None or expires_at is None:

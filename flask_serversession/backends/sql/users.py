@@ -14,6 +14,7 @@ from ..base import CorruptRecordError
 from ..base import Record
 from .statements import NOW
 from .statements import OWNER
+from .statements import owner_text
 from .statements import USER
 
 if t.TYPE_CHECKING:
@@ -118,7 +119,7 @@ def records_of(
     :param sql: the backend's statements.
     :param load: the backend's load, for rows read one by one.
     """
-    values = {USER: user, NOW: now}
+    values = {USER: owner_text(user), NOW: now}
     try:
         rows = run("list a user's sessions", runner.execute, _LISTING, sql.user_query, values, True)
     except (TypeError, ValueError):
@@ -153,6 +154,10 @@ def _one_by_one(
         except CorruptRecordError as e:
             logger.error("Skipping a damaged session record: %s", e)
             continue
-        if record is not None and record.user == user and record.expires_at > now:
+        # A row read back names its owner unless it is kept as a digest.
+        owned = record is not None and (
+            record.user == user or (record.user is None and owner_text(user) != user)
+        )
+        if owned and record is not None and record.expires_at > now:
             found.append((key, record))
     return found
