@@ -33,6 +33,20 @@ _OUTCOME_HEADERS = (
 )
 
 
+def keep_private(response: Response) -> None:
+    """Mark a response that sets or expires the session cookie ``private``.
+
+    A shared cache (a CDN, a proxy) that stored it would hand one user's
+    ``Set-Cookie`` to others. ``public`` goes; a response that already says
+    ``private`` or ``no-store`` is left as it is.
+    """
+    cache_control = response.cache_control
+    if cache_control.private or cache_control.no_store:
+        return
+    cache_control.public = False
+    cache_control.private = True
+
+
 class ServerSessionInterface(SessionInterface):
     """Carries the session token in a cookie (or a header) and the data in a store.
 
@@ -104,9 +118,11 @@ class ServerSessionInterface(SessionInterface):
 
         if outcome.delete_cookie:
             response.delete_cookie(name, **cookie)
+            keep_private(response)
             return
         if outcome.token is None:
             return
+        keep_private(response)
         expires = outcome.expires_at if outcome.persistent else None
         response.set_cookie(name, outcome.token, expires=expires, **cookie)
         if header_name is not None and outcome.id_changed and name not in request.cookies:

@@ -12,6 +12,8 @@ from flask import request
 from flask.sessions import SessionMixin
 
 from .lifetime import checked_lifetime
+from .signals import send
+from .signals import session_token_rejected
 
 if t.TYPE_CHECKING:
     from .adoption import Adoption
@@ -37,7 +39,8 @@ class StoredSession:
     :param values: the decoded value of each key.
     """
 
-    sid: str
+    #: Kept out of the repr: the id is a usable token when ids are not signed.
+    sid: str = field(repr=False)
     key: str
     serialized: dict[str, str]
     values: dict[str, t.Any]
@@ -58,7 +61,27 @@ def in_socketio_event() -> bool:
     )
 
 
-Loader = t.Callable[[], "StoredSession | None"]
+@dataclass(frozen=True)
+class Opened:
+    """What a request's token opened.
+
+    :param stored: the live session, or None.
+    :param verified: the token was well formed and, when ids are signed,
+        signed with one of the app's keys: its cookie may be expired when it
+        opens nothing. A token that could not be verified is left alone, as
+        Flask leaves its own cookie: a server that does not know a new key
+        yet must not sign the user out.
+    :param rejected: why the token opened nothing, for
+        ``session_token_rejected``; None when it opened a session, or named
+        one that expired or is damaged, or there was no token.
+    """
+
+    stored: StoredSession | None = None
+    verified: bool = False
+    rejected: str | None = None
+
+
+Loader = t.Callable[[], Opened]
 ChangeCheck = t.Callable[["ServerSideSession"], bool]
 
 _MISSING: t.Any = object()
@@ -99,6 +122,8 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self._differs = differs
         self.stored: StoredSession | None = None
         self.has_token = has_token
+        #: Whether the token was verified (see :class:`Opened`); known once loaded.
+        self.token_verified = False
         self.permanent_default = permanent_default
         self.accessed = False
         self._written = False
@@ -120,14 +145,20 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
             return
         # A load that raises leaves the session unloaded, so the save that
         # follows the error response touches neither the store nor the cookie.
-        self.stored = self._loader()
+        opened = self._loader()
+        self.stored = opened.stored
+        self.token_verified = opened.verified
         self._loaded = True
         if self.stored is not None:
             dict.update(self, self.stored.values)
         elif self.adoption is not None:
             values = self.adoption.load()
             self.adopted = bool(values)
+            # The mechanism adopted from verified its own cookie.
+            self.token_verified = self.adopted
             dict.update(self, values)
+        if opened.rejected is not None and not self.adopted:
+            send(session_token_rejected, reason=opened.rejected)
 
     def _write(self) -> None:
         self._load()

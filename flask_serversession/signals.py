@@ -18,6 +18,10 @@ session_destroyed = _signals.signal("session-destroyed")
 session_revoked = _signals.signal("session-revoked")
 #: A request or an API call met an expired session. Receives ``storage_key``.
 session_expired = _signals.signal("session-expired")
+#: A request or an API call came with a token that opens no session. Receives
+#: ``reason``: ``"malformed"``, ``"bad_signature"`` or ``"unknown"``; never
+#: the token.
+session_token_rejected = _signals.signal("session-token-rejected")
 
 
 def send(signal: t.Any, **kwargs: t.Any) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import typing as t
 from dataclasses import dataclass
+from dataclasses import field
 from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
@@ -25,6 +26,7 @@ from .serialization import check_key
 from .serialization import SessionSerializer
 from .session import in_socketio_event
 from .session import is_meta
+from .session import Opened
 from .session import ServerSideSession
 from .session import StoredSession
 from .signals import send
@@ -32,10 +34,12 @@ from .signals import session_created
 from .signals import session_destroyed
 from .signals import session_expired
 from .signals import session_regenerated
+from .signals import session_token_rejected
 from .tokens import new_sid
 from .tokens import SecretKeys
 from .tokens import storage_key
 from .tokens import Tokens
+from .tokens import UNKNOWN
 from .users import Users
 
 # Values of these exact types cannot change without an assignment, so a save
@@ -64,7 +68,7 @@ class SaveOutcome:
         with the browser (a permanent session, or one with its own lifetime).
     """
 
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     expires_at: datetime | None = None
     id_changed: bool = False
     delete_cookie: bool = False
@@ -147,37 +151,44 @@ class SessionStore:
             meta={k: v for k, v in record.data.items() if is_meta(k)},
         )
 
-    def open(self, token: str | None) -> StoredSession | None:
-        """Load the live session a request's token names, or None.
+    def open(self, token: str | None) -> Opened:
+        """Load the live session a request's token names.
 
-        Bad tokens, unknown, expired and damaged sessions all give None, so
+        Bad tokens, unknown, expired and damaged sessions all open none, so
         the request starts a fresh session; damage is logged.
         """
-        sid = self.sid_from(token)
+        sid, rejected = self.tokens.check(token)
         if sid is None:
-            return None
+            return Opened(rejected=rejected)
         key = self.storage_key(sid)
         try:
             record = self.backend.load(key)
             if record is None:
-                return None
+                return Opened(verified=True, rejected=UNKNOWN)
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
-                return None
-            return self._decode(sid, key, record)
+                return Opened(verified=True)
+            return Opened(self._decode(sid, key, record), verified=True)
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
-            return None
+            return Opened(verified=True)
+
+    def _api_sid(self, token: str) -> str:
+        """The id of a token given to the API; a bad one is reported and refused."""
+        sid, rejected = self.tokens.check(token)
+        if sid is None:
+            send(session_token_rejected, reason=rejected)
+            raise SessionNotFoundError("The token is malformed or badly signed.")
+        return sid
 
     def fetch(self, token: str) -> StoredSession:
         """Load the live session ``token`` names, raising when there is none."""
-        sid = self.sid_from(token)
-        if sid is None:
-            raise SessionNotFoundError("The token is malformed or badly signed.")
+        sid = self._api_sid(token)
         key = self.storage_key(sid)
         try:
             record = self.backend.load(key)
             if record is None:
+                send(session_token_rejected, reason=UNKNOWN)
                 raise SessionNotFoundError("No session is stored for this token.")
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
@@ -284,7 +295,9 @@ class SessionStore:
 
         if stored is None:
             if empty:
-                return SaveOutcome(delete_cookie=session.has_token)
+                # A cookie that neither this store nor the adopted mechanism
+                # could verify is left alone.
+                return SaveOutcome(delete_cookie=session.token_verified)
             if in_socketio_event():
                 logger.warning(
                     "A Socket.IO event handler wrote to a session that is not stored; it is"
@@ -411,10 +424,7 @@ class SessionStore:
 
     def delete(self, token: str) -> None:
         """Delete the session ``token`` names, live or expired."""
-        sid = self.sid_from(token)
-        if sid is None:
-            raise SessionNotFoundError("The token is malformed or badly signed.")
-        key = self.storage_key(sid)
+        key = self.storage_key(self._api_sid(token))
         try:
             found = self.backend.load(key) is not None
         except CorruptRecordError:

@@ -10,6 +10,13 @@ from itsdangerous import Signer
 
 SecretKeys = t.Callable[[], t.Sequence[str | bytes]]
 
+#: Why a token was refused (``session_token_rejected``): not of a token's shape.
+MALFORMED = "malformed"
+#: Why a token was refused: its signature is not one of the app's keys.
+BAD_SIGNATURE = "bad_signature"
+#: Why a token was refused: well formed and signed, but no session is stored for it.
+UNKNOWN = "unknown"
+
 _ID_PATTERN = "[A-Za-z0-9_-]{43}"
 _UNSIGNED_TOKEN = re.compile(_ID_PATTERN)
 # The last of the 43 characters of a base64 sha256 digest carries two unused
@@ -67,14 +74,24 @@ class Tokens:
 
     def sid_from(self, token: str | None) -> str | None:
         """Return the id in a well-formed, correctly signed token, or None."""
-        if not token or not isinstance(token, str):
-            return None
+        return self.check(token)[0]
+
+    def check(self, token: str | None) -> tuple[str | None, str | None]:
+        """Return ``(id, None)`` for a good token, else ``(None, reason)``.
+
+        The reason is :data:`MALFORMED` or :data:`BAD_SIGNATURE`; it is None
+        when there is no token at all.
+        """
+        if not token:
+            return None, None
+        if not isinstance(token, str):
+            return None, MALFORMED
         signer = self._signer()
         if signer is None:
-            return token if _UNSIGNED_TOKEN.fullmatch(token) else None
+            return (token, None) if _UNSIGNED_TOKEN.fullmatch(token) else (None, MALFORMED)
         if not _SIGNED_TOKEN.fullmatch(token):
-            return None
+            return None, MALFORMED
         try:
-            return signer.unsign(token).decode("ascii")
+            return signer.unsign(token).decode("ascii"), None
         except BadSignature:
-            return None
+            return None, BAD_SIGNATURE

@@ -192,8 +192,8 @@ def test_cookie_that_does_not_verify_is_ignored(
     client.set_cookie("session", cookie())
     response = client.get("/meta")
     assert response.json["new"] is True
-    [line] = set_cookie_lines(response)
-    assert is_deleted(line)
+    # Left alone, as Flask leaves a cookie it cannot verify.
+    assert set_cookie_lines(response) == []
     with cookie_app.app_context():
         assert store_of(cookie_app).count() == 0
 
@@ -565,8 +565,8 @@ def test_flask_session_record_moves_to_the_server_and_leaves_the_old_store(
     replay.set_cookie("session", old)
     response = replay.get("/meta")
     assert response.json["new"] is True
-    [line] = set_cookie_lines(response)
-    assert is_deleted(line)
+    # Not a token of this store: left alone, as any cookie it cannot verify.
+    assert set_cookie_lines(response) == []
     with app.app_context():
         assert store_of(app).count() == 1
 

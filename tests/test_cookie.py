@@ -2,9 +2,14 @@ from __future__ import annotations
 
 import typing as t
 
+import pytest
 from flask import Flask
+from flask import request
+
+from flask_serversession import ServerSession
 
 from .conftest import session_cookie
+from .conftest import store_of
 
 
 def set_cookie_header(response: t.Any) -> str:
@@ -55,10 +60,26 @@ def test_cookie_set_only_when_id_is_new_or_expiry_moves(app: Flask) -> None:
 
 def test_stale_cookie_of_an_empty_session_is_expired(app: Flask) -> None:
     client = app.test_client()
-    client.set_cookie("session", "A" * 43 + "." + "B" * 43)
+    client.post("/set", json={"user": "alice"})
+    with app.app_context():
+        ServerSession().clear()
     response = client.get("/dump")
+    assert response.json == {}
     assert "Expires=Thu, 01 Jan 1970" in set_cookie_header(response)
+    assert "private" in response.headers["Cache-Control"]
     assert session_cookie(client) is None
+
+
+@pytest.mark.parametrize(
+    "token", ["A" * 43 + "." + "B" * 43, "not-a-token", "A" * 43], ids=["forged", "junk", "bare"]
+)
+def test_cookie_that_does_not_verify_is_left_alone(app: Flask, token: str) -> None:
+    client = app.test_client()
+    client.set_cookie("session", token)
+    response = client.get("/dump")
+    assert response.json == {}
+    assert "Set-Cookie" not in response.headers
+    assert session_cookie(client) == token
 
 
 def test_header_mode_returns_token_and_accepts_it(make_app: t.Callable[..., Flask]) -> None:
@@ -117,3 +138,54 @@ def test_header_wins_over_cookie(make_app: t.Callable[..., Flask]) -> None:
 def test_no_header_without_header_mode(app: Flask) -> None:
     response = app.test_client().post("/set", json={"a": 1})
     assert "X-Session-Token" not in response.headers
+
+
+def test_a_rolling_key_rotation_signs_no_one_out(make_app: t.Callable[..., Flask]) -> None:
+    # One store, two app servers mid-deploy: the new one signs with a new key
+    # and still accepts the old; the old one does not know the new key yet.
+    new = make_app(SECRET_KEY="new key", SECRET_KEY_FALLBACKS=["test secret key"])
+    old = make_app(store_of(new).backend)
+    client = old.test_client()
+    client.post("/set", json={"user": "alice"})
+    signed_in = new.test_client()
+    signed_in.set_cookie("session", t.cast(str, session_cookie(client)))
+    assert signed_in.get("/dump").json == {"user": "alice"}
+    signed_in.post("/regenerate")  # the new server hands out a token of its key
+    token = t.cast(str, session_cookie(signed_in))
+    at_old = old.test_client()
+    at_old.set_cookie("session", token)
+    response = at_old.get("/dump")
+    assert response.json == {} and "Set-Cookie" not in response.headers
+    assert session_cookie(at_old) == token
+    assert signed_in.get("/dump").json == {"user": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("view_sets", "expected"),
+    [
+        (None, "private"),
+        ("public, max-age=600", "max-age=600, private"),
+        ("private, max-age=60", "private, max-age=60"),
+        ("no-store", "no-store"),
+    ],
+)
+def test_responses_that_set_or_expire_the_cookie_are_private(
+    make_app: t.Callable[..., Flask], view_sets: str | None, expected: str
+) -> None:
+    app = make_app()
+
+    @app.after_request
+    def cache(response: t.Any) -> t.Any:
+        if view_sets is not None and request.path != "/dump":
+            response.headers["Cache-Control"] = view_sets
+        return response
+
+    client = app.test_client()
+    response = client.post("/set", json={"a": 1})
+    assert "Set-Cookie" in response.headers
+    assert response.headers["Cache-Control"] == expected
+    response = client.get("/dump")
+    assert "Set-Cookie" not in response.headers and "Cache-Control" not in response.headers
+    response = client.post("/destroy")
+    assert "Expires=Thu, 01 Jan 1970" in set_cookie_header(response)
+    assert response.headers["Cache-Control"] == expected

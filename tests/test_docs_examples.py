@@ -18,6 +18,7 @@ from datetime import timezone
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask import jsonify
 from flask import redirect
 from flask import request
 from flask import session
@@ -825,6 +826,47 @@ def test_security_untrusted_tokens_start_fresh_sessions(tmp_path: t.Any) -> None
         client.set_cookie("session", value)
         assert client.get("/").json == {"new": True}
         assert token_of(client) != value
+
+
+def test_security_caching_and_counting_rejected_tokens(tmp_path: t.Any) -> None:
+    from collections import Counter
+
+    from flask_serversession import signals
+
+    app = new_app(tmp_path, SERVERSESSION_BACKEND="memory")
+    ServerSession(app)
+
+    @app.get("/")
+    def index() -> t.Any:
+        return {"n": session.get("n")}
+
+    @app.post("/")
+    def write() -> t.Any:
+        session["n"] = 1
+        response = jsonify(ok=True)
+        response.cache_control.public = True
+        return response
+
+    rejected_tokens: Counter[str] = Counter()
+
+    def count_rejected(app: Flask, reason: str) -> None:
+        rejected_tokens[reason] += 1
+
+    signals.session_token_rejected.connect(count_rejected)
+    try:
+        client = app.test_client()
+        response = client.post("/")
+        assert response.headers["Cache-Control"] == "private"
+        real = t.cast(str, token_of(client))
+        with app.app_context():
+            ServerSession().delete(real)
+        for value in ["garbage", real.split(".")[0] + "." + "A" * 43, real]:
+            client = app.test_client()
+            client.set_cookie("session", value)
+            assert client.get("/").json == {"n": None}
+        assert rejected_tokens == {"malformed": 1, "bad_signature": 1, "unknown": 1}
+    finally:
+        signals.session_token_rejected.disconnect(count_rejected)
 
 
 def test_security_host_cookie_attributes(tmp_path: t.Any) -> None:

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 
 import pytest
 from flask import flash
@@ -10,6 +13,7 @@ from flask import session
 from itsdangerous import Signer
 
 from flask_serversession import ServerSession
+from flask_serversession import SessionNotFoundError
 
 from .conftest import CountingBackend
 from .conftest import session_cookie
@@ -182,3 +186,105 @@ def test_extension_instance_serves_many_apps(make_app: t.Callable[..., Flask]) -
         assert extension.count() == 0
     with first.app_context():
         assert extension.get(token) == {"app": "first"}
+
+
+REJECTIONS = {
+    "garbage": (BAD_TOKENS["garbage"], "malformed"),
+    "bare id": (BAD_TOKENS["bare id"], "malformed"),
+    "too long": (BAD_TOKENS["too long"], "malformed"),
+    "traversal": (BAD_TOKENS["traversal"], "malformed"),
+    "huge": (BAD_TOKENS["huge"], "malformed"),
+    # A signature's last character outside the canonical ones is no spelling of one.
+    "noncanonical": (BAD_TOKENS["bad signature"], "malformed"),
+    "forged": (VALID_ID + "." + "B" * 42 + "A", "bad_signature"),
+    "other key": (BAD_TOKENS["other key"], "bad_signature"),
+    "unknown id": (BAD_TOKENS["unknown id"], "unknown"),
+}
+
+
+class Rejections:
+    """Records what ``session_token_rejected`` receives."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, t.Any]] = []
+
+    def __call__(self, sender: Flask, **kwargs: t.Any) -> None:
+        self.received.append(kwargs)
+
+
+@pytest.fixture
+def rejections() -> t.Iterator[Rejections]:
+    from flask_serversession.signals import session_token_rejected
+
+    receiver = Rejections()
+    session_token_rejected.connect(receiver)
+    yield receiver
+    session_token_rejected.disconnect(receiver)
+
+
+@pytest.mark.parametrize("name", REJECTIONS)
+def test_a_rejected_token_is_reported_with_its_reason_only(
+    backend_app: Flask, rejections: Rejections, name: str
+) -> None:
+    token, reason = REJECTIONS[name]
+    client = backend_app.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/dump").json == {}
+    assert rejections.received == [{"reason": reason}]
+    with backend_app.app_context(), pytest.raises(SessionNotFoundError):
+        ServerSession().get(token)
+    assert rejections.received[1:] == [{"reason": reason}]
+
+
+def test_good_expired_and_absent_tokens_are_not_rejections(
+    app: Flask, rejections: Rejections
+) -> None:
+    client = app.test_client()
+    assert client.get("/dump").json == {}
+    client.post("/set", json={"a": 1})
+    assert client.get("/dump").json == {"a": 1}
+    store_of(app).clock = lambda: datetime.now(timezone.utc) + timedelta(days=2)
+    assert client.get("/dump").json == {}
+    assert rejections.received == []
+
+
+def test_no_repr_log_or_signal_holds_the_id_or_token(
+    make_app: t.Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_serversession import signals
+
+    unsigned = make_app(SERVERSESSION_SIGN_ID=False, SERVERSESSION_USER_KEY="user")
+    shown: list[str] = []
+
+    @unsigned.get("/show")
+    def show() -> str:
+        stored = session.stored  # type: ignore[attr-defined]
+        shown.extend([repr(stored), str(stored), repr(session), f"{stored!r}"])
+        return "shown"
+
+    def record(sender: Flask, **kwargs: t.Any) -> None:
+        shown.append(repr(kwargs))
+
+    names = [name for name in dir(signals) if name.startswith("session_")]
+    for name in names:
+        getattr(signals, name).connect(record)
+    caplog.set_level("DEBUG", logger="flask_serversession")
+    try:
+        client = unsigned.test_client()
+        client.post("/set", json={"user": "alice"})
+        first = session_cookie(client)
+        client.get("/show")
+        client.post("/regenerate")
+        token = session_cookie(client)
+        client.get("/show")
+        client.post("/destroy")
+    finally:
+        for name in names:
+            getattr(signals, name).disconnect(record)
+    assert first and token and len(shown) > 4
+    text = "\n".join(shown + [r.getMessage() for r in caplog.records])
+    assert first not in text and token not in text
+    outcome = store_of(unsigned).token_for(VALID_ID)
+    from flask_serversession.store import SaveOutcome
+
+    assert outcome not in repr(SaveOutcome(outcome))
