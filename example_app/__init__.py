@@ -7,6 +7,8 @@ from flask import Flask
 
 from flask_serversession import ServerSession
 
+from .devices import describe_device
+
 server_session = ServerSession()
 
 
@@ -47,4 +49,5 @@ def create_app(
     app.register_blueprint(views.bp)
     app.register_blueprint(views.api)
     app.add_template_filter(views.utc, "utc")
+    app.add_template_filter(describe_device, "device")
     return app

@@ -17,6 +17,7 @@ from flask import session
 from flask import url_for
 
 from . import server_session
+from .devices import describe_span
 
 bp = Blueprint("pages", __name__)
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -61,12 +62,15 @@ def config_duration(key: str) -> timedelta:
 
 @bp.route("/")
 def index() -> str:
+    # A cookie that opened no session: revoked from another device, or expired.
+    ended = session.new and current_app.config["SESSION_COOKIE_NAME"] in request.cookies
     session["visits"] = session.get("visits", 0) + 1
     return render_template(
         "index.html",
         visits=session["visits"],
         user=session.get("user"),
         remembered=session.get("remembered", False),
+        ended=ended,
     )
 
 
@@ -159,7 +163,7 @@ def devices() -> t.Any:
     return render_template(
         "devices.html",
         sessions=sessions,
-        last_seen_every=config_duration("SERVERSESSION_LAST_SEEN_EVERY"),
+        last_seen_every=describe_span(config_duration("SERVERSESSION_LAST_SEEN_EVERY")),
     )
 
 
@@ -196,14 +200,21 @@ def admin() -> str:
         {"key": key, "user": data.get("user"), "cart": len(data.get("cart", []))}
         for key, data in itertools.islice(server_session.items(), 100)
     ]
-    return render_template("admin.html", count=server_session.count(), sessions=sessions)
+    return render_template(
+        "admin.html",
+        count=server_session.count(),
+        sessions=sessions,
+        expire_time=describe_span(config_duration("SERVERSESSION_EXPIRE_TIME")),
+        renew_time=describe_span(config_duration("SERVERSESSION_RENEW_TIME")),
+    )
 
 
 @bp.post("/admin/purge")
 def purge() -> t.Any:
     if "user" not in session:
         abort(403)
-    flash(f"Removed {server_session.purge_expired()} expired sessions.")
+    removed = server_session.purge_expired()
+    flash(f"Removed {removed} expired session{'' if removed == 1 else 's'}.")
     return redirect(url_for("pages.admin"))
 
 

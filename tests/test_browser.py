@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import typing as t
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -420,6 +421,14 @@ def devices(driver: t.Any) -> dict[str, str]:
     return {row.get_attribute("id").removeprefix("device-"): row.text for row in rows}
 
 
+def device_title(driver: t.Any, key: str) -> str:
+    """The whole User-Agent that the devices page shows on hover for session ``key``."""
+    from selenium.webdriver.common.by import By
+
+    cell = driver.find_element(By.CSS_SELECTOR, f"#device-{key} td.user-agent")
+    return t.cast(str, cell.get_attribute("title"))
+
+
 def post_form(driver: t.Any, path: str, **fields: str) -> int:
     """Post a form from the page open in the browser, as its own script would; return the status."""
     script = (
@@ -446,8 +455,10 @@ def test_your_devices_signs_out_another_browser(live_server: str, browsers: Brow
     assert set(rows) == {first_key, second_key}
     assert "This device" in rows[first_key]
     assert "This device" not in rows[second_key]
-    # The client of each session is the one that signed in with it.
-    assert second.execute_script("return navigator.userAgent") in rows[second_key]
+    # The client of each session is the one that signed in with it: a short
+    # name in the table, the whole User-Agent on hover.
+    assert "Chrome on Linux" in rows[second_key]
+    assert device_title(first, second_key) == second.execute_script("return navigator.userAgent")
     assert "127.0.0.1" in rows[second_key]
 
     press(first, f"revoke-{second_key}")
@@ -474,3 +485,54 @@ def test_your_devices_signs_out_another_browser(live_server: str, browsers: Brow
     wait_for_text(second, "status", "You are not signed in.")
     first.get(f"{live_server}/")
     wait_for_text(first, "status", "Signed in as erin.")
+
+
+# User-Agents as long as real browsers send, for sessions signed in from elsewhere.
+OTHER_DEVICES = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.86",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15"
+    " (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+)
+
+
+def sign_in_from(base: str, username: str, user_agent: str) -> None:
+    """Sign in as a browser elsewhere would, with its own User-Agent."""
+    request = urllib.request.Request(
+        f"{base}/login",
+        data=urllib.parse.urlencode({"username": username}).encode(),
+        headers={"User-Agent": user_agent},
+    )
+    with urllib.request.urlopen(request, timeout=WAIT_SECONDS):
+        pass
+
+
+def test_the_devices_page_with_four_sessions_keeps_every_button_on_one_line(
+    live_server: str, driver: t.Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    for user_agent in OTHER_DEVICES:
+        sign_in_from(live_server, "grace", user_agent)
+    driver.set_window_size(1024, 768)
+    sign_in(driver, live_server, "grace")
+    driver.get(f"{live_server}/devices")
+    rows = devices(driver)
+    assert len(rows) == 4
+    shown = sorted(row.split("\n")[0].split(" 20")[0] for row in rows.values())
+    assert shown == ["Chrome on Linux", "Edge on Windows", "Firefox on Linux", "Safari on iOS"]
+    screenshot = tmp_path / "devices.png"
+    driver.save_screenshot(str(screenshot))
+    print(f"Screenshot of the devices page: {screenshot}")
+    buttons = driver.find_elements(By.CSS_SELECTOR, "#devices button, #revoke-others")
+    assert len(buttons) == 4
+    # A button whose label wraps has its text on more than one line box.
+    script = (
+        "const range = document.createRange(); range.selectNodeContents(arguments[0]);"
+        " return range.getClientRects().length;"
+    )
+    assert [driver.execute_script(script, button) for button in buttons] == [1, 1, 1, 1]
+    table = driver.find_element(By.ID, "devices").rect
+    other = driver.find_element(By.ID, "revoke-others").rect
+    assert other["y"] >= table["y"] + table["height"] + 8, "the button sits against the table"

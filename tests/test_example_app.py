@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import typing as t
+from datetime import timedelta
+
+import pytest
+
+from example_app import create_app
+from example_app.devices import describe_device
+from example_app.devices import describe_span
+
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+CHROME_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.0.0 Safari/537.36"
+)
+HEADLESS_CHROME = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " HeadlessChrome/120.0.6099.224 Safari/537.36"
+)
+EDGE_WINDOWS = CHROME_WINDOWS + " Edg/131.0.2903.86"
+SAFARI_MAC = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+    " Version/17.4 Safari/605.1.15"
+)
+SAFARI_IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15"
+    " (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"
+)
+CHROME_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0.0.0 Mobile Safari/537.36"
+)
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "shown"),
+    [
+        (FIREFOX_LINUX, "Firefox on Linux"),
+        (CHROME_WINDOWS, "Chrome on Windows"),
+        (HEADLESS_CHROME, "Chrome on Linux"),
+        (EDGE_WINDOWS, "Edge on Windows"),
+        (SAFARI_MAC, "Safari on macOS"),
+        (SAFARI_IPHONE, "Safari on iOS"),
+        (CHROME_ANDROID, "Chrome on Android"),
+        ("curl/8.5.0", "curl"),
+        ("python-requests/2.32.3", "Python"),
+        ("SomeBot (X11; Linux)", "Unknown browser on Linux"),
+        ("?", "Unknown browser"),
+        (None, "Unknown device"),
+        ("", "Unknown device"),
+    ],
+)
+def test_devices_are_named_shortly(user_agent: str | None, shown: str) -> None:
+    assert describe_device(user_agent) == shown
+
+
+def test_spans_are_said_in_words() -> None:
+    assert describe_span(timedelta(minutes=5)) == "5 minutes"
+    assert describe_span(timedelta(hours=1)) == "1 hour"
+    assert describe_span(timedelta(hours=24)) == "1 day"
+    assert describe_span(timedelta(seconds=90)) == "90 seconds"
+    assert describe_span(timedelta(0)) == "every request"
+
+
+def words(page: str) -> str:
+    return " ".join(page.split())
+
+
+def app_and_client(tmp_path: t.Any) -> tuple[t.Any, t.Any]:
+    app = create_app({"SERVERSESSION_BACKEND": "memory"}, instance_path=str(tmp_path / "i"))
+    return app, app.test_client()
+
+
+def test_the_visit_count_is_singular_once(tmp_path: t.Any) -> None:
+    _app, client = app_and_client(tmp_path)
+    assert "1</span> time in this session." in words(client.get("/").text)
+    assert "2</span> times in this session." in words(client.get("/").text)
+
+
+def test_devices_show_a_short_name_with_the_whole_string_on_hover(tmp_path: t.Any) -> None:
+    _app, client = app_and_client(tmp_path)
+    client.post("/login", data={"username": "alice"}, headers={"User-Agent": FIREFOX_LINUX})
+    page = words(client.get("/devices").text)
+    assert f'title="{FIREFOX_LINUX}">Firefox on Linux</td>' in page
+    assert '"Last seen" is updated at most every 5 minutes.' in page
+
+
+def test_a_device_signed_out_from_elsewhere_is_told_why(tmp_path: t.Any) -> None:
+    app, laptop = app_and_client(tmp_path)
+    phone = app.test_client()
+    laptop.post("/login", data={"username": "alice"})
+    phone.post("/login", data={"username": "alice"})
+    laptop.post("/devices/revoke-others")
+    page = phone.get("/").text
+    assert "You are not signed in." in page and 'id="ended"' in page
+    # Told once: the next page belongs to the new session.
+    assert 'id="ended"' not in phone.get("/").text
+    # A first visit, or one after signing out here, says nothing of the kind.
+    assert 'id="ended"' not in app.test_client().get("/").text
+    laptop.post("/logout")
+    assert 'id="ended"' not in laptop.get("/").text
+
+
+def test_the_admin_page_says_who_may_see_it_and_when_sessions_expire(tmp_path: t.Any) -> None:
+    _app, client = app_and_client(tmp_path)
+    client.post("/login", data={"username": "alice"})
+    page = words(client.get("/admin").text)
+    assert "open to every signed-in user" in page
+    assert '<span id="count">1</span> live session.' in page
+    assert "A session expires 1 day after it was created" in page
+    assert "at least 1 hour of life ahead of it" in page
+    client.post("/admin/purge")
+    assert "Removed 0 expired sessions." in client.get("/admin").text
