@@ -15,8 +15,6 @@ from .leftover_keys import warn_flask_session_keys
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .adoption import Adopter
-
 RENEW_ON_CHOICES = ("modify", "access", "never")
 BACKEND_NAMES = ("sqlalchemy", "filesystem", "redis", "memory")
 
@@ -68,8 +66,10 @@ class Settings:
     max_size: int
     purge_every: int
     purge_interval: timedelta
-    #: Takes over sessions of the mechanism the app used before (None: off).
-    adopter: Adopter | None = None
+    #: Take over Flask's own cookie sessions (``SERVERSESSION_ADOPT_COOKIE_SESSIONS``).
+    adopt_cookie_sessions: bool = False
+    #: Take over Flask-Session's sessions (``SERVERSESSION_ADOPT_FLASK_SESSION``).
+    adopt_flask_session: bool = False
     #: The session key naming the signed-in user (None: no user index).
     user_key: str | None = None
     max_sessions_per_user: int | None = None
@@ -177,7 +177,8 @@ def read_settings(app: Flask) -> Settings:
         max_size=integer(config, "SERVERSESSION_MAX_SIZE", minimum=1),
         purge_every=integer(config, "SERVERSESSION_PURGE_EVERY", minimum=0),
         purge_interval=duration(config, "SERVERSESSION_PURGE_INTERVAL", zero=True),  # type: ignore[arg-type]
-        adopter=_adopter(app),
+        adopt_cookie_sessions=boolean(config, "SERVERSESSION_ADOPT_COOKIE_SESSIONS"),
+        adopt_flask_session=boolean(config, "SERVERSESSION_ADOPT_FLASK_SESSION"),
         **_user_settings(config),
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
@@ -205,16 +206,6 @@ def _user_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         "track_client": track_client,
         "last_seen_every": duration(config, "SERVERSESSION_LAST_SEEN_EVERY", zero=True),
     }
-
-
-def _adopter(app: Flask) -> Adopter | None:
-    cookie_sessions = boolean(app.config, "SERVERSESSION_ADOPT_COOKIE_SESSIONS")
-    flask_session = boolean(app.config, "SERVERSESSION_ADOPT_FLASK_SESSION")
-    if not (cookie_sessions or flask_session):
-        return None
-    from .adoption import build_adopter
-
-    return build_adopter(app, cookie_sessions=cookie_sessions, flask_session=flask_session)
 
 
 def build_backend(app: Flask) -> Backend:

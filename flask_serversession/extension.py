@@ -12,6 +12,7 @@ from .backends.base import Backend
 from .cli import cli
 from .config import build_backend
 from .config import read_settings
+from .config import Settings
 from .interface import ServerSessionInterface
 from .purging import EXTENSION_KEY as PURGER_KEY
 from .purging import purger_of
@@ -20,10 +21,26 @@ from .store import SessionStore
 from .users import require_index
 from .users import SessionInfo
 
+if t.TYPE_CHECKING:
+    from .adoption import Adopter
+
 
 def _secret_keys(app: Flask) -> list[str | bytes]:
     """The app's signing keys, oldest first, read anew as Flask reads its own."""
     return [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key or ""]
+
+
+def _adopter(app: Flask, settings: Settings) -> Adopter | None:
+    """The take-over of old sessions that ``SERVERSESSION_ADOPT_*`` ask for, if any."""
+    if not (settings.adopt_cookie_sessions or settings.adopt_flask_session):
+        return None
+    from .adoption import build_adopter
+
+    return build_adopter(
+        app,
+        cookie_sessions=settings.adopt_cookie_sessions,
+        flask_session=settings.adopt_flask_session,
+    )
 
 
 class ServerSession:
@@ -53,11 +70,12 @@ class ServerSession:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
+        adopter = _adopter(app, settings)
         backend = build_backend(app)
         require_index(backend, settings.user_key)
         store = SessionStore(backend, settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store
-        app.session_interface = ServerSessionInterface(store)
+        app.session_interface = ServerSessionInterface(store, adopter=adopter)
         app.cli.add_command(cli)
         if settings.purge_interval:
             # Started by the first request of each process, not here: a

@@ -17,6 +17,8 @@ if t.TYPE_CHECKING:
     from flask import Request
     from flask import Response
 
+    from .adoption import Adopter
+
 
 # Headers of a view's response that a failed save must not let through.
 _OUTCOME_HEADERS = (
@@ -51,13 +53,16 @@ class ServerSessionInterface(SessionInterface):
     """Carries the session token in a cookie (or a header) and the data in a store.
 
     :param store: the app's session store.
+    :param adopter: takes over sessions of the mechanism the app used before;
+        None when ``SERVERSESSION_ADOPT_*`` are off.
     """
 
     #: The class of ``flask.session`` during a request.
     session_class = ServerSideSession
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, *, adopter: Adopter | None = None) -> None:
         self.store = store
+        self.adopter = adopter
         self._purge_every = EveryNRequests(store.settings.purge_every)
 
     def get_token(self, app: Flask, request: Request) -> str | None:
@@ -75,7 +80,7 @@ class ServerSessionInterface(SessionInterface):
             # that says the secret key is missing.
             return None
         token = self.get_token(app, request)
-        adopter = self.store.settings.adopter
+        adopter = self.adopter
         return self.session_class(
             partial(self.store.open, token),
             has_token=token is not None,
