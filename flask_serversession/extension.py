@@ -17,6 +17,7 @@ from .interface import ServerSessionInterface
 from .purging import EXTENSION_KEY as PURGER_KEY
 from .purging import purger_of
 from .purging import seconds
+from .session import current_storage_key
 from .store import SessionStore
 from .users import require_index
 from .users import SessionInfo
@@ -193,7 +194,7 @@ class ServerSession:
 
         .. versionadded:: 0.2
         """
-        return self._get_store().users.sessions(user_id)
+        return self._get_store().users.sessions(user_id, current=current_storage_key)
 
     def revoke(self, storage_key: str) -> bool:
         """End one session, given its storage key as :meth:`user_sessions` lists it.
@@ -217,4 +218,5 @@ class ServerSession:
 
         .. versionadded:: 0.2
         """
-        return self._get_store().users.revoke_user(user_id, keep_current=keep_current)
+        users = self._get_store().users
+        return users.revoke_user(user_id, keep_current=keep_current, current=current_storage_key)

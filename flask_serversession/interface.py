@@ -9,6 +9,7 @@ from flask.sessions import SessionInterface
 from .errors import BackendError
 from .log import logger
 from .purging import EveryNRequests
+from .session import in_socketio_event
 from .session import ServerSideSession
 from .store import SessionStore
 
@@ -103,7 +104,7 @@ class ServerSessionInterface(SessionInterface):
                 response.vary.add(header_name)
 
         try:
-            outcome = self.store.save(session)
+            outcome = self.store.save(session, can_set_cookie=not in_socketio_event())
         except BackendError as e:
             logger.error("Saving the session failed: %s", e)
             self._replace_with_error(response, e)

@@ -2,54 +2,22 @@ from __future__ import annotations
 
 import copy
 import typing as t
-from dataclasses import dataclass
-from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 
 from flask import has_request_context
 from flask import request
+from flask import session as flask_session
 from flask.sessions import SessionMixin
 
 from .lifetime import checked_lifetime
 from .signals import send
 from .signals import session_token_rejected
+from .stored import Opened
+from .stored import StoredSession
 
 if t.TYPE_CHECKING:
     from .adoption import Adoption
-
-
-#: Stored keys that start with this hold a session's own metadata: they are
-#: hidden from the session dict and refused as keys of it.
-META_PREFIX = "_serversession_"
-
-
-def is_meta(key: str) -> bool:
-    """Whether a stored key holds metadata rather than a value of the session."""
-    return key.startswith(META_PREFIX)
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    """A live session as loaded from the backend.
-
-    :param sid: the session id (the unsigned token).
-    :param key: the storage key, ``sha256(sid)`` in hex.
-    :param serialized: the stored serialized value of each key.
-    :param values: the decoded value of each key.
-    """
-
-    #: Kept out of the repr: the id is a usable token when ids are not signed.
-    sid: str = field(repr=False)
-    key: str
-    serialized: dict[str, str]
-    values: dict[str, t.Any]
-    created_at: datetime
-    expires_at: datetime
-    #: The session's own lifetime (:meth:`ServerSideSession.set_lifetime`).
-    lifetime: timedelta | None = None
-    #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
-    meta: dict[str, str] = field(default_factory=dict)
 
 
 def in_socketio_event() -> bool:
@@ -61,24 +29,12 @@ def in_socketio_event() -> bool:
     )
 
 
-@dataclass(frozen=True)
-class Opened:
-    """What a request's token opened.
-
-    :param stored: the live session, or None.
-    :param verified: the token was well formed and, when ids are signed,
-        signed with one of the app's keys: its cookie may be expired when it
-        opens nothing. A token that could not be verified is left alone, as
-        Flask leaves its own cookie: a server that does not know a new key
-        yet must not sign the user out.
-    :param rejected: why the token opened nothing, for
-        ``session_token_rejected``; None when it opened a session, or named
-        one that expired or is damaged, or there was no token.
-    """
-
-    stored: StoredSession | None = None
-    verified: bool = False
-    rejected: str | None = None
+def current_storage_key() -> str | None:
+    """The storage key of the request's own session, if it has a stored one."""
+    if not has_request_context():
+        return None
+    session = flask_session._get_current_object()  # type: ignore[attr-defined]
+    return session.storage_key if isinstance(session, ServerSideSession) else None
 
 
 Loader = t.Callable[[], Opened]

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import typing as t
-from dataclasses import dataclass
-from dataclasses import field
 from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
@@ -18,23 +16,26 @@ from .config import Settings
 from .errors import BackendError
 from .errors import SessionExpiredError
 from .errors import SessionNotFoundError
-from .errors import SessionTooLargeError
 from .lifetime import Lifetimes
 from .log import logger
+from .regeneration import regenerate
 from .serialization import ACCEPTED
 from .serialization import check_key
 from .serialization import SessionSerializer
-from .session import in_socketio_event
-from .session import is_meta
-from .session import Opened
-from .session import ServerSideSession
-from .session import StoredSession
 from .signals import send
 from .signals import session_created
 from .signals import session_destroyed
 from .signals import session_expired
-from .signals import session_regenerated
 from .signals import session_token_rejected
+from .stored import changes
+from .stored import decode
+from .stored import decode_values
+from .stored import LIFETIME_KEY
+from .stored import Opened
+from .stored import PERMANENT_KEY
+from .stored import SaveOutcome
+from .stored import SessionState
+from .stored import StoredSession
 from .tokens import new_sid
 from .tokens import SecretKeys
 from .tokens import storage_key
@@ -42,37 +43,9 @@ from .tokens import Tokens
 from .tokens import UNKNOWN
 from .users import Users
 
-# Values of these exact types cannot change without an assignment, so a save
-# need not serialize them again to find out whether they changed.
-_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
-
-#: The session key of Flask's ``session.permanent`` flag; not data of its own.
-PERMANENT_KEY = "_permanent"
-#: The stored key of a session's own lifetime (seconds); hidden from the session dict.
-LIFETIME_KEY = "_serversession_lifetime"
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class SaveOutcome:
-    """What a save means for the cookie.
-
-    :param token: the token to set in the cookie, or None to leave it alone.
-    :param expires_at: the session's expiry, for a permanent cookie.
-    :param id_changed: the token is new to the client (new or regenerated id).
-    :param delete_cookie: expire the client's cookie.
-    :param persistent: the cookie carries ``expires_at`` rather than ending
-        with the browser (a permanent session, or one with its own lifetime).
-    """
-
-    token: str | None = field(default=None, repr=False)
-    expires_at: datetime | None = None
-    id_changed: bool = False
-    delete_cookie: bool = False
-    persistent: bool = False
 
 
 _NOTHING = SaveOutcome()
@@ -124,33 +97,6 @@ class SessionStore:
 
     storage_key = staticmethod(storage_key)
 
-    def _values(self, data: dict[str, str]) -> tuple[dict[str, t.Any], timedelta | None]:
-        """Decode stored data into the session's values and its own lifetime."""
-        try:
-            values = {k: self.serializer.loads(v) for k, v in data.items() if not is_meta(k)}
-            self.users.check_values(data)
-            seconds = self.serializer.loads(data[LIFETIME_KEY]) if LIFETIME_KEY in data else None
-            if seconds is None:
-                return values, None
-            if type(seconds) not in (int, float) or not 0 < seconds < 1e10:
-                raise ValueError(f"the session's own lifetime is {seconds!r}")
-            return values, timedelta(seconds=seconds)
-        except Exception as e:
-            raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
-
-    def _decode(self, sid: str, key: str, record: Record) -> StoredSession:
-        values, lifetime = self._values(record.data)
-        return StoredSession(
-            sid=sid,
-            key=key,
-            serialized={k: v for k, v in record.data.items() if not is_meta(k)},
-            values=values,
-            created_at=record.created_at,
-            expires_at=record.expires_at,
-            lifetime=lifetime,
-            meta={k: v for k, v in record.data.items() if is_meta(k)},
-        )
-
     def open(self, token: str | None) -> Opened:
         """Load the live session a request's token names.
 
@@ -168,7 +114,9 @@ class SessionStore:
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 return Opened(verified=True)
-            return Opened(self._decode(sid, key, record), verified=True)
+            return Opened(
+                decode(self.serializer, sid, key, record, self.users.check_values), verified=True
+            )
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
             return Opened(verified=True)
@@ -195,7 +143,7 @@ class SessionStore:
                 raise SessionExpiredError(
                     f"The session expired at {record.expires_at.isoformat()}."
                 )
-            return self._decode(sid, key, record)
+            return decode(self.serializer, sid, key, record, self.users.check_values)
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged: %s", key, e)
             raise BackendError(f"The stored session {key} is damaged: {e}") from e
@@ -243,31 +191,20 @@ class SessionStore:
         self.users.enforce_limit(key, record.user, now)
         return sid, expires_at
 
-    def _diff(
-        self, stored: StoredSession, values: t.Mapping[str, t.Any], assigned: t.Container[str]
-    ) -> tuple[dict[str, str], frozenset[str]]:
-        changed = {}
-        for key, value in values.items():
-            if key in assigned or key not in stored.serialized or type(value) not in _IMMUTABLE:
-                text = self.serialize(key, value)
-                if stored.serialized.get(key) != text:
-                    changed[key] = text
-        return changed, frozenset(stored.serialized.keys() - values.keys())
-
-    def differs(self, session: ServerSideSession) -> bool:
+    def differs(self, session: SessionState) -> bool:
         """Whether a loaded session now differs from what was loaded, nested changes included."""
-        values = dict(dict.items(session))
+        values = session.copy()
         stored = session.stored
         if stored is None:
             return bool(values)
         try:
-            changed, deleted = self._diff(stored, values, session.assigned)
+            changed, deleted = changes(stored, values, session.assigned, self.serialize)
         except TypeError:
             # A value that cannot be stored is a change; the save will say why.
             return True
         return bool(changed or deleted)
 
-    def _permanent_at_load(self, session: ServerSideSession) -> bool:
+    def _permanent_at_load(self, session: SessionState) -> bool:
         stored = session.stored
         if stored is None:
             return session.permanent_default
@@ -277,8 +214,12 @@ class SessionStore:
         self.backend.delete(key)
         send(session_destroyed, storage_key=key)
 
-    def save(self, session: ServerSideSession) -> SaveOutcome:
-        """Write what the request changed and say what the cookie needs."""
+    def save(self, session: SessionState, *, can_set_cookie: bool = True) -> SaveOutcome:
+        """Write what the request changed and say what the cookie needs.
+
+        :param can_set_cookie: False where no response carries a cookie (a
+            Flask-SocketIO event): a new session is then not stored.
+        """
         if session.destroyed_sid is not None:
             self._delete(self.storage_key(session.destroyed_sid))
         if not session.loaded:
@@ -298,7 +239,7 @@ class SessionStore:
                 # A cookie that neither this store nor the adopted mechanism
                 # could verify is left alone.
                 return SaveOutcome(delete_cookie=session.token_verified)
-            if in_socketio_event():
+            if not can_set_cookie:
                 logger.warning(
                     "A Socket.IO event handler wrote to a session that is not stored; it is"
                     " not saved, since no cookie can carry a new session id to the client."
@@ -313,7 +254,7 @@ class SessionStore:
             self._delete(stored.key)
             return SaveOutcome(delete_cookie=True)
 
-        changed, deleted = self._diff(stored, values, session.assigned)
+        changed, deleted = changes(stored, values, session.assigned, self.serialize)
         if session.lifetime_set:
             if lifetime != stored.lifetime:
                 if lifetime is None:
@@ -332,7 +273,7 @@ class SessionStore:
             # A lifetime set in this request holds as it is; otherwise the
             # new id keeps the later of this expiry and the taken record's.
             chosen = expires_at if session.lifetime_set else None
-            outcome = self._regenerate(stored, changed, deleted, expires_at, chosen, values, now)
+            outcome = regenerate(self, stored, changed, deleted, expires_at, chosen, values, now)
             return replace(outcome, persistent=persistent)
 
         if changed or deleted:
@@ -353,46 +294,6 @@ class SessionStore:
         if persistent != was_persistent or (persistent and expires_at != stored.expires_at):
             return SaveOutcome(self.token_for(stored.sid), expires_at, persistent=persistent)
         return _NOTHING
-
-    def _regenerate(
-        self,
-        stored: StoredSession,
-        changed: dict[str, str],
-        deleted: frozenset[str],
-        expires_at: datetime,
-        chosen: datetime | None,
-        values: t.Mapping[str, t.Any],
-        now: datetime,
-    ) -> SaveOutcome:
-        # The old record is taken (read and removed in one step) rather than
-        # copied: a sign-out that lands first leaves nothing to take, so its
-        # data never reappears under the new id, and changes that other
-        # requests made since this one loaded are carried over. A taken record
-        # is never put back: a revoke landing after the take found nothing to
-        # end, so a record put back would undo it. The size is therefore
-        # checked before the take, on the data as loaded.
-        full = {**stored.serialized, **stored.meta}
-        merged = {k: v for k, v in full.items() if k not in deleted} | changed
-        check_size(data_size(full), data_size(merged), self.settings.max_size)
-        taken = self.backend.take(stored.key, now)
-        if taken is None:
-            return SaveOutcome(delete_cookie=True)
-        data = {k: v for k, v in taken.data.items() if k not in deleted}
-        data.update(changed)
-        try:
-            check_size(data_size(taken.data), data_size(data), self.settings.max_size)
-        except SessionTooLargeError:
-            # Other requests grew the session meanwhile: it ends here.
-            send(session_destroyed, storage_key=stored.key)
-            raise
-        expires_at = max(expires_at, taken.expires_at) if chosen is None else chosen
-        sid = self.new_sid()
-        record = self.users.record(Record(data, taken.created_at, expires_at, values), now)
-        key = self.storage_key(sid)
-        self.backend.create(key, record)
-        send(session_regenerated, old_storage_key=stored.key, storage_key=key)
-        self.users.enforce_limit(key, record.user, now)
-        return SaveOutcome(self.token_for(sid), expires_at, id_changed=True)
 
     def create(self, values: t.Mapping[str, t.Any]) -> str:
         """Store a new session holding ``values``; return its token."""
@@ -446,7 +347,9 @@ class SessionStore:
             if self.lifetimes.is_expired(record, now):
                 continue
             try:
-                values, _lifetime = self._values(record.data)
+                values, _lifetime = decode_values(
+                    self.serializer, record.data, self.users.check_values
+                )
             except CorruptRecordError as e:
                 logger.error("Stored session %s is damaged, skipped: %s", key, e)
                 continue

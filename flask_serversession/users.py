@@ -10,22 +10,22 @@ from datetime import timezone
 
 from flask import has_request_context
 from flask import request
-from flask import session as request_session
 
 from .backends.base import Backend
 from .backends.base import Delta
 from .backends.base import Record
 from .errors import ConfigError
 from .log import logger
-from .session import is_meta
-from .session import META_PREFIX
-from .session import ServerSideSession
-from .session import StoredSession
 from .signals import send
 from .signals import session_revoked
+from .stored import is_meta
+from .stored import META_PREFIX
+from .stored import StoredSession
 
 if t.TYPE_CHECKING:
-    from .store import SessionStore
+    from .config import Settings
+    from .lifetime import Lifetimes
+    from .serialization import SessionSerializer
 
 #: When the session was last seen, in seconds since the epoch.
 SEEN_KEY = "_serversession_seen"
@@ -93,12 +93,22 @@ def _client(value: t.Any) -> tuple[str | None, str | None]:
     return value[0], value[1]
 
 
-def current_storage_key() -> str | None:
-    """The storage key of the request's own session, if it has a stored one."""
-    if not has_request_context():
-        return None
-    session = request_session._get_current_object()  # type: ignore[attr-defined]
-    return session.storage_key if isinstance(session, ServerSideSession) else None
+#: Returns the storage key of the request's own session, or None.
+CurrentKey = t.Callable[[], "str | None"]
+
+
+def _no_session() -> None:
+    return None
+
+
+class Host(t.Protocol):
+    """What the users' side uses of the store it serves."""
+
+    backend: Backend
+    settings: Settings
+    serializer: SessionSerializer
+    lifetimes: Lifetimes
+    clock: t.Callable[[], datetime]
 
 
 class Users:
@@ -108,7 +118,7 @@ class Users:
     :param store: the store whose backend, serializer, clock and settings apply.
     """
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: Host) -> None:
         self.store = store
 
     @property
@@ -249,14 +259,17 @@ class Users:
             current=key == current,
         )
 
-    def sessions(self, user_id: t.Any) -> list[SessionInfo]:
-        """Return the live sessions of a user, newest first."""
+    def sessions(self, user_id: t.Any, *, current: CurrentKey = _no_session) -> list[SessionInfo]:
+        """Return the live sessions of a user, newest first.
+
+        :param current: returns the storage key of the request's own session.
+        """
         user = self._user(user_id)
-        current = current_storage_key()
+        current_key = current()
         infos = []
         for key, record in self._live_records(user, self.store.clock()):
             try:
-                infos.append(self._info(key, user, record, current))
+                infos.append(self._info(key, user, record, current_key))
             except ValueError as e:
                 logger.error("Stored session %s is damaged, not listed: %s", key, e)
         infos.sort(key=lambda info: (info.created_at, info.storage_key), reverse=True)
@@ -273,12 +286,17 @@ class Users:
         send(session_revoked, storage_key=storage_key, user_id=user)
         return True
 
-    def revoke_user(self, user_id: t.Any, *, keep_current: bool = True) -> int:
-        """End every session of a user, but the request's own with ``keep_current``."""
+    def revoke_user(
+        self, user_id: t.Any, *, keep_current: bool = True, current: CurrentKey = _no_session
+    ) -> int:
+        """End every session of a user, but the request's own with ``keep_current``.
+
+        :param current: returns the storage key of the request's own session.
+        """
         user = self._user(user_id)
-        keep = current_storage_key() if keep_current else None
+        kept = current() if keep_current else None
         records = self._live_records(user, self.store.clock())
-        return sum(self.revoke(key) for key, _record in records if key != keep)
+        return sum(self.revoke(key) for key, _record in records if key != kept)
 
     @staticmethod
     def _user(user_id: t.Any) -> str:

@@ -8,6 +8,8 @@ from itsdangerous import BadData
 
 from ..extras import require
 from ..log import logger
+from ..stored import is_meta
+from ..stored import PERMANENT_KEY
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -130,9 +132,6 @@ def adoptable(
     ``_permanent`` flag is kept as the old mechanism meant it. Logs name keys
     and types, never values.
     """
-    from ..session import is_meta
-    from ..store import PERMANENT_KEY
-
     kept: dict[str, t.Any] = {}
     size = 0
     for key, value in values.items():

@@ -1,0 +1,185 @@
+"""The session as the store and the HTTP layer share it: its stored form, what the store
+reads of a request's session, and what a save means for the cookie."""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from datetime import timedelta
+
+from .backends.base import CorruptRecordError
+from .backends.base import Record
+
+if t.TYPE_CHECKING:
+    from .serialization import SessionSerializer
+
+#: Stored keys that start with this hold a session's own metadata: they are
+#: hidden from the session dict and refused as keys of it.
+META_PREFIX = "_serversession_"
+#: The session key of Flask's ``session.permanent`` flag; not data of its own.
+PERMANENT_KEY = "_permanent"
+#: The stored key of a session's own lifetime (seconds); hidden from the session dict.
+LIFETIME_KEY = "_serversession_lifetime"
+
+# Values of these exact types cannot change without an assignment, so a save
+# need not serialize them again to find out whether they changed.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def is_meta(key: str) -> bool:
+    """Whether a stored key holds metadata rather than a value of the session."""
+    return key.startswith(META_PREFIX)
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A live session as loaded from the backend.
+
+    :param sid: the session id (the unsigned token).
+    :param key: the storage key, ``sha256(sid)`` in hex.
+    :param serialized: the stored serialized value of each key.
+    :param values: the decoded value of each key.
+    """
+
+    #: Kept out of the repr: the id is a usable token when ids are not signed.
+    sid: str = field(repr=False)
+    key: str
+    serialized: dict[str, str]
+    values: dict[str, t.Any]
+    created_at: datetime
+    expires_at: datetime
+    #: The session's own lifetime (``ServerSideSession.set_lifetime``).
+    lifetime: timedelta | None = None
+    #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What a request's token opened.
+
+    :param stored: the live session, or None.
+    :param verified: the token was well formed and, when ids are signed,
+        signed with one of the app's keys: its cookie may be expired when it
+        opens nothing. A token that could not be verified is left alone, as
+        Flask leaves its own cookie: a server that does not know a new key
+        yet must not sign the user out.
+    :param rejected: why the token opened nothing, for
+        ``session_token_rejected``; None when it opened a session, or named
+        one that expired or is damaged, or there was no token.
+    """
+
+    stored: StoredSession | None = None
+    verified: bool = False
+    rejected: str | None = None
+
+
+def decode_values(
+    serializer: SessionSerializer,
+    data: t.Mapping[str, str],
+    check_meta: t.Callable[[t.Mapping[str, str]], None],
+) -> tuple[dict[str, t.Any], timedelta | None]:
+    """Decode stored data into the session's values and its own lifetime.
+
+    :param check_meta: raises ValueError when metadata of others is not of its shape.
+    :raises CorruptRecordError: a value or the metadata cannot be decoded.
+    """
+    try:
+        values = {k: serializer.loads(v) for k, v in data.items() if not is_meta(k)}
+        check_meta(data)
+        seconds = serializer.loads(data[LIFETIME_KEY]) if LIFETIME_KEY in data else None
+        if seconds is None:
+            return values, None
+        if type(seconds) not in (int, float) or not 0 < seconds < 1e10:
+            raise ValueError(f"the session's own lifetime is {seconds!r}")
+        return values, timedelta(seconds=seconds)
+    except Exception as e:
+        raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
+
+
+def decode(
+    serializer: SessionSerializer,
+    sid: str,
+    key: str,
+    record: Record,
+    check_meta: t.Callable[[t.Mapping[str, str]], None],
+) -> StoredSession:
+    """The live session ``sid`` stored as ``record``; see :func:`decode_values`."""
+    values, lifetime = decode_values(serializer, record.data, check_meta)
+    return StoredSession(
+        sid=sid,
+        key=key,
+        serialized={k: v for k, v in record.data.items() if not is_meta(k)},
+        values=values,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        lifetime=lifetime,
+        meta={k: v for k, v in record.data.items() if is_meta(k)},
+    )
+
+
+def changes(
+    stored: StoredSession,
+    values: t.Mapping[str, t.Any],
+    assigned: t.Container[str],
+    serialize: t.Callable[[str, t.Any], str],
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The serialized values that differ from ``stored``, and the keys deleted since.
+
+    :param assigned: keys written through the dict API; others of an
+        immutable type are unchanged unless assigned.
+    :raises TypeError: a value cannot be stored (from ``serialize``).
+    """
+    changed = {}
+    for key, value in values.items():
+        if key in assigned or key not in stored.serialized or type(value) not in _IMMUTABLE:
+            text = serialize(key, value)
+            if stored.serialized.get(key) != text:
+                changed[key] = text
+    return changed, frozenset(stored.serialized.keys() - values.keys())
+
+
+class SessionState(t.Protocol):
+    """What the store reads of a request's session (the HTTP layer's ``ServerSideSession``)."""
+
+    stored: StoredSession | None
+    has_token: bool
+    token_verified: bool
+    permanent_default: bool
+    assigned: set[str]
+    destroyed_sid: str | None
+    regenerate_requested: bool
+    renew_requested: bool
+    requested_lifetime: t.Any
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def permanent(self) -> bool: ...
+
+    @property
+    def lifetime_set(self) -> bool: ...
+
+    def copy(self) -> dict[str, t.Any]: ...
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    """What a save means for the cookie.
+
+    :param token: the token to set in the cookie, or None to leave it alone.
+    :param expires_at: the session's expiry, for a permanent cookie.
+    :param id_changed: the token is new to the client (new or regenerated id).
+    :param delete_cookie: expire the client's cookie.
+    :param persistent: the cookie carries ``expires_at`` rather than ending
+        with the browser (a permanent session, or one with its own lifetime).
+    """
+
+    token: str | None = field(default=None, repr=False)
+    expires_at: datetime | None = None
+    id_changed: bool = False
+    delete_cookie: bool = False
+    persistent: bool = False
