@@ -37,8 +37,8 @@ from flask_serversession.backends.base import check_size
 from flask_serversession.backends.base import data_size
 from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.backends.memory import MemoryBackend
-from flask_serversession.backends.sqlalchemy import make_table
-from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
+from flask_serversession.backends.sql import make_table
+from flask_serversession.backends.sql import SQLAlchemyBackend
 from flask_serversession.store import SessionStore
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}")
