@@ -49,10 +49,7 @@ PACKAGES = (
     "json/",
 )
 HARNESS = ("profiled.py", "apps.py")
-FILESYSTEM_BACKEND = (
-    "flask_serversession/backends/filesystem.py",
-    "flask_serversession/backends/_file",
-)
+FILESYSTEM_BACKEND = ("flask_serversession/backends/filesystem/",)
 SOCKET_WAIT = {"recv", "recvfrom", "__libc_recv", "poll", "__poll", "ppoll", "select", "epoll_wait"}
 SOCKET_SEND = {"send", "sendto", "__libc_send", "sendmsg", "__send"}
 FSYNC = {"fsync", "fdatasync", "__libc_fsync", "__fsync", "__fdatasync"}
