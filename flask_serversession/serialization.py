@@ -6,7 +6,9 @@ from base64 import b64decode
 from base64 import b64encode
 from datetime import datetime
 from datetime import timedelta
+from datetime import timezone
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from markupsafe import Markup
 from werkzeug.http import parse_date
@@ -18,9 +20,11 @@ _MARKUP = " m"
 _UUID = " u"
 _DICT = " di"
 _DATETIME = " dt"
+# A datetime in a named zone: its ISO form and the zone's key.
+_ZONED = " dz"
 # Flask's HTTP-date form, which dropped microseconds and offsets: read only.
 _HTTP_DATE = " d"
-_TAGS = frozenset({_TUPLE, _BYTES, _MARKUP, _UUID, _DICT, _DATETIME, _HTTP_DATE})
+_TAGS = frozenset({_TUPLE, _BYTES, _MARKUP, _UUID, _DICT, _DATETIME, _ZONED, _HTTP_DATE})
 
 # Values of these exact types are JSON as they are (and str, once checked for surrogates).
 _NUMBERS = frozenset({int, float, bool, type(None)})
@@ -97,12 +101,7 @@ class SessionSerializer:
         if kind is UUID:
             return {_UUID: value.hex}
         if kind is datetime:
-            offset = value.utcoffset()
-            if value.tzinfo is not None and offset is None:
-                raise TypeError(f"the datetime {value!r} has a tzinfo that gives no offset")
-            if offset is not None and offset % _SECOND:
-                raise TypeError(f"the datetime {value!r} has an offset with a fraction of a second")
-            return {_DATETIME: value.isoformat()}
+            return _datetime(value)
         raise TypeError(f"a {kind.__module__}.{kind.__qualname__} would not come back as it is")
 
     @staticmethod
@@ -120,12 +119,56 @@ class SessionSerializer:
             return UUID(value)
         if key == _DATETIME:
             return datetime.fromisoformat(value)
+        if key == _ZONED:
+            return _zoned(value)
         if key == _DICT:
             inner_key, inner_value = next(iter(value.items()))
             return {inner_key[:-2]: inner_value}
         if key == _HTTP_DATE:
             return parse_date(value)
         return obj
+
+
+def _datetime(value: datetime) -> dict[str, t.Any]:
+    """Tag a datetime: naive, at a fixed offset, or in a ``ZoneInfo`` zone kept by its key."""
+    zone, offset = value.tzinfo, value.utcoffset()
+    if zone is not None and offset is None:
+        raise TypeError(f"the datetime {value!r} has a tzinfo that gives no offset")
+    if offset is not None and offset % _SECOND:
+        raise TypeError(f"the datetime {value!r} has an offset with a fraction of a second")
+    if zone is None:
+        return {_DATETIME: value.isoformat()}
+    if type(zone) is timezone:
+        if zone.tzname(None) != timezone(t.cast(timedelta, offset)).tzname(None):
+            raise TypeError(
+                f"the datetime {value!r} has a named timezone, whose name would not come"
+                " back: use timezone(offset) or a zoneinfo.ZoneInfo zone"
+            )
+        return {_DATETIME: value.isoformat()}
+    if type(zone) is not ZoneInfo or zone.key is None:
+        raise TypeError(
+            f"the datetime {value!r} would come back with a fixed offset, not its"
+            f" {type(zone).__qualname__}: use a zoneinfo.ZoneInfo zone or a plain datetime.timezone"
+        )
+    tagged = [value.isoformat(), zone.key]
+    try:
+        back = _zoned(tagged)
+    except OverflowError:
+        raise TypeError(f"the datetime {value!r} is too close to the ends of time") from None
+    # The offset tells the two readings of a repeated wall time apart.
+    if back.replace(tzinfo=None) != value.replace(tzinfo=None) or back.utcoffset() != offset:
+        raise TypeError(f"the datetime {value!r} names a wall time that its zone skips")
+    return {_ZONED: tagged}
+
+
+def _zoned(tagged: list[str]) -> datetime:
+    """The datetime of a ``_ZONED`` tag: the same instant, in the zone of that key."""
+    iso, key = tagged
+    try:
+        zone = ZoneInfo(key)
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"the time zone {key!r} is not known here: {e}") from e
+    return datetime.fromisoformat(iso).astimezone(zone)
 
 
 def _text(value: str) -> str:

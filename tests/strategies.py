@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
+from zoneinfo import ZoneInfo
 
 from hypothesis import strategies as st
 from markupsafe import Markup
@@ -167,6 +168,8 @@ def _fixed_offsets() -> st.SearchStrategy[timezone]:
 
 naive_datetimes = st.datetimes(datetime.min, datetime.max)
 aware_datetimes = st.builds(lambda d, tz: d.replace(tzinfo=tz), naive_datetimes, _fixed_offsets())
+# Datetimes in IANA zones; wall times a zone skips, and the ends of time, are refused.
+zoned_datetimes = st.datetimes(datetime.min, datetime.max, timezones=st.timezones())
 
 _huge_ints = st.builds(
     lambda digits, sign: sign * (10 ** (digits - 1) + 7),
@@ -197,6 +200,7 @@ good_leaves: st.SearchStrategy[t.Any] = st.one_of(
     text_values.map(Markup),
     naive_datetimes,
     aware_datetimes,
+    zoned_datetimes,
     st.sampled_from(
         [
             datetime.min.replace(tzinfo=timezone(timedelta(hours=23, minutes=59))),
@@ -412,6 +416,10 @@ def key_verdict(key: t.Any) -> str:
     return OK
 
 
+def _named(zone: t.Any) -> bool:
+    return bool(zone.tzname(None) != timezone(zone.utcoffset(None)).tzname(None))
+
+
 def value_verdict(value: t.Any) -> str:
     """Whether a value must come back exactly, may be refused, or must be refused.
 
@@ -431,8 +439,12 @@ def value_verdict(value: t.Any) -> str:
             if abs(item) >= _HUGE:
                 verdict = worst([verdict, EITHER])
         elif kind is datetime:
-            if item.tzinfo is not None and type(item.tzinfo) is not timezone:
-                return REFUSED
+            zone = item.tzinfo
+            if type(zone) is ZoneInfo and zone.key is not None:
+                # A wall time its zone skips, or one near the ends of time, is refused.
+                verdict = worst([verdict, EITHER])
+            elif zone is not None and (type(zone) is not timezone or _named(zone)):
+                return REFUSED  # a named timezone's name would not come back
             offset = item.utcoffset()
             if offset is not None and offset % timedelta(seconds=1):
                 return REFUSED
@@ -463,8 +475,16 @@ def _differs(a: t.Any, b: t.Any) -> str | None:
         else:
             same = a == b and math.copysign(1, a) == math.copysign(1, b)
     elif type(a) is datetime:
-        aware = a.tzinfo is not None
-        same = a == b and aware == (b.tzinfo is not None) and a.utcoffset() == b.utcoffset()
+        # The same instant and wall time, in a zone of the same type and name
+        # (the offset tells the readings of a repeated wall time apart).
+        same = (
+            a == b
+            and a.replace(tzinfo=None) == b.replace(tzinfo=None)
+            and type(a.tzinfo) is type(b.tzinfo)
+            and a.utcoffset() == b.utcoffset()
+            and a.tzname() == b.tzname()
+            and getattr(a.tzinfo, "key", None) == getattr(b.tzinfo, "key", None)
+        )
     elif type(a) in (list, tuple):
         return None if len(a) == len(b) else f"length {len(a)} became {len(b)}"
     elif type(a) is dict:

@@ -806,6 +806,20 @@ def test_security_no_pickle_and_refused_values(tmp_path: t.Any) -> None:
         assert server_session.get(token) == values
         with pytest.raises(TypeError, match="set"):
             server_session.create({"tags": {"a", "b"}})
+        from zoneinfo import ZoneInfo
+
+        berlin = ZoneInfo("Europe/Berlin")
+        meeting = datetime(2026, 3, 28, 12, tzinfo=berlin)
+        token = server_session.create({"meeting": meeting})
+        back = server_session.get(token)["meeting"]
+        assert back.tzinfo is berlin and back + timedelta(days=1) == meeting + timedelta(days=1)
+        assert (back + timedelta(days=1)).utcoffset() == timedelta(hours=2)
+        for changed in [
+            datetime(2026, 1, 5, tzinfo=timezone(timedelta(hours=1), "CET")),
+            datetime(2026, 3, 29, 2, 30, tzinfo=berlin),
+        ]:
+            with pytest.raises(TypeError, match="when"):
+                server_session.create({"when": changed})
 
 
 def test_security_untrusted_tokens_start_fresh_sessions(tmp_path: t.Any) -> None:
@@ -1169,6 +1183,31 @@ def round_trip(app: Flask) -> None:
         assert store_of(app).count() == 1
         assert store_of(app).purge_expired() == 0
         assert store_of(app).clear() == 1
+
+
+def test_backends_redis_keep_expired(tmp_path: t.Any, redis_server: t.Any) -> None:
+    from datetime import timedelta
+
+    import redis
+
+    from flask_serversession.backends.redis import RedisBackend
+    from tests.support.redis_servers import unique_prefix
+
+    app = new_app(tmp_path)
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    app.config["SERVERSESSION_BACKEND"] = RedisBackend(
+        client, keep_expired=timedelta(minutes=5), key_prefix=unique_prefix()
+    )
+    ServerSession(app)
+    backend = t.cast(RedisBackend, store_of(app).backend)
+    with app.app_context():
+        token = store_of(app).create({"cart": ["book"]})
+    key = store_of(app).storage_key(t.cast(str, store_of(app).sid_from(token)))
+    lifetime_ms = app.config["SERVERSESSION_EXPIRE_TIME"].total_seconds() * 1000
+    ttl = int(client.pttl(backend.key_prefix + key))
+    assert lifetime_ms + 290_000 < ttl <= lifetime_ms + 300_001
+    backend.clear()
+    client.close()
 
 
 def test_backends_redis_url_single_sentinel_and_cluster(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import typing as t
 from datetime import timedelta
 
@@ -264,6 +265,30 @@ def test_lifecycle_signals_carry_storage_keys(
         ("expired", {"storage_key": third}),
     ]
     assert all(sender is app for _name, sender, _kwargs in recorder.events)
+
+
+def test_expiry_is_signalled_in_real_time_on_every_backend(
+    make_app: t.Callable[..., Flask], backend: Backend, recorder: Recorder
+) -> None:
+    # The store's own clock, not a test one: Redis expires its keys by the
+    # server's time, and the signal must still reach an audit log there.
+    app = make_app(backend, SERVERSESSION_EXPIRE_TIME=1)
+    store = store_of(app)
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    key = store.storage_key(t.cast(str, store.sid_from(session_cookie(client))))
+    expires_at = store.clock() + timedelta(seconds=1)
+    deadline = time.monotonic() + 10
+    while store.clock() <= expires_at + timedelta(milliseconds=50):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    response = client.get("/dump")
+    assert response.json == {}
+    assert "Expires=Thu, 01 Jan 1970" in response.headers["Set-Cookie"]
+    assert [(name, kwargs) for name, _sender, kwargs in recorder.events][-1] == (
+        "expired",
+        {"storage_key": key},
+    )
 
 
 def test_api_calls_send_signals(

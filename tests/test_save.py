@@ -10,6 +10,7 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from flask import flash
@@ -57,6 +58,8 @@ class Size(str, enum.Enum):
     LARGE = "L"
 
 
+BERLIN = ZoneInfo("Europe/Berlin")
+
 EXACT_VALUES = [
     datetime(2026, 1, 2, 3, 4, 5, 123456),
     datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
@@ -94,6 +97,45 @@ def test_datetimes_written_by_version_0_1_still_read(app: Flask) -> None:
     assert store.serializer.loads(old_text) == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 3, 28, 12, 0, tzinfo=BERLIN),
+        datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN),
+        datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=BERLIN),
+        datetime(2026, 6, 1, tzinfo=ZoneInfo("America/St_Johns")),
+    ],
+    ids=repr,
+)
+def test_a_datetime_keeps_its_zone_on_every_backend(backend_app: Flask, value: datetime) -> None:
+    @backend_app.post("/store")
+    def store() -> str:
+        session["meeting"] = value
+        return "stored"
+
+    @backend_app.get("/load")
+    def load() -> t.Any:
+        loaded = session["meeting"]
+        day_after = loaded + timedelta(days=1)
+        return {
+            "zone": loaded.tzinfo.key,
+            "wall": loaded.replace(tzinfo=None).isoformat(),
+            "offset": loaded.utcoffset().total_seconds(),
+            # Arithmetic across a change of daylight saving time: the zone's rules hold.
+            "day_after_offset": day_after.utcoffset().total_seconds(),
+        }
+
+    client = backend_app.test_client()
+    client.post("/store")
+    day_after = value + timedelta(days=1)
+    assert client.get("/load").json == {
+        "zone": t.cast(ZoneInfo, value.tzinfo).key,
+        "wall": value.replace(tzinfo=None).isoformat(),
+        "offset": t.cast(timedelta, value.utcoffset()).total_seconds(),
+        "day_after_offset": t.cast(timedelta, day_after.utcoffset()).total_seconds(),
+    }
+
+
 LOSSY_VALUES = [
     {1, 2},
     frozenset({1}),
@@ -108,6 +150,10 @@ LOSSY_VALUES = [
     "\ud800 a lone surrogate",
     "\ud800\udfff a pair of surrogates that JSON would join",
     datetime(2026, 1, 2, tzinfo=timezone(timedelta(microseconds=1))),
+    # A named fixed offset would lose its name; a wall time its zone skips
+    # would come back as another wall time.
+    datetime(2026, 1, 2, tzinfo=timezone(timedelta(hours=1), "CET")),
+    datetime(2026, 3, 29, 2, 30, tzinfo=BERLIN),
     functools.reduce(lambda inner, _: [inner], range(300), []),
 ]
 

@@ -151,24 +151,43 @@ def test_create_sets_the_ttl_and_update_and_touch_move_it(redis_backend: RedisBa
     backend, key = redis_backend, key_of("a")
     start = now()
     backend.create(key, Record({"k": "1"}, start, start + HOUR))
-    assert 3_590_000 < pttl(backend, key) <= 3_600_001
-    assert backend.update(key, Delta(start + 2 * HOUR, {"k": "2"}), start)
+    # Each time an hour past the expiry: keep_expired's default.
     assert 7_190_000 < pttl(backend, key) <= 7_200_001
-    assert backend.touch(key, start + 3 * HOUR, start)
+    assert backend.update(key, Delta(start + 2 * HOUR, {"k": "2"}), start)
     assert 10_790_000 < pttl(backend, key) <= 10_800_001
+    assert backend.touch(key, start + 3 * HOUR, start)
+    assert 14_390_000 < pttl(backend, key) <= 14_400_001
     loaded = backend.load(key)
     assert loaded is not None and loaded.expires_at == start + 3 * HOUR
 
 
-def test_redis_drops_the_hash_when_it_expires(redis_backend: RedisBackend) -> None:
-    backend, key = redis_backend, key_of("a")
+def test_redis_drops_the_hash_keep_expired_after_it_expires(redis_backend: RedisBackend) -> None:
+    backend = RedisBackend(
+        redis_backend.client,
+        key_prefix=redis_backend.key_prefix,
+        keep_expired=timedelta(milliseconds=300),
+    )
+    key = key_of("a")
     backend.create(key, record(expires_in=timedelta(milliseconds=150)))
     assert backend.load(key) is not None
-    time.sleep(0.3)
-    assert backend.load(key) is None
+    time.sleep(0.2)
+    # Expired, and still there for a request to meet (session_expired).
+    expired = backend.load(key)
+    assert expired is not None and expired.expires_at <= now()
     assert backend.update(key, Delta(now() + HOUR, {"k": "2"}), now()) is False
     assert backend.touch(key, now() + HOUR, now()) is False
+    assert backend.count(now()) == 0 and list(backend.items(now())) == []
+    assert backend.take(key, now()) is None
+    backend.create(key, record(expires_in=timedelta(milliseconds=150)))
+    time.sleep(0.6)
+    assert backend.load(key) is None
     assert backend.client.exists(backend.key_prefix + key) == 0
+
+
+@pytest.mark.parametrize("bad", [timedelta(seconds=-1), 60, None])
+def test_keep_expired_is_a_timedelta(redis_backend: RedisBackend, bad: t.Any) -> None:
+    with pytest.raises(ValueError, match="keep_expired"):
+        RedisBackend(redis_backend.client, keep_expired=bad)
 
 
 def test_update_checks_the_stored_expiry_against_now(redis_backend: RedisBackend) -> None:
@@ -209,9 +228,10 @@ def test_hash_layout(redis_backend: RedisBackend) -> None:
         b"expires_us": str(int((start + HOUR).timestamp()) * 10**6 + 678901).encode(),
     }
     assert backend.client.type(backend.key_prefix + key) == b"hash"
-    # Redis expires it at the millisecond after expires_at, never before.
+    # Redis drops it keep_expired (an hour) after the millisecond after
+    # expires_at, never before.
     expire_ms = int(backend.client.pexpiretime(backend.key_prefix + key))
-    assert expire_ms == int((start + HOUR).timestamp()) * 1000 + 679
+    assert expire_ms == int((start + 2 * HOUR).timestamp()) * 1000 + 679
 
 
 def test_corrupt_hashes_raise_on_load_and_are_skipped_by_items(
@@ -680,7 +700,7 @@ def test_update_enforces_max_size_on_the_merged_data(either_backend: RedisBacken
     with pytest.raises(SessionTooLargeError, match=rf"would take {size + 23} bytes.*\(50\)"):
         backend.update(key, grow, now())
     assert raw(backend, key) == before
-    assert 0 < pttl(backend, key) <= 3_600_001  # the expiry did not move either
+    assert 3_600_000 < pttl(backend, key) <= 7_200_001  # the expiry did not move either
 
     assert backend.update(key, replace_max(grow, None), now())  # no limit
     # Over the limit already: a save that does not grow it still goes through.
@@ -1034,7 +1054,9 @@ def test_delete_take_expiry_and_clear_end_listing(either_backend: RedisBackend) 
     assert members(backend, "alice") == set()
 
     backend.create(key_of("kept"), of_user("alice"))
-    assert backend.clear() == 2
+    # "short" expired, but Redis keeps its hash for keep_expired, as SQL keeps
+    # a row until it is purged: clear counts it.
+    assert backend.clear() == 3
     assert backend.client.exists(user_set(backend, "alice")) == 0
     assert listed(backend, "alice") == {}
 

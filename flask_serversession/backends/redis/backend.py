@@ -28,8 +28,8 @@ from . import scripts
 from .codec import CREATED
 from .codec import DATA
 from .codec import decode
+from .codec import drop_at_ms
 from .codec import escape_glob
-from .codec import expire_at_ms
 from .codec import EXPIRES
 from .codec import index_deadline_ms
 from .codec import INDEXED
@@ -44,9 +44,7 @@ from .users import UserIndex
 
 _MILLISECOND = timedelta(milliseconds=1)
 _BATCH = 500
-# Saves retried after moving a user's set TTL forward; more than one retry
-# needs the session to change hands at the same moment.
-_ATTEMPTS = 4
+_ATTEMPTS = 4  # saves retried after moving a user's set TTL forward
 
 
 class RedisBackend(Backend):
@@ -54,28 +52,28 @@ class RedisBackend(Backend):
 
     The hash at ``key_prefix + key`` holds one ``d:<name>`` field per session
     key plus ``created_us`` and ``expires_us`` (microseconds since the epoch);
-    ``PEXPIREAT`` removes it when it expires, so :meth:`purge_expired` only
-    has keys without a TTL to deal with. Loads, saves and :meth:`take` each
-    take one round trip: a write is a ``MULTI`` block or a Lua script, so a
-    failed save never leaves a half-written hash, and the size limit holds
-    for concurrent saves. Works with a plain client, a ``RedisCluster`` and a
-    Sentinel ``master_for()`` client; no server is contacted until first use.
+    ``PEXPIREAT`` removes it ``keep_expired`` after it expires, so
+    :meth:`purge_expired` only has keys without a TTL to deal with. Loads,
+    saves and :meth:`take` each take one round trip; a write is a ``MULTI``
+    block or a Lua script, so a failed save never leaves a half-written hash,
+    and the size limit holds for concurrent saves. Works with a plain client, a
+    ``RedisCluster`` and a Sentinel ``master_for()`` client; no server is
+    contacted until first use.
 
-    A session with a user (``Record.user``) also has ``user`` and
-    ``indexed_us`` fields and is a member of its user's set, at
-    ``key_prefix + "user:" + sha256(user)``, for :meth:`user_records`. A
-    save that keeps the user leaves the set alone, unless it renews the
-    session past the time the set is sure to live (about once a day of use):
-    then it pushes the set's TTL forward first. On a single server, giving a
-    session a user is the same one script; taking it away, or taking the
-    session, costs one more round trip to leave the old user's set. On a
-    cluster the set and the hash live in different slots: giving a user
-    costs two more round trips, taking one away two.
+    A session with a user is also in its user's set (see ``redis/users.py``).
 
     :param client: a ready ``redis.Redis``, ``redis.cluster.RedisCluster`` or
         Sentinel ``master_for()`` client. It is not closed by :meth:`close`.
     :param key_prefix: prefix of every key this backend writes, scans or
         clears; give each app its own.
+    :param keep_expired: how long Redis keeps a session's hash after it
+        expires. A request that brings its token meanwhile meets the expired
+        record and ``session_expired`` is sent, as on other backends. An hour
+        covers a user who comes back to a session that timed out; it costs
+        the memory of the sessions that expired in the last hour.
+
+    .. versionchanged:: 0.3
+        ``keep_expired``: hashes outlive their expiry by an hour.
     """
 
     def __init__(
@@ -83,6 +81,7 @@ class RedisBackend(Backend):
         client: redis.Redis | redis.cluster.RedisCluster,
         *,
         key_prefix: str = "serversession:",
+        keep_expired: timedelta = timedelta(hours=1),
     ) -> None:
         if not isinstance(client, (redis.Redis, redis.cluster.RedisCluster)):
             kind = f"{type(client).__module__}.{type(client).__qualname__}"
@@ -92,8 +91,11 @@ class RedisBackend(Backend):
             )
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ValueError(f"key_prefix must be a non-empty string, not {key_prefix!r}")
+        if not isinstance(keep_expired, timedelta) or keep_expired < timedelta(0):
+            raise ValueError(f"keep_expired must be a timedelta of 0 or more, not {keep_expired!r}")
         self.client = client
         self.key_prefix = key_prefix
+        self.keep_expired = keep_expired
         self._owns_client = False
         self._users = UserIndex(self)
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
@@ -104,17 +106,18 @@ class RedisBackend(Backend):
         url: str,
         *,
         key_prefix: str = "serversession:",
+        keep_expired: timedelta = timedelta(hours=1),
         **kwargs: t.Any,
     ) -> RedisBackend:
         """Build a backend on a new ``redis.Redis`` client for ``url``.
 
         Socket timeouts default to a few seconds and a command that hits a
         connection error is retried once; options in the URL's query string
-        and ``kwargs`` override these.
-        Raises ValueError for a URL that does not name a server.
+        and ``kwargs`` override these. Raises ValueError for a URL that does
+        not name a server. ``key_prefix`` and ``keep_expired`` are as for the
+        constructor.
 
         :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
-        :param key_prefix: as for the constructor.
         :param kwargs: more arguments for ``redis.Redis``.
         """
         options = parse_url(url)  # type: ignore[no-untyped-call]
@@ -129,7 +132,8 @@ class RedisBackend(Backend):
         kwargs.setdefault("socket_timeout", 5.0)
         kwargs.setdefault("socket_connect_timeout", 3.0)
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-        backend = cls(redis.Redis.from_url(url, **kwargs), key_prefix=key_prefix)
+        client = redis.Redis.from_url(url, **kwargs)
+        backend = cls(client, key_prefix=key_prefix, keep_expired=keep_expired)
         backend._owns_client = True
         return backend
 
@@ -213,7 +217,7 @@ class RedisBackend(Backend):
                 else:
                     keys.append(self._users.name(user))
             pairs = [part for item in mapping.items() for part in item]
-            expire_at = expire_at_ms(record.expires_at)
+            expire_at = drop_at_ms(record.expires_at, self.keep_expired)
             self._run(scripts.CREATE, keys, expire_at, key, deadline, *pairs)
         if user is not None:
             self._users.confirm(user, key, deadline)
@@ -236,7 +240,7 @@ class RedisBackend(Backend):
         head = [
             micros(now),
             micros(delta.expires_at),
-            expire_at_ms(delta.expires_at),
+            drop_at_ms(delta.expires_at, self.keep_expired),
             -1 if delta.max_size is None else delta.max_size,
             len(delta.set),
         ]
@@ -294,14 +298,12 @@ class RedisBackend(Backend):
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         """Give keys of this prefix that have no TTL one of ``longest_lifetime``; return 0.
 
-        Redis removes each session at its expiry by itself, so nothing is
-        left to delete and nothing is counted. Every write of this backend
-        sets a TTL, so a key without one is damaged or was written by other
-        code, and would stay forever: it gets a TTL of ``longest_lifetime``
-        (an error is logged), after which no session could still be live in
-        it. Keys that have a TTL, valid sessions among them, are not touched;
-        with ``longest_lifetime`` None nothing is done. The prefix is scanned
-        in batches of 500 keys, one round trip each, on every cluster primary.
+        Redis removes each session by itself, so nothing is counted. A key
+        without a TTL is damaged or was written by other code, and would
+        stay forever: it gets one of ``longest_lifetime`` (an error is
+        logged). Keys with a TTL are not touched; with ``longest_lifetime``
+        None nothing is done. The prefix is scanned in batches of 500 keys,
+        one round trip each, on every cluster primary.
         """
         if longest_lifetime is None:
             return 0

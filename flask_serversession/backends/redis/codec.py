@@ -46,6 +46,15 @@ def expire_at_ms(value: datetime) -> int:
     return -(-micros(value) // 1000)
 
 
+def drop_at_ms(expires_at: datetime, kept: timedelta) -> int:
+    """When Redis removes a session's hash: ``kept`` after it expires.
+
+    Until then a request that brings the session's token meets the expired
+    record, so the store can send ``session_expired`` as on other backends.
+    """
+    return expire_at_ms(expires_at + kept)
+
+
 def index_deadline_ms(expires_at: datetime, now: datetime) -> int:
     """Until when a user's set must live for a session that expires at ``expires_at``."""
     return expire_at_ms(max(expires_at, now) + max(expires_at - now, INDEX_SPAN))

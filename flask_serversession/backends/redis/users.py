@@ -1,3 +1,16 @@
+"""The Redis backend's user index: one set of storage keys per user.
+
+A session with a user (``Record.user``) has ``user`` and ``indexed_us``
+fields and is a member of its user's set, at ``key_prefix + "user:" +
+sha256(user)``, for ``user_records``. A save that keeps the user leaves the
+set alone, unless it renews the session past the time the set is sure to
+live (about once a day of use): then it pushes the set's TTL forward first.
+On a single server, giving a session a user is the same one script; taking
+it away, or taking the session, costs one more round trip to leave the old
+user's set. On a cluster the set and the hash live in different slots:
+giving a user costs two more round trips, taking one away two.
+"""
+
 from __future__ import annotations
 
 import hashlib
