@@ -38,8 +38,9 @@ SERVERSESSION_BACKENDS = {
     "redis": ("redis", "redis"),
 }
 
-#: Flask-Session 0.8 backends matching ours, by benchmark name.
-FLASK_SESSION_BACKENDS = ("filesystem", "sqlite", "postgres", "redis")
+#: Flask-Session 0.8 backends matching ours, by benchmark name; its "memory" is
+#: cachelib's SimpleCache, a dict in the process, as our memory backend.
+FLASK_SESSION_BACKENDS = ("memory", "filesystem", "sqlite", "postgres", "redis")
 
 FAMILY_LABELS = {"cookie": "Flask cookie", "fss": "ServerSession", "fs": "Flask-Session"}
 
@@ -156,7 +157,12 @@ def _configure_flask_session(app: Flask, spec: Spec) -> None:
     from flask_session import Session
 
     config = app.config
-    if spec.backend == "filesystem":
+    if spec.backend == "memory":
+        from cachelib.simple import SimpleCache
+
+        config["SESSION_TYPE"] = "cachelib"
+        config["SESSION_CACHELIB"] = SimpleCache()
+    elif spec.backend == "filesystem":
         from cachelib.file import FileSystemCache
 
         config["SESSION_TYPE"] = "cachelib"

@@ -26,7 +26,16 @@ from stats import load
 from stats import stopwatch
 from targets import Scoreboard
 
-SECTIONS = ("micro", "roundtrips", "scale", "purge", "concurrency", "profile", "users")
+SECTIONS = (
+    "micro",
+    "instructions",
+    "roundtrips",
+    "scale",
+    "purge",
+    "concurrency",
+    "profile",
+    "users",
+)
 
 
 def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
@@ -71,6 +80,13 @@ def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="timing rounds per figure (default 9, quick 7)")
     parser.add_argument(
         "--requests", type=int, help="requests per client in the concurrency section"
+    )
+    parser.add_argument(
+        "--count-requests",
+        metavar="N",
+        type=int,
+        help="requests of the first counted segment in the instructions section"
+        " (the second has 5N; default 20, quick 8)",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -190,6 +206,10 @@ def run_sections(args: argparse.Namespace, places: Places, board: Scoreboard) ->
         import micro
 
         micro.run(places, budget, backends, board)
+    if "instructions" in sections:
+        import instructions
+
+        instructions.run(places, backends, board, quick=args.quick, requests=args.count_requests)
     if "roundtrips" in sections:
         import roundtrips
 
