@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flask_serversession import ServerSession
 
 from .conftest import Clock
+from .conftest import session_cookie
 from .conftest import store_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,30 @@ def test_signals_and_503s_are_counted_into_prometheus(make_app: t.Callable[..., 
     example.count_session_events(down, registry := CollectorRegistry())
     assert down.test_client().post("/set", json={"a": 1}).status_code == 503
     assert registry.get_sample_value("serversession_unavailable_responses_total") == 1
+
+
+def test_rejected_tokens_are_counted_by_reason(make_app: t.Callable[..., Flask]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    example = monitoring()
+    registry = CollectorRegistry()
+    app = make_app()
+    example.count_session_events(app, registry)
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    token = t.cast(str, session_cookie(client))
+    client.post("/destroy")
+    sid, signature = token.split(".")
+    forged = sid + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+    for cookie in ("not a token", forged, token):
+        visitor = app.test_client()
+        visitor.set_cookie("session", cookie)
+        visitor.get("/dump")
+
+    def rejected(reason: str) -> float | None:
+        return registry.get_sample_value("serversession_tokens_rejected_total", {"reason": reason})
+
+    assert [rejected(r) for r in ("malformed", "bad_signature", "unknown")] == [1, 1, 1]
 
 
 def test_the_health_check_reads_one_session_of_its_own(make_app: t.Callable[..., Flask]) -> None:

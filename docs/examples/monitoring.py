@@ -19,7 +19,7 @@ EVENTS = ("created", "regenerated", "destroyed", "expired", "revoked")
 
 
 def count_session_events(app: Flask, registry: CollectorRegistry = REGISTRY) -> None:
-    """Count the session signals of ``app``, and its 503 answers, into Prometheus."""
+    """Count the session signals of ``app``, rejected tokens and 503 answers, into Prometheus."""
     events = Counter(
         "serversession_events", "Session events, by signal.", ["event"], registry=registry
     )
@@ -32,6 +32,15 @@ def count_session_events(app: Flask, registry: CollectorRegistry = REGISTRY) -> 
         counter = events.labels(event)
         signal = getattr(signals, f"session_{event}")
         signal.connect(lambda sender, counter=counter, **extra: counter.inc(), app, weak=False)
+    rejected = Counter(
+        "serversession_tokens_rejected",
+        "Tokens that opened no session, by reason.",
+        ["reason"],
+        registry=registry,
+    )
+    signals.session_token_rejected.connect(
+        lambda sender, reason, **extra: rejected.labels(reason).inc(), app, weak=False
+    )
 
     def count_unavailable(sender: Flask, response: t.Any, **extra: t.Any) -> None:
         if response.status_code == 503:
