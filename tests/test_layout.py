@@ -75,6 +75,15 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_backend_helpers_never_import_the_backend_they_serve() -> None:
+    graph = {name: imported_modules(name, path) for name, path in MODULES.items()}
+    backends = [name for name in MODULES if name.startswith(f"{PACKAGE.name}.backends.")]
+    for backend in (name for name in backends if name.endswith(".backend")):
+        package = backend.rpartition(".")[0]
+        importers = {name for name in backends if backend in graph[name]}
+        assert importers <= {package}, f"{sorted(importers - {package})} import {backend}"
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_module_passes_the_line_limit(name: str) -> None:
     lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
