@@ -43,6 +43,10 @@ def keep_private(response: Response) -> None:
     ``Set-Cookie`` to others. ``public`` goes; a response that already says
     ``private`` or ``no-store`` is left as it is.
     """
+    if "Cache-Control" not in response.headers:
+        # What the parsed header would give, without parsing one that is not there.
+        response.headers["Cache-Control"] = "private"
+        return
     cache_control = response.cache_control
     if cache_control.private or cache_control.no_store:
         return
@@ -99,7 +103,11 @@ class ServerSessionInterface(SessionInterface):
         self._purge_every.count(app, self.store)
         header_name = self.store.settings.header_name
         if session.accessed:
-            response.vary.add("Cookie")
+            if "Vary" in response.headers:
+                response.vary.add("Cookie")
+            else:
+                # What adding to the parsed header would give, without parsing.
+                response.headers["Vary"] = "Cookie"
             if header_name is not None:
                 response.vary.add(header_name)
 
@@ -112,6 +120,22 @@ class ServerSessionInterface(SessionInterface):
         if session.adoption is not None:
             session.adoption.finish()
         name = self.get_cookie_name(app)
+        if outcome.delete_cookie:
+            response.delete_cookie(name, **self._cookie_attributes(app))
+            keep_private(response)
+            return
+        if outcome.token is None:
+            return
+        keep_private(response)
+        expires = outcome.expires_at if outcome.persistent else None
+        response.set_cookie(name, outcome.token, expires=expires, **self._cookie_attributes(app))
+        if header_name is not None and outcome.id_changed and name not in request.cookies:
+            # A client that sent the cookie is a browser, whose page scripts
+            # can read response headers but not an HttpOnly cookie.
+            response.headers[header_name] = outcome.token
+
+    def _cookie_attributes(self, app: Flask) -> dict[str, t.Any]:
+        """The attributes the session cookie is set and expired with, from Flask's keys."""
         cookie: dict[str, t.Any] = {
             "domain": self.get_cookie_domain(app),
             "path": self.get_cookie_path(app),
@@ -121,20 +145,7 @@ class ServerSessionInterface(SessionInterface):
         }
         if app.config.get("SESSION_COOKIE_PARTITIONED"):
             cookie["partitioned"] = True
-
-        if outcome.delete_cookie:
-            response.delete_cookie(name, **cookie)
-            keep_private(response)
-            return
-        if outcome.token is None:
-            return
-        keep_private(response)
-        expires = outcome.expires_at if outcome.persistent else None
-        response.set_cookie(name, outcome.token, expires=expires, **cookie)
-        if header_name is not None and outcome.id_changed and name not in request.cookies:
-            # A client that sent the cookie is a browser, whose page scripts
-            # can read response headers but not an HttpOnly cookie.
-            response.headers[header_name] = outcome.token
+        return cookie
 
     @staticmethod
     def _replace_with_error(response: Response, error: BackendError) -> None:

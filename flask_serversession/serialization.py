@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 import typing as t
 from base64 import b64decode
 from base64 import b64encode
@@ -52,6 +53,8 @@ class SessionSerializer:
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
         self._decoder = json.JSONDecoder(object_hook=self._untag)
+        self._encode = _one_shot_encoder(self._encoder)
+        self._scan = self._decoder.scan_once  # type: ignore[attr-defined]
 
     def dumps(self, value: t.Any) -> str:
         """Return ``value`` as tagged JSON text.
@@ -60,15 +63,22 @@ class SessionSerializer:
         """
         kind = type(value)
         if kind in _NUMBERS or (kind is str and value.isascii()):
-            return self._encoder.encode(value)
+            return self._encode(value)
         try:
-            return self._encoder.encode(self._tag(value, 0))
+            return self._encode(self._tag(value, 0))
         except RecursionError:
             raise TypeError("the value is nested too deeply or refers to itself") from None
 
     def loads(self, text: str) -> t.Any:
         """Return the value that :meth:`dumps` turned into ``text``."""
-        return self._decoder.decode(text)
+        # The scanner alone reads text that holds one value and nothing else,
+        # as dumps writes it; anything else goes the whole way, which skips
+        # whitespace and raises the decoder's own errors.
+        try:
+            value, end = self._scan(text, 0)
+        except (StopIteration, ValueError):
+            return self._decoder.decode(text)
+        return value if end == len(text) else self._decoder.decode(text)
 
     def _tag(self, value: t.Any, depth: int) -> t.Any:
         kind = type(value)
@@ -169,6 +179,43 @@ def _zoned(tagged: list[str]) -> datetime:
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(f"the time zone {key!r} is not known here: {e}") from e
     return datetime.fromisoformat(iso).astimezone(zone)
+
+
+def _one_shot_encoder(encoder: json.JSONEncoder) -> t.Callable[[t.Any], str]:
+    """Return ``encoder.encode``, without building a new C encoder for each call.
+
+    The values it gets are made by ``_tag``: fresh trees of bounded depth, so
+    no check for circular references is needed.
+    """
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return encoder.encode
+    chunks = make(
+        None,
+        encoder.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+def snapshot(value: t.Any) -> bytes | None:
+    """Return bytes that change whenever ``value`` does, or None for a value without them.
+
+    ``marshal`` writes the exact type of every part (``1``, ``1.0`` and
+    ``True`` differ, and it refuses subclasses, datetimes and UUIDs), so equal
+    bytes mean an equal value of equal types: one that serializes as it did.
+    Comparing them is far cheaper than serializing the value again.
+    """
+    try:
+        return marshal.dumps(value, 2)
+    except ValueError:
+        return None
 
 
 def _text(value: str) -> str:

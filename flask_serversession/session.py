@@ -22,11 +22,12 @@ if t.TYPE_CHECKING:
 
 def in_socketio_event() -> bool:
     """Whether the current request context runs a Flask-SocketIO event, which sends no cookie."""
-    return (
-        has_request_context()
-        and getattr(request, "sid", None) is not None
-        and getattr(request, "event", None) is not None
-    )
+    if not has_request_context():
+        return False
+    # The request itself rather than the proxy, which raises inside for a
+    # missing attribute: this runs on every save.
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    return getattr(current, "sid", None) is not None and getattr(current, "event", None) is not None
 
 
 def current_storage_key() -> str | None:

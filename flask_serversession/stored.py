@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from .backends.base import CorruptRecordError
 from .backends.base import Record
+from .serialization import snapshot
 
 if t.TYPE_CHECKING:
     from .serialization import SessionSerializer
@@ -54,6 +55,8 @@ class StoredSession:
     lifetime: timedelta | None = None
     #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
     meta: dict[str, str] = field(default_factory=dict)
+    #: A :func:`~flask_serversession.serialization.snapshot` of each mutable value as loaded.
+    snapshots: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,18 @@ class Opened:
     rejected: str | None = None
 
 
+def _lifetime(serializer: SessionSerializer, data: t.Mapping[str, str]) -> timedelta | None:
+    """The session's own lifetime in stored data; ValueError when it is not one."""
+    if LIFETIME_KEY not in data:
+        return None
+    seconds = serializer.loads(data[LIFETIME_KEY])
+    if seconds is None:
+        return None
+    if type(seconds) not in (int, float) or not 0 < seconds < 1e10:
+        raise ValueError(f"the session's own lifetime is {seconds!r}")
+    return timedelta(seconds=seconds)
+
+
 def decode_values(
     serializer: SessionSerializer,
     data: t.Mapping[str, str],
@@ -89,12 +104,7 @@ def decode_values(
     try:
         values = {k: serializer.loads(v) for k, v in data.items() if not is_meta(k)}
         check_meta(data)
-        seconds = serializer.loads(data[LIFETIME_KEY]) if LIFETIME_KEY in data else None
-        if seconds is None:
-            return values, None
-        if type(seconds) not in (int, float) or not 0 < seconds < 1e10:
-            raise ValueError(f"the session's own lifetime is {seconds!r}")
-        return values, timedelta(seconds=seconds)
+        return values, _lifetime(serializer, data)
     except Exception as e:
         raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
 
@@ -106,17 +116,41 @@ def decode(
     record: Record,
     check_meta: t.Callable[[t.Mapping[str, str]], None],
 ) -> StoredSession:
-    """The live session ``sid`` stored as ``record``; see :func:`decode_values`."""
-    values, lifetime = decode_values(serializer, record.data, check_meta)
+    """The live session ``sid`` stored as ``record``; see :func:`decode_values`.
+
+    Every request that reads its session pays for this, so it goes over the
+    record once.
+    """
+    serialized: dict[str, str] = {}
+    meta: dict[str, str] = {}
+    values: dict[str, t.Any] = {}
+    snapshots: dict[str, bytes] = {}
+    loads = serializer.loads
+    try:
+        for k, text in record.data.items():
+            if k.startswith(META_PREFIX):
+                meta[k] = text
+                continue
+            serialized[k] = text
+            value = values[k] = loads(text)
+            if type(value) not in _IMMUTABLE:
+                snap = snapshot(value)
+                if snap is not None:
+                    snapshots[k] = snap
+        check_meta(record.data)
+        lifetime = _lifetime(serializer, record.data)
+    except Exception as e:
+        raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
     return StoredSession(
         sid=sid,
         key=key,
-        serialized={k: v for k, v in record.data.items() if not is_meta(k)},
+        serialized=serialized,
         values=values,
         created_at=record.created_at,
         expires_at=record.expires_at,
         lifetime=lifetime,
-        meta={k: v for k, v in record.data.items() if is_meta(k)},
+        meta=meta,
+        snapshots=snapshots,
     )
 
 
@@ -133,11 +167,18 @@ def changes(
     :raises TypeError: a value cannot be stored (from ``serialize``).
     """
     changed = {}
+    snapshots = stored.snapshots
     for key, value in values.items():
-        if key in assigned or key not in stored.serialized or type(value) not in _IMMUTABLE:
-            text = serialize(key, value)
-            if stored.serialized.get(key) != text:
-                changed[key] = text
+        if key in assigned or key not in stored.serialized:
+            pass
+        elif type(value) in _IMMUTABLE:
+            continue
+        elif key in snapshots and snapshot(value) == snapshots[key]:
+            # Not even a nested change: what was loaded, part for part.
+            continue
+        text = serialize(key, value)
+        if stored.serialized.get(key) != text:
+            changed[key] = text
     return changed, frozenset(stored.serialized.keys() - values.keys())
 
 

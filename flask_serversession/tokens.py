@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import typing as t
-
-from itsdangerous import BadSignature
-from itsdangerous import Signer
+from base64 import urlsafe_b64encode
 
 SecretKeys = t.Callable[[], t.Sequence[str | bytes]]
 
@@ -34,6 +33,45 @@ def storage_key(sid: str) -> str:
     return hashlib.sha256(sid.encode("ascii")).hexdigest()
 
 
+class _Signer:
+    """Sign ids with HMAC-SHA256 under keys derived once per set of secret keys.
+
+    The tokens are those of itsdangerous's ``Signer`` with this salt and
+    sha256 (its "django-concat" key derivation, the signature in URL-safe
+    base64 without padding), so tokens issued by earlier versions stay valid;
+    deriving the keys once rather than for every token is what it saves.
+
+    :param keys: the secret keys, oldest first; the last one signs.
+    :param salt: separates these tokens from other uses of the same keys.
+    """
+
+    def __init__(self, keys: t.Sequence[bytes], salt: str) -> None:
+        prefix = salt.encode() + b"signer"
+        # Newest first. Each token copies a keyed HMAC rather than keying a
+        # new one, which costs about as much again as the signature itself.
+        self._keys = [
+            hmac.new(hashlib.sha256(prefix + key).digest(), digestmod=hashlib.sha256)
+            for key in reversed(keys)
+        ]
+
+    @staticmethod
+    def _signature(keyed: hmac.HMAC, sid: str) -> str:
+        mac = keyed.copy()
+        mac.update(sid.encode("ascii"))
+        return urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+    def sign(self, sid: str) -> str:
+        return f"{sid}.{self._signature(self._keys[0], sid)}"
+
+    def unsign(self, token: str) -> str | None:
+        """The id of a token of the signed shape, or None when no key signed it."""
+        sid, _, signature = token.rpartition(".")
+        for key in self._keys:
+            if hmac.compare_digest(signature, self._signature(key, sid)):
+                return sid
+        return None
+
+
 class Tokens:
     """Turn session ids into the tokens clients hold, and back.
 
@@ -48,21 +86,22 @@ class Tokens:
         self.sign = sign
         self.salt = salt
         self._secret_keys = secret_keys
-        self._cached: tuple[tuple[bytes, ...], Signer] | None = None
+        self._cached: tuple[tuple[str | bytes, ...], _Signer] | None = None
 
-    def _signer(self) -> Signer | None:
+    def _signer(self) -> _Signer | None:
         if not self.sign:
             return None
-        keys = tuple(k.encode() if isinstance(k, str) else k for k in self._secret_keys() if k)
+        given = tuple(self._secret_keys())
         cached = self._cached
-        if cached is not None and cached[0] == keys:
+        if cached is not None and cached[0] == given:
             return cached[1]
+        keys = [k.encode() if isinstance(k, str) else k for k in given if k]
         if not keys:
             raise RuntimeError(
                 "SECRET_KEY is not set: session tokens are signed with it. Set app.secret_key."
             )
-        signer = Signer(list(keys), salt=self.salt, digest_method=hashlib.sha256)
-        self._cached = (keys, signer)
+        signer = _Signer(keys, self.salt)
+        self._cached = (given, signer)
         return signer
 
     def token_for(self, sid: str) -> str:
@@ -70,7 +109,7 @@ class Tokens:
         signer = self._signer()
         if signer is None:
             return sid
-        return signer.sign(sid).decode("ascii")
+        return signer.sign(sid)
 
     def sid_from(self, token: str | None) -> str | None:
         """Return the id in a well-formed, correctly signed token, or None."""
@@ -91,7 +130,5 @@ class Tokens:
             return (token, None) if _UNSIGNED_TOKEN.fullmatch(token) else (None, MALFORMED)
         if not _SIGNED_TOKEN.fullmatch(token):
             return None, MALFORMED
-        try:
-            return signer.unsign(token).decode("ascii"), None
-        except BadSignature:
-            return None, BAD_SIGNATURE
+        sid = signer.unsign(token)
+        return (sid, None) if sid is not None else (None, BAD_SIGNATURE)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import threading
 import typing as t
 from collections import OrderedDict
-from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
 
@@ -30,6 +29,9 @@ class MemoryBackend(Backend):
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._records: OrderedDict[str, Record] = OrderedDict()
+        # The data_size of each record, kept so that a save checks the size
+        # limit by what it changes rather than by the whole record.
+        self._sizes: dict[str, int] = {}
         self._users: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
@@ -49,6 +51,7 @@ class MemoryBackend(Backend):
 
     def _pop(self, key: str) -> Record | None:
         record = self._records.pop(key, None)
+        self._sizes.pop(key, None)
         self._index(key, record, None)
         return record
 
@@ -60,10 +63,13 @@ class MemoryBackend(Backend):
             return record
 
     def create(self, key: str, record: Record) -> None:
-        record = replace(record, data=dict(record.data), values=None)
+        data = dict(record.data)
+        record = Record(data, record.created_at, record.expires_at, user=record.user)
+        size = data_size(data)
         with self._lock:
             self._index(key, self._records.get(key), record)
             self._records[key] = record
+            self._sizes[key] = size
             self._records.move_to_end(key)
             while len(self._records) > self.max_entries:
                 self._pop(next(iter(self._records)))
@@ -74,15 +80,20 @@ class MemoryBackend(Backend):
             if record is None or record.expires_at <= now:
                 return False
             data = record.data
+            before = after = self._sizes[key]
             if delta.set or delta.deleted:
-                data = {k: v for k, v in data.items() if k not in delta.deleted}
+                data = dict(data)
+                for name in delta.deleted | delta.set.keys():
+                    if name in data:
+                        after -= data_size({name: data.pop(name)})
                 data.update(delta.set)
-                if delta.max_size is not None:
-                    check_size(data_size(record.data), data_size(data), delta.max_size)
+                after += data_size(delta.set)
+                check_size(before, after, delta.max_size)
             user = delta.user if delta.user_changed else record.user
-            new = replace(record, data=data, expires_at=delta.expires_at, user=user)
+            new = Record(data, record.created_at, delta.expires_at, user=user)
             self._index(key, record, new)
             self._records[key] = new
+            self._sizes[key] = after
             self._records.move_to_end(key)
             return True
 
@@ -115,6 +126,7 @@ class MemoryBackend(Backend):
         with self._lock:
             removed = len(self._records)
             self._records.clear()
+            self._sizes.clear()
             self._users.clear()
             return removed
 
