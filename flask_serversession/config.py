@@ -49,6 +49,9 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_MAX_SESSIONS_PER_USER": None,
     "SERVERSESSION_TRACK_CLIENT": False,
     "SERVERSESSION_LAST_SEEN_EVERY": timedelta(minutes=5),
+    "SERVERSESSION_ROTATE_EVERY": None,
+    "SERVERSESSION_ROTATE_GRACE": timedelta(seconds=60),
+    "SERVERSESSION_REVOKE_ON_REUSE": True,
 }
 
 
@@ -75,6 +78,12 @@ class Settings:
     max_sessions_per_user: int | None = None
     track_client: bool = False
     last_seen_every: timedelta = timedelta(minutes=5)
+    #: Give a session a new id when its id is older than this (None: never).
+    rotate_every: timedelta | None = None
+    #: How long a rotated-out token keeps opening the session once the new one was used.
+    rotate_grace: timedelta = timedelta(seconds=60)
+    #: End the session when a rotated-out token comes back after its grace.
+    revoke_on_reuse: bool = True
 
 
 def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
@@ -179,6 +188,9 @@ def read_settings(app: Flask) -> Settings:
         purge_interval=duration(config, "SERVERSESSION_PURGE_INTERVAL", zero=True),  # type: ignore[arg-type]
         adopt_cookie_sessions=boolean(config, "SERVERSESSION_ADOPT_COOKIE_SESSIONS"),
         adopt_flask_session=boolean(config, "SERVERSESSION_ADOPT_FLASK_SESSION"),
+        rotate_every=duration(config, "SERVERSESSION_ROTATE_EVERY", optional=True),
+        rotate_grace=duration(config, "SERVERSESSION_ROTATE_GRACE", zero=True),  # type: ignore[arg-type]
+        revoke_on_reuse=boolean(config, "SERVERSESSION_REVOKE_ON_REUSE"),
         **_user_settings(config),
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:

@@ -22,6 +22,13 @@ session_expired = _signals.signal("session-expired")
 #: ``reason``: ``"malformed"``, ``"bad_signature"`` or ``"unknown"``; never
 #: the token.
 session_token_rejected = _signals.signal("session-token-rejected")
+#: A session moved to its next id (``SERVERSESSION_ROTATE_EVERY``). Receives
+#: ``old_storage_key`` and ``storage_key``.
+session_rotated = _signals.signal("session-rotated")
+#: A token that rotated out came back after its grace: someone may hold a
+#: copy of the cookie. Receives ``storage_key`` (the session's) and
+#: ``reused_storage_key`` (the rotated-out id's).
+session_token_reused = _signals.signal("session-token-reused")
 
 
 def send(signal: t.Any, **kwargs: t.Any) -> None:

@@ -6,6 +6,7 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
+from . import rotation
 from .backends.base import Backend
 from .backends.base import check_size
 from .backends.base import CorruptRecordError
@@ -97,6 +98,14 @@ class SessionStore:
 
     storage_key = staticmethod(storage_key)
 
+    def rotation_secret(self) -> bytes:
+        return self.tokens.secret()
+
+    def check_meta(self, data: t.Mapping[str, str]) -> None:
+        """Raise ValueError when stored metadata is not of the shape written here."""
+        self.users.check_values(data)
+        rotation.check(self.serializer, data)
+
     def open(self, token: str | None) -> Opened:
         """Load the live session a request's token names.
 
@@ -110,13 +119,13 @@ class SessionStore:
         try:
             record = self.backend.load(key)
             if record is None:
+                if self.settings.rotate_every is not None:
+                    return rotation.follow(self, sid, self.clock())
                 return Opened(verified=True, rejected=UNKNOWN)
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 return Opened(verified=True)
-            return Opened(
-                decode(self.serializer, sid, key, record, self.users.check_values), verified=True
-            )
+            return Opened(decode(self.serializer, sid, key, record, self.check_meta), verified=True)
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
             return Opened(verified=True)
@@ -143,7 +152,7 @@ class SessionStore:
                 raise SessionExpiredError(
                     f"The session expired at {record.expires_at.isoformat()}."
                 )
-            return decode(self.serializer, sid, key, record, self.users.check_values)
+            return decode(self.serializer, sid, key, record, self.check_meta)
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged: %s", key, e)
             raise BackendError(f"The stored session {key} is damaged: {e}") from e
@@ -218,8 +227,18 @@ class SessionStore:
         """Write what the request changed and say what the cookie needs.
 
         :param can_set_cookie: False where no response carries a cookie (a
-            Flask-SocketIO event): a new session is then not stored.
+            Flask-SocketIO event): a new session is then not stored, nor rotated.
         """
+        outcome = self._save(session, can_set_cookie)
+        stored = session.stored
+        if stored is None or not stored.handed_over or outcome.token or outcome.delete_cookie:
+            return outcome
+        # Opened through a token from before a rotation: hand over the current one.
+        persistent = session.permanent or stored.lifetime is not None
+        expires_at = outcome.expires_at or stored.expires_at
+        return SaveOutcome(self.token_for(stored.sid), expires_at, True, persistent=persistent)
+
+    def _save(self, session: SessionState, can_set_cookie: bool) -> SaveOutcome:
         if session.destroyed_sid is not None:
             self._delete(self.storage_key(session.destroyed_sid))
         if not session.loaded:
@@ -269,6 +288,19 @@ class SessionStore:
             )
             expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
 
+        if self.settings.rotate_every is not None:
+            if session.regenerate_requested:
+                # A new id of its own: it counts from now, and is in use.
+                changed[rotation.ROTATION_KEY] = rotation.text(self.serializer, now, now)
+            elif can_set_cookie and rotation.due(self, stored, now):
+                outcome = rotation.rotate(self, stored, changed, deleted, expires_at, values, now)
+                return replace(outcome, persistent=persistent)
+            elif not stored.handed_over:
+                given, used = rotation.state(self.serializer, stored)
+                if used is None:
+                    # The first request that brings the new token: the grace starts.
+                    changed[rotation.ROTATION_KEY] = rotation.text(self.serializer, given, now)
+
         if session.regenerate_requested:
             # A lifetime set in this request holds as it is; otherwise the
             # new id keeps the later of this expiry and the taken record's.
@@ -279,6 +311,12 @@ class SessionStore:
         if changed or deleted:
             delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
             if not self.users.update(stored, values, delta, now):
+                if self.settings.rotate_every is not None and can_set_cookie:
+                    # Rotated by another request meanwhile: the write goes there.
+                    outcome = rotation.carry(
+                        self, stored, changed, deleted, expires_at, values, now
+                    )
+                    return replace(outcome, persistent=persistent)
                 return _NOTHING
         elif self.users.seen_due(stored, now):
             # Only the last-seen time: never refused for size, as a read.
@@ -347,9 +385,7 @@ class SessionStore:
             if self.lifetimes.is_expired(record, now):
                 continue
             try:
-                values, _lifetime = decode_values(
-                    self.serializer, record.data, self.users.check_values
-                )
+                values, _lifetime = decode_values(self.serializer, record.data, self.check_meta)
             except CorruptRecordError as e:
                 logger.error("Stored session %s is damaged, skipped: %s", key, e)
                 continue

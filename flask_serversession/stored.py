@@ -57,6 +57,9 @@ class StoredSession:
     meta: dict[str, str] = field(default_factory=dict)
     #: A :func:`~flask_serversession.serialization.snapshot` of each mutable value as loaded.
     snapshots: dict[str, bytes] = field(default_factory=dict, repr=False)
+    #: Opened through a token the session had before it rotated: the response
+    #: hands over the current one.
+    handed_over: bool = False
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,16 @@ class Tokens:
         self._cached = (given, signer)
         return signer
 
+    def secret(self) -> bytes:
+        """The signing key (the newest), from which rotated ids are derived."""
+        keys = [k.encode() if isinstance(k, str) else k for k in self._secret_keys() if k]
+        if not keys:
+            raise RuntimeError(
+                "SECRET_KEY is not set: rotated session ids are derived from it."
+                " Set app.secret_key."
+            )
+        return keys[-1]
+
     def token_for(self, sid: str) -> str:
         """Return the token a client holds for ``sid``."""
         signer = self._signer()
