@@ -117,6 +117,26 @@ def text(serializer: SessionSerializer, given: datetime, used: datetime | None) 
     return serializer.dumps([_timestamp(given), None if used is None else _timestamp(used)])
 
 
+def mark(
+    serializer: SessionSerializer,
+    stored: StoredSession,
+    changed: dict[str, str],
+    now: datetime,
+    regenerated: bool,
+) -> None:
+    """Record in ``changed`` what a save that does not rotate tells of the id.
+
+    A regenerated id counts from now and is in use; a request that brings a
+    new id first starts its old one's grace.
+    """
+    if regenerated:
+        changed[ROTATION_KEY] = text(serializer, now, now)
+    elif not stored.handed_over:
+        given, used = state(serializer, stored)
+        if used is None:
+            changed[ROTATION_KEY] = text(serializer, given, now)
+
+
 def due(store: Host, stored: StoredSession, now: datetime) -> bool:
     """Whether the session's id is older than ``SERVERSESSION_ROTATE_EVERY``."""
     every = store.settings.rotate_every

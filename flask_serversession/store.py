@@ -119,9 +119,7 @@ class SessionStore:
         try:
             record = self.backend.load(key)
             if record is None:
-                if self.settings.rotate_every is not None:
-                    return rotation.follow(self, sid, self.clock())
-                return Opened(verified=True, rejected=UNKNOWN)
+                return self._moved(sid)
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 return Opened(verified=True)
@@ -129,6 +127,12 @@ class SessionStore:
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
             return Opened(verified=True)
+
+    def _moved(self, sid: str) -> Opened:
+        """What a token whose id has no record opens: the session it rotated into, if any."""
+        if self.settings.rotate_every is None:
+            return Opened(verified=True, rejected=UNKNOWN)
+        return rotation.follow(self, sid, self.clock())
 
     def _api_sid(self, token: str) -> str:
         """The id of a token given to the API; a bad one is reported and refused."""
@@ -145,7 +149,11 @@ class SessionStore:
         try:
             record = self.backend.load(key)
             if record is None:
-                send(session_token_rejected, reason=UNKNOWN)
+                opened = self._moved(sid)
+                if opened.stored is not None:
+                    return opened.stored
+                if opened.rejected is not None:
+                    send(session_token_rejected, reason=opened.rejected)
                 raise SessionNotFoundError("No session is stored for this token.")
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
@@ -289,17 +297,11 @@ class SessionStore:
             expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
 
         if self.settings.rotate_every is not None:
-            if session.regenerate_requested:
-                # A new id of its own: it counts from now, and is in use.
-                changed[rotation.ROTATION_KEY] = rotation.text(self.serializer, now, now)
-            elif can_set_cookie and rotation.due(self, stored, now):
+            rotating = can_set_cookie and not session.regenerate_requested
+            if rotating and rotation.due(self, stored, now):
                 outcome = rotation.rotate(self, stored, changed, deleted, expires_at, values, now)
                 return replace(outcome, persistent=persistent)
-            elif not stored.handed_over:
-                given, used = rotation.state(self.serializer, stored)
-                if used is None:
-                    # The first request that brings the new token: the grace starts.
-                    changed[rotation.ROTATION_KEY] = rotation.text(self.serializer, given, now)
+            rotation.mark(self.serializer, stored, changed, now, session.regenerate_requested)
 
         if session.regenerate_requested:
             # A lifetime set in this request holds as it is; otherwise the

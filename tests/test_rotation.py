@@ -14,6 +14,7 @@ from flask import session
 from flask.testing import FlaskClient
 
 from flask_serversession import ServerSession
+from flask_serversession import SessionNotFoundError
 from flask_serversession import signals
 from flask_serversession.backends.base import Backend
 
@@ -407,3 +408,17 @@ def test_a_request_meeting_a_rotation_half_done_waits_for_it(app: Flask) -> None
     thread.join(10)
     assert session_cookie(other) == session_cookie(rotating) != old
     assert live(app) == [{"user": "alice"}]
+
+
+def test_the_api_follows_a_rotation_within_the_grace(app: Flask, events: Events) -> None:
+    client, old = signed_in(app)
+    clock_of(app).advance(minutes=61)
+    client.get("/dump")
+    with app.app_context():
+        assert ServerSession().get(old) == {"user": "alice"}
+    client.get("/dump")  # the new token is used
+    clock_of(app).advance(minutes=2)
+    with app.app_context(), pytest.raises(SessionNotFoundError):
+        ServerSession().get(old)
+    assert len(events.reused) == 1
+    assert client.get("/dump").json == {}
