@@ -53,6 +53,17 @@ class Parked:
         assert not self._thread.is_alive()
 
 
+def add_parked_write(app: Flask) -> None:
+    """A view that reads the session, parks, then writes ``late``."""
+
+    @app.post("/parked/write")
+    def parked_write() -> str:
+        session.get("user")
+        park("/parked/write")
+        session["late"] = "write"
+        return "written"
+
+
 def park(path: str) -> None:
     parked: Parked = session_app().config["PARKED"][path]
     parked.inside.set()
@@ -76,12 +87,7 @@ def race_app(make_app: t.Callable[..., Flask], backend: Backend) -> Flask:
         park("/parked/regenerate")
         return "regenerated"
 
-    @app.post("/parked/write")
-    def parked_write() -> str:
-        session.get("user")
-        park("/parked/write")
-        session["late"] = "write"
-        return "written"
+    add_parked_write(app)
 
     @app.post("/parked/grow")
     def parked_grow() -> str:

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
-from flask import session
 from flask.testing import FlaskClient
 
 from flask_serversession import ServerSession
@@ -22,7 +21,7 @@ from .conftest import Clock
 from .conftest import CountingBackend
 from .conftest import session_cookie
 from .conftest import store_of
-from .test_races import park
+from .test_races import add_parked_write
 from .test_races import Parked
 
 EVERY = timedelta(hours=1)
@@ -56,20 +55,7 @@ def events() -> t.Iterator[Events]:
 def rotating_app(make_app: t.Callable[..., Flask], backend: Backend, **config: t.Any) -> Flask:
     app = make_app(backend, SERVERSESSION_ROTATE_EVERY=EVERY, **config)
     store_of(app).clock = Clock()
-
-    @app.post("/parked/write")
-    def parked_write() -> str:
-        session.get("user")
-        park("/parked/write")
-        session["late"] = "write"
-        return "written"
-
-    @app.post("/parked/read")
-    def parked_read() -> str:
-        session.get("user")
-        park("/parked/read")
-        return "read"
-
+    add_parked_write(app)
     return app
 
 
