@@ -13,9 +13,15 @@ import os
 import tempfile
 import typing as t
 
+import _pytest.monkeypatch
 import flask
 
 from flask_serversession import ServerSession
+
+# Flask's conftest reads pytest's "not set" marker by its old name, which
+# pytest 9.2 renamed.
+if not hasattr(_pytest.monkeypatch, "notset"):
+    _pytest.monkeypatch.notset = _pytest.monkeypatch.NOTSET  # type: ignore[attr-defined]
 
 _original_init = flask.Flask.__init__
 _apps = itertools.count()
