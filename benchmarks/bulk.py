@@ -49,12 +49,15 @@ def template(*, expired: bool) -> Record:
     return Record(data, now, now + timedelta(days=1))
 
 
-def fill(app: Flask, spec: Spec, count: int, *, expired: bool = False) -> None:
-    """Add ``count`` records to the store of ``spec``'s app."""
+def fill(
+    app: Flask, spec: Spec, count: int, *, expired: bool = False, record: Record | None = None
+) -> None:
+    """Add ``count`` records to the store of ``spec``'s app (copies of ``record`` if given)."""
     if count <= 0:
         return
     key = secrets.token_hex(32)
-    app.extensions["serversession"].backend.create(key, template(expired=expired))
+    record = record or template(expired=expired)
+    app.extensions["serversession"].backend.create(key, record)
     fillers: dict[str, t.Callable[[Spec, str, int], None]] = {
         "sqlite": _fill_sqlite,
         "postgres": _fill_postgres,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 
 import bulk
+import sizing
 from apps import close_app
 from apps import Spec
 from flask import Flask
@@ -37,6 +38,10 @@ def specs(places: Places, backends: t.Sequence[str], counts: t.Sequence[int]) ->
             note(f"ServerSession {backend} is skipped: {reason}.")
             continue
         for index, count in enumerate(counts):
+            too_big = sizing.redis_too_big(sum(counts)) if backend == "redis" else None
+            if too_big is not None:
+                note(f"ServerSession redis is skipped at {count:,} sessions: {too_big}.")
+                continue
             # Own table, file or Redis database per size, so sizes can be interleaved.
             spec = places.spec("fss", backend, f"scale{count}", redis_db=index + 1)
             result.append(Spec(spec.family, spec.backend, spec.location, spec.table, {"n": count}))
@@ -49,6 +54,16 @@ def load(ready: t.Mapping[Spec, tuple[Flask, str]]) -> None:
         count = spec.extra["n"]
         bulk.fill(app, spec, count - 1)  # the seeded session is one of them
         print(f"  loaded {count:,} sessions into {spec.backend} in {elapsed():.1f} s", flush=True)
+
+
+def largest(ready: t.Mapping[Spec, tuple[Flask, str]]) -> list[tuple[Spec, Flask, str, int]]:
+    """The store of the most sessions of each backend, as (spec, app, cookie, count)."""
+    chosen: dict[str, tuple[Spec, Flask, str, int]] = {}
+    for spec, (app, cookie) in ready.items():
+        count = spec.extra["n"]
+        if spec.backend not in chosen or count > chosen[spec.backend][3]:
+            chosen[spec.backend] = (spec, app, cookie, count)
+    return list(chosen.values())
 
 
 def render(scenario: str, results: t.Mapping[Spec, Summary], load_note: str) -> str:
@@ -102,6 +117,7 @@ def run(
             results = measure(ready, scenario, budget)
             print(render(scenario, results, f"{note_load}, after: {load_average()}"), flush=True)
             score(scenario, results, board)
+        sizing.run(places, largest(ready), board, load_average)
     finally:
         for app, _cookie in ready.values():
             close_app(app)
