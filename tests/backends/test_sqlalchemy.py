@@ -308,6 +308,37 @@ def test_purge_with_default_batch(sqlite_backend: SQLAlchemyBackend) -> None:
     assert [k for k, _ in sqlite_backend.items(NOW)] == [key_of("live")]
 
 
+def test_postgres_purge_skips_rows_another_transaction_holds(
+    postgres_backend: SQLAlchemyBackend,
+) -> None:
+    # A purge never queues behind a request holding an expired row: it removes
+    # the others at once, and a later purge removes that one.
+    backend = postgres_backend
+    backend.purge_batch_size = 3
+    for n in range(10):
+        backend.create(key_of(f"old{n}"), record(expires_in=timedelta(minutes=-n - 1)))
+    backend.create(key_of("live"), record())
+    held, c = key_of("old4"), backend.table.c
+    removed: list[int] = []
+    done = threading.Event()
+
+    def purge() -> None:
+        removed.append(backend.purge_expired(NOW))
+        done.set()
+
+    purger = threading.Thread(target=purge, name="test-purger", daemon=True)
+    with backend.engine.connect() as holder, holder.begin():
+        holder.execute(sa.select(c.key).where(c.key == held).with_for_update())
+        purger.start()
+        finished_while_held = done.wait(10)
+    purger.join(10)
+    assert finished_while_held, "the purge waited for the row another transaction held"
+    assert removed == [9]
+    assert [row.key for row in raw_rows(backend)] == sorted([held, key_of("live")])
+    assert backend.purge_expired(NOW) == 1
+    assert [row.key for row in raw_rows(backend)] == [key_of("live")]
+
+
 def test_items_pages_through_all_rows(sql_backend: SQLAlchemyBackend) -> None:
     sql_backend.items_page_size = 3
     keys = {key_of(f"s{n}") for n in range(10)}

@@ -185,9 +185,13 @@ class PostgreSQLStatements(Statements):
 
     def purge_batch(self, conn: sa.Connection, stale: sa.ColumnElement[bool], size: int) -> int:
         # Rows found by the expiry index are deleted by their physical
-        # address, not found a second time through the primary key.
+        # address, not found a second time through the primary key. Rows
+        # another transaction holds are skipped, not waited for: a purge
+        # never queues behind a request (nor another purge), and a later
+        # purge removes them.
         ctid: sa.ColumnClause[t.Any] = sa.literal_column("ctid")
         batch = sa.select(ctid).select_from(self.table).where(stale).limit(size)
+        batch = batch.with_for_update(skip_locked=True)
         by_address = sa.delete(self.table).where(
             ctid == sa.any_(sa.func.array(batch.scalar_subquery()))
         )
