@@ -60,6 +60,22 @@ def data_size(data: t.Mapping[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
 
 
+def applied(data: t.Mapping[str, str], delta: Delta, size: int) -> tuple[dict[str, str], int]:
+    """Return ``data`` with ``delta``'s keys set and deleted, and its :func:`data_size`.
+
+    ``size`` is the size of ``data``; the new one is reckoned from what
+    changes, not from the whole data. Keys keep their order.
+    """
+    result = dict(data)
+    for name in delta.deleted:
+        if name in result:
+            size -= data_size({name: result.pop(name)})
+    for name in delta.set.keys() & result.keys():
+        size -= data_size({name: result[name]})
+    result.update(delta.set)
+    return result, size + data_size(delta.set)
+
+
 def check_size(before: int, after: int, max_size: int | None) -> None:
     """Refuse a change that takes the stored data past ``max_size``.
 

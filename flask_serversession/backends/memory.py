@@ -6,6 +6,7 @@ from collections import OrderedDict
 from datetime import datetime
 from datetime import timedelta
 
+from .base import applied
 from .base import Backend
 from .base import check_size
 from .base import data_size
@@ -82,12 +83,7 @@ class MemoryBackend(Backend):
             data = record.data
             before = after = self._sizes[key]
             if delta.set or delta.deleted:
-                data = dict(data)
-                for name in delta.deleted | delta.set.keys():
-                    if name in data:
-                        after -= data_size({name: data.pop(name)})
-                data.update(delta.set)
-                after += data_size(delta.set)
+                data, after = applied(data, delta, before)
                 check_size(before, after, delta.max_size)
             user = delta.user if delta.user_changed else record.user
             new = Record(data, record.created_at, delta.expires_at, user=user)

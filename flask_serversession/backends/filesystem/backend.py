@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from ...errors import BackendError
 from ...log import logger
+from ..base import applied
 from ..base import Backend
 from ..base import check_size
 from ..base import CorruptRecordError
@@ -264,9 +265,9 @@ class FileSystemBackend(Backend):
                 user = new_user = None
                 if delta.set or delta.deleted or delta.user_changed:
                     user, old = _format.decode(path, magic, body)
-                    data = {k: v for k, v in old.items() if k not in delta.deleted}
-                    data.update(delta.set)
-                    check_size(data_size(old), data_size(data), delta.max_size)
+                    before = data_size(old)
+                    data, after = applied(old, delta, before)
+                    check_size(before, after, delta.max_size)
                     new_user = delta.user if delta.user_changed else user
                     if new_user is not None and delta.user_changed:
                         self._index.add(root, new_user, key)

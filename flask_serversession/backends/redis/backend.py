@@ -25,10 +25,9 @@ from ..base import CorruptRecordError
 from ..base import Delta
 from ..base import Record
 from . import scripts
-from .codec import CREATED
+from .codec import create_numbers
 from .codec import DATA
 from .codec import decode
-from .codec import drop_at_ms
 from .codec import escape_glob
 from .codec import EXPIRES
 from .codec import index_deadline_ms
@@ -36,6 +35,7 @@ from .codec import INDEXED
 from .codec import micros
 from .codec import RAW
 from .codec import text
+from .codec import update_numbers
 from .codec import USER
 from .codec import USERS
 from .codec import whole
@@ -203,8 +203,6 @@ class RedisBackend(Backend):
     def create(self, key: str, record: Record) -> None:
         name = self.key_prefix + key
         mapping: dict[t.Any, t.Any] = {DATA + k: v for k, v in record.data.items()}
-        mapping[CREATED] = micros(record.created_at)
-        mapping[EXPIRES] = micros(record.expires_at)
         keys, user, deadline = [name], record.user, 0
         with self._errors("create a session"):
             if user is not None:
@@ -217,8 +215,8 @@ class RedisBackend(Backend):
                 else:
                     keys.append(self._users.name(user))
             pairs = [part for item in mapping.items() for part in item]
-            expire_at = drop_at_ms(record.expires_at, self.keep_expired)
-            self._run(scripts.CREATE, keys, expire_at, key, deadline, *pairs)
+            numbers = create_numbers(record, self.keep_expired, deadline)
+            self._run(scripts.CREATE, keys, numbers, key, *pairs)
         if user is not None:
             self._users.confirm(user, key, deadline)
 
@@ -237,13 +235,7 @@ class RedisBackend(Backend):
         for k, v in delta.set.items():
             changes += (DATA + k, v)
         changes += (DATA + k for k in delta.deleted)
-        head = [
-            micros(now),
-            micros(delta.expires_at),
-            drop_at_ms(delta.expires_at, self.keep_expired),
-            -1 if delta.max_size is None else delta.max_size,
-            len(delta.set),
-        ]
+        head = update_numbers(now, delta, self.keep_expired, deadline)
         with self._errors("save a session"):
             for _ in range(_ATTEMPTS):
                 keys = [self.key_prefix + key]
@@ -252,7 +244,7 @@ class RedisBackend(Backend):
                         self._users.add(user, key, deadline)
                     else:
                         keys.append(self._users.name(user))
-                args = [*head, op, user, deadline, key, *changes]
+                args = [head, op, user, key, *changes]
                 result = self._run(scripts.UPDATE, keys, *args)
                 if int(result[0]) != 2:
                     break

@@ -10,6 +10,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from ..base import CorruptRecordError
+from ..base import Delta
 from ..base import Record
 
 # The layout of a session hash: one "d:<name>" field per session key, the
@@ -55,6 +56,29 @@ def drop_at_ms(expires_at: datetime, kept: timedelta) -> int:
     return expire_at_ms(expires_at + kept)
 
 
+def create_numbers(record: Record, kept: timedelta, deadline_ms: int) -> str:
+    """The numbers argument of the create script (see scripts.CREATE)."""
+    expires = record.expires_at
+    return _numbers(
+        drop_at_ms(expires, kept), deadline_ms, micros(record.created_at), micros(expires)
+    )
+
+
+def update_numbers(now: datetime, delta: Delta, kept: timedelta, deadline_ms: int) -> str:
+    """The numbers argument of the update script (see scripts.UPDATE)."""
+    expires = delta.expires_at
+    size = -1 if delta.max_size is None else delta.max_size
+    return _numbers(
+        micros(now), micros(expires), drop_at_ms(expires, kept), size, len(delta.set), deadline_ms
+    )
+
+
+def _numbers(*values: int) -> str:
+    # One space-separated argument: redis-py packs each argument in Python,
+    # which costs more than the script's splitting.
+    return " ".join(map(str, values))
+
+
 def index_deadline_ms(expires_at: datetime, now: datetime) -> int:
     """Until when a user's set must live for a session that expires at ``expires_at``."""
     return expire_at_ms(max(expires_at, now) + max(expires_at - now, INDEX_SPAN))
@@ -76,6 +100,15 @@ def whole(value: bytes | str) -> int:
     return int(raw)
 
 
+def _texts(fields: t.Mapping[t.Any, t.Any]) -> dict[str, str]:
+    """The fields and values of a hash as text; UnicodeDecodeError for bytes that are not UTF-8."""
+    try:
+        # Replies are bytes (RAW); decoding them inline saves a call per field.
+        return {k.decode(): v.decode() for k, v in fields.items()}
+    except AttributeError:
+        return {text(k): text(v) for k, v in fields.items()}
+
+
 def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
     """Build a record from the fields of a session hash.
 
@@ -84,7 +117,7 @@ def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
     :raises CorruptRecordError: the fields are not laid out as a session.
     """
     try:
-        decoded = {text(k): text(v) for k, v in fields.items()}
+        decoded = _texts(fields)
         created_at = EPOCH + whole(decoded.pop(CREATED)) * _MICROSECOND
         expires_at = EPOCH + whole(decoded.pop(EXPIRES)) * _MICROSECOND
         user = decoded.pop(USER, None)

@@ -39,20 +39,24 @@ return 1
 # names that set (a session with a user, where one script can write both:
 # not on a cluster). One script rather than a MULTI block: the same single
 # round trip, with one reply for the client to parse instead of five.
-# KEYS: hash[, the user's set]. ARGV: expire_at_ms, member, deadline_ms,
-# then the hash's field/value pairs.
+# KEYS: hash[, the user's set]. ARGV: the numbers drop_at_ms, deadline_ms,
+# created_us and expires_us in one space-separated argument (as UPDATE's),
+# member, then the hash's other field/value pairs.
 CREATE = (
     _INDEX_FUNCTION
     + """
-if KEYS[2] then index(KEYS[2], ARGV[2], ARGV[3]) end
+local num = {}
+for v in string.gmatch(ARGV[1], '%S+') do num[#num + 1] = v end
+if KEYS[2] then index(KEYS[2], ARGV[2], num[2]) end
 -- DEL only when needed: out of memory, Redis refuses a script at its first
 -- write that may grow memory, and lets one that began with a DEL go on.
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'created_us', num[3], 'expires_us', num[4])
 -- Up to 500 fields per HSET: unpack's results must fit Lua's stack.
-for i = 4, #ARGV, 1000 do
+for i = 3, #ARGV, 1000 do
   redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], num[1])
 return 1
 """
 )
@@ -76,23 +80,27 @@ return 1
 # set's TTL forward first and tries again with "reindex", so the set never
 # expires before a session in it.
 #
-# ARGV: now_us, expires_us, expire_at_ms, max_size (-1: none), n_set, op,
-# user, deadline_ms, member, then n_set field/value pairs, then fields to
-# delete.
+# ARGV: the numbers now_us, expires_us, drop_at_ms, max_size (-1: none),
+# n_set and deadline_ms in one space-separated argument (each argument costs
+# the client more than the script's splitting), then op, user, member, then
+# n_set field/value pairs, then fields to delete.
 UPDATE = (
     _INDEX_FUNCTION
     + """
 local key = KEYS[1]
 if redis.call('TYPE', key).ok ~= 'hash' then return {0} end
+local num = {}
+for v in string.gmatch(ARGV[1], '%S+') do num[#num + 1] = v end
+local now_us, expires_us, drop_at, deadline = num[1], num[2], num[3], num[6]
 local function whole(v) return v and #v <= 17 and string.match(v, '^%d+$') and tonumber(v) end
 local meta = redis.call('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us')
 local stored = whole(meta[2])
-if not whole(meta[1]) or not stored or stored <= tonumber(ARGV[1]) then return {0} end
+if not whole(meta[1]) or not stored or stored <= tonumber(now_us) then return {0} end
 local user, indexed = meta[3], whole(meta[4])
 if (user and not indexed) or (meta[4] and not user) then return {0} end
-local limit = tonumber(ARGV[4])
-local first = 10
-local last = first - 1 + 2 * tonumber(ARGV[5])
+local limit = tonumber(num[4])
+local first = 5
+local last = first - 1 + 2 * tonumber(num[5])
 local check = limit >= 0 and last >= first
 local sizes = {}
 for _, f in ipairs(redis.call('HKEYS', key)) do
@@ -110,24 +118,24 @@ if check then
   for _, n in pairs(sizes) do after = after + n end
   if after > limit and after > before then return {-1, before, after} end
 end
-local op = ARGV[6]
+local op = ARGV[2]
 if op == 'reindex' then
-  if user == ARGV[7] then op = 'set' else op = 'keep' end
+  if user == ARGV[3] then op = 'set' else op = 'keep' end
 end
-if op == 'keep' and user and tonumber(ARGV[2]) > indexed then return {2, user} end
+if op == 'keep' and user and tonumber(expires_us) > indexed then return {2, user} end
 if op == 'set' then
-  if KEYS[2] then index(KEYS[2], ARGV[9], ARGV[8]) end
-  local mark = ARGV[8] .. '000'
-  if user == ARGV[7] and indexed > tonumber(mark) then mark = meta[4] end
-  redis.call('HSET', key, 'user', ARGV[7], 'indexed_us', mark)
+  if KEYS[2] then index(KEYS[2], ARGV[4], deadline) end
+  local mark = deadline .. '000'
+  if user == ARGV[3] and indexed > tonumber(mark) then mark = meta[4] end
+  redis.call('HSET', key, 'user', ARGV[3], 'indexed_us', mark)
 elseif op == 'clear' and user then
   redis.call('HDEL', key, 'user', 'indexed_us')
 end
 for i = last + 1, #ARGV do redis.call('HDEL', key, ARGV[i]) end
 for i = first, last, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', key, 'expires_us', ARGV[2])
-redis.call('PEXPIREAT', key, ARGV[3])
-if user and (op == 'clear' or (op == 'set' and user ~= ARGV[7])) then return {1, user} end
+redis.call('HSET', key, 'expires_us', expires_us)
+redis.call('PEXPIREAT', key, drop_at)
+if user and (op == 'clear' or (op == 'set' and user ~= ARGV[3])) then return {1, user} end
 return {1}
 """
 )
