@@ -9,6 +9,7 @@ from flask.sessions import SessionInterface
 from .errors import BackendError
 from .log import logger
 from .purging import EveryNRequests
+from .session import in_connected_socketio_event
 from .session import in_socketio_event
 from .session import ServerSideSession
 from .store import SessionStore
@@ -19,6 +20,7 @@ if t.TYPE_CHECKING:
     from flask import Response
 
     from .adoption import Adopter
+    from .stored import Opened
 
 
 # Headers of a view's response that a failed save must not let through.
@@ -87,12 +89,16 @@ class ServerSessionInterface(SessionInterface):
         token = self.get_token(app, request)
         adopter = self.adopter
         return self.session_class(
-            partial(self.store.open, token),
+            partial(self._open, token),
             has_token=token is not None,
             permanent_default=self.store.settings.permanent,
             differs=self.store.differs,
             adoption=None if adopter is None else adopter.start(app, request, self.store),
         )
+
+    def _open(self, token: str | None) -> Opened:
+        # Run at the session's first use, when a Socket.IO event is known.
+        return self.store.open(token, connected=in_connected_socketio_event())
 
     def save_session(
         self,

@@ -154,8 +154,13 @@ def _load_soon(store: Host, key: str) -> t.Any:
     return None
 
 
-def follow(store: Host, sid: str, now: datetime) -> Opened:
-    """Open, for a token whose id has no record, the session it rotated into."""
+def follow(store: Host, sid: str, now: datetime, *, connected: bool = False) -> Opened:
+    """Open, for a token whose id has no record, the session it rotated into.
+
+    :param connected: the token came with a Socket.IO connection made
+        before the rotation, which cannot be given the new token: it opens
+        the session for two rotations, grace or not, and is no reuse.
+    """
     old_key = store.storage_key(sid)
     secret = store.rotation_secret()
     first = successor(secret, sid)
@@ -163,10 +168,13 @@ def follow(store: Host, sid: str, now: datetime) -> Opened:
     record = _load_soon(store, key)
     if record is None:
         # Two rotations old: never within a grace.
-        second = store.storage_key(successor(secret, first))
-        if store.backend.load(second) is None:
+        first = successor(secret, first)
+        key = store.storage_key(first)
+        record = store.backend.load(key)
+        if record is None:
             return Opened(verified=True, rejected=UNKNOWN)
-        return _reused(store, second, old_key)
+        if not connected:
+            return _reused(store, key, old_key)
     if record.expires_at <= now:
         return Opened(verified=True, rejected=UNKNOWN)
     try:
@@ -174,7 +182,7 @@ def follow(store: Host, sid: str, now: datetime) -> Opened:
     except CorruptRecordError:
         return Opened(verified=True)
     _given, used = state(store.serializer, stored)
-    if used is not None and used + store.settings.rotate_grace <= now:
+    if not connected and used is not None and used + store.settings.rotate_grace <= now:
         return _reused(store, key, old_key)
     return Opened(replace(stored, handed_over=True), verified=True)
 

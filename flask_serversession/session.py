@@ -30,6 +30,18 @@ def in_socketio_event() -> bool:
     return getattr(current, "sid", None) is not None and getattr(current, "event", None) is not None
 
 
+def in_connected_socketio_event() -> bool:
+    """Whether the request runs a Socket.IO event of a connection made before it.
+
+    Such a connection keeps the token it was made with; its connect
+    handler, which a new cookie may reach first, is not one.
+    """
+    if not in_socketio_event():
+        return False
+    event = request.event  # type: ignore[attr-defined]
+    return not (isinstance(event, dict) and event.get("message") == "connect")
+
+
 def current_storage_key() -> str | None:
     """The storage key of the request's own session, if it has a stored one."""
     if not has_request_context():

@@ -106,11 +106,14 @@ class SessionStore:
         self.users.check_values(data)
         rotation.check(self.serializer, data)
 
-    def open(self, token: str | None) -> Opened:
+    def open(self, token: str | None, *, connected: bool = False) -> Opened:
         """Load the live session a request's token names.
 
         Bad tokens, unknown, expired and damaged sessions all open none, so
         the request starts a fresh session; damage is logged.
+
+        :param connected: the token came with a Socket.IO connection already
+            made, which no response can give a rotated token.
         """
         sid, rejected = self.tokens.check(token)
         if sid is None:
@@ -119,7 +122,7 @@ class SessionStore:
         try:
             record = self.backend.load(key)
             if record is None:
-                return self._moved(sid)
+                return self._moved(sid, connected=connected)
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 return Opened(verified=True)
@@ -128,11 +131,11 @@ class SessionStore:
             logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
             return Opened(verified=True)
 
-    def _moved(self, sid: str) -> Opened:
+    def _moved(self, sid: str, *, connected: bool = False) -> Opened:
         """What a token whose id has no record opens: the session it rotated into, if any."""
         if self.settings.rotate_every is None:
             return Opened(verified=True, rejected=UNKNOWN)
-        return rotation.follow(self, sid, self.clock())
+        return rotation.follow(self, sid, self.clock(), connected=connected)
 
     def _api_sid(self, token: str) -> str:
         """The id of a token given to the API; a bad one is reported and refused."""

@@ -12,6 +12,7 @@ import time
 import typing as t
 import urllib.parse
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from werkzeug.serving import make_server
 
 from example_app import create_app
 
+from .conftest import Clock
 from .conftest import server_unavailable
+from .conftest import store_of
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -536,3 +539,53 @@ def test_the_devices_page_with_four_sessions_keeps_every_button_on_one_line(
     table = driver.find_element(By.ID, "devices").rect
     other = driver.find_element(By.ID, "revoke-others").rect
     assert other["y"] >= table["y"] + table["height"] + 8, "the button sits against the table"
+
+
+def test_two_tabs_stay_signed_in_across_a_rotation(tmp_path: Path, driver: t.Any) -> None:
+    rotating = {"SERVERSESSION_ROTATE_EVERY": timedelta(minutes=15)}
+    app = create_app(rotating, instance_path=str(tmp_path / "instance"))
+    clock = Clock()
+    store_of(app).clock = clock
+    with serve(app, "example-app-rotating") as base:
+        sign_in(driver, base, "alice")
+        driver.get(f"{base}/cart")
+        submit(driver, "item", "apple", "add")
+        wait_for_text(driver, "cart", "apple")
+        first_tab = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        second_tab = driver.current_window_handle
+        driver.get(f"{base}/cart")
+        wait_for_text(driver, "cart", "apple")
+        before = session_cookie(driver)["value"]
+
+        # The second tab's write is the first request past the id's age: it rotates.
+        clock.advance(minutes=16)
+        submit(driver, "item", "pear", "add")
+        wait_for_text(driver, "cart", "pear")
+        after = session_cookie(driver)["value"]
+        assert after != before
+
+        # The first tab, loaded before the rotation, writes and sees both writes.
+        driver.switch_to.window(first_tab)
+        submit(driver, "item", "lamp", "add")
+        wait_for_text(driver, "cart", "lamp")
+        assert cart_items(driver) == ["apple", "pear", "lamp"]
+        driver.switch_to.window(second_tab)
+        driver.refresh()
+        wait_for_text(driver, "cart", "lamp")
+        assert cart_items(driver) == ["apple", "pear", "lamp"]
+        driver.get(f"{base}/")
+        wait_for_text(driver, "status", "Signed in as alice.")
+        assert session_cookie(driver)["value"] == after
+        with app.app_context():
+            assert store_of(app).count() == 1
+
+        # Within the grace the old token still opens the session (a response
+        # that never reached the browser); a copy of it used after that ends it.
+        assert "Signed in as <strong>alice</strong>." in page_with_cookie(f"{base}/", before)
+        clock.advance(minutes=2)
+        assert "You are not signed in." in page_with_cookie(f"{base}/", before)
+        driver.switch_to.window(first_tab)
+        driver.get(f"{base}/")
+        wait_for_text(driver, "status", "You are not signed in.")
+    app.extensions["serversession"].backend.close()

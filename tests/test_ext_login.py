@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from flask_login import confirm_login
 from flask_login import current_user
 from flask_login import fresh_login_required
+from flask_login import login_fresh
 from flask_login import login_required
 from flask_login import LoginManager
 from flask_login import logout_user
@@ -304,3 +305,62 @@ def test_strong_protection_acts_as_basic_on_permanent_sessions(
     thief = other_client(app, token, user_agent="Other/1.0", remote_addr="127.0.0.2")
     assert thief.get("/whoami").text == "alice"
     assert thief.post("/password").status_code == 401
+
+
+def rotating_login_app(make_app: t.Callable[..., Flask], backend: Backend | str) -> Flask:
+    app = make_app(backend, SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15))
+    add_login(app)
+    store_of(app).clock = Clock()
+
+    @app.get("/fresh")
+    def fresh() -> str:
+        return "fresh" if login_fresh() else "not fresh"
+
+    return app
+
+
+def test_a_fresh_login_stays_fresh_across_rotations(
+    make_app: t.Callable[..., Flask], backend: Backend
+) -> None:
+    app = rotating_login_app(make_app, backend)
+    clock = t.cast(Clock, store_of(app).clock)
+    client = app.test_client()
+    sign_in(client)
+    tokens = [session_cookie(client)]
+    for _ in range(3):
+        clock.advance(minutes=16)
+        assert client.get("/fresh").text == "fresh"
+        tokens.append(session_cookie(client))
+        assert client.get("/whoami").text == "alice"
+        assert client.post("/password").text == "Password changed."
+    assert len(set(tokens)) == 4
+    assert len(stored_sessions(app)) == 1
+    # Another tab still holding the token from before the last rotation.
+    other = app.test_client()
+    other.set_cookie("session", t.cast(str, tokens[-2]))
+    assert other.get("/fresh").text == "fresh"
+    assert session_cookie(other) == tokens[-1]
+
+
+def test_a_remembered_user_is_restored_after_rotations_and_expiry(
+    make_app: t.Callable[..., Flask], backend: Backend
+) -> None:
+    app = rotating_login_app(make_app, backend)
+    clock = t.cast(Clock, store_of(app).clock)
+    client = app.test_client()
+    sign_in(client, remember=True)
+    clock.advance(minutes=16)
+    assert client.get("/whoami").text == "alice"
+    rotated = session_cookie(client)
+
+    # The session expires (a day of no use): the remember cookie signs the user in again.
+    clock.advance(days=2)
+    assert client.get("/whoami").text == "alice"
+    assert session_cookie(client) not in (None, rotated)
+    assert client.get("/fresh").text == "not fresh"
+    assert client.post("/password").status_code == 401
+    assert client.post("/reauthenticate", data={"password": "wonderland"}).text == "Confirmed."
+    clock.advance(minutes=16)
+    assert client.get("/fresh").text == "fresh"
+    assert client.get("/whoami").text == "alice"
+    assert len(stored_sessions(app)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing as t
+from datetime import timedelta
 
 import pytest
 from flask import Flask
@@ -11,8 +12,10 @@ from flask.testing import FlaskClient
 from flask_socketio import SocketIO
 from flask_socketio.test_client import SocketIOTestClient
 
+from flask_serversession import signals
 from flask_serversession.backends.base import Backend
 
+from .conftest import Clock
 from .conftest import session_cookie
 from .conftest import store_of
 
@@ -236,3 +239,90 @@ def test_header_mode_token_in_the_handshake_headers(make_app: t.Callable[..., Fl
     response = api.get("/dump", headers={"X-Session-Token": token})
     assert response.json == {"user": "alice", "cart": ["apple"]}
     assert not socketio.test_client(app).is_connected()
+
+
+def rotating_app(make_app: t.Callable[..., Flask], backend: Backend | str = "memory") -> Flask:
+    app = make_app(backend, SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15))
+    store_of(app).clock = Clock()
+    return app
+
+
+def test_a_handler_never_rotates(make_app: t.Callable[..., Flask], backend: Backend) -> None:
+    app = rotating_app(make_app, backend)
+    socketio = add_socketio(app)
+    client = signed_in(app)
+    socket = connect(socketio, app, client)
+    (key,) = storage_keys(app)
+
+    t.cast(Clock, store_of(app).clock).advance(minutes=16)
+    assert socket.emit("add_to_cart", "apple", callback=True) == ["apple"]
+    assert socket.emit("dump", callback=True) == {"user": "alice", "cart": ["apple"]}
+    assert storage_keys(app) == {key}
+    # The next HTTP response, which can carry the new token, rotates.
+    before = session_cookie(client)
+    assert client.get("/dump").json == {"user": "alice", "cart": ["apple"]}
+    assert session_cookie(client) != before
+    assert len(storage_keys(app)) == 1 and storage_keys(app) != {key}
+
+
+def test_a_handler_with_a_rotated_out_token_within_the_grace_works(
+    make_app: t.Callable[..., Flask], backend: Backend
+) -> None:
+    app = rotating_app(make_app, backend)
+    socketio = add_socketio(app)
+    client = signed_in(app)
+    socket = connect(socketio, app, client)
+
+    clock = t.cast(Clock, store_of(app).clock)
+    clock.advance(minutes=16)
+    client.get("/dump")
+    client.post("/append/cart", json="pear")
+    clock.advance(seconds=30)
+
+    # The socket still holds the token it connected with.
+    assert socket.emit("dump", callback=True) == {"user": "alice", "cart": ["pear"]}
+    assert socket.emit("add_to_cart", "apple", callback=True) == ["pear", "apple"]
+    assert client.get("/dump").json == {"user": "alice", "cart": ["pear", "apple"]}
+    assert len(storage_keys(app)) == 1
+    socket.disconnect()
+
+
+def test_a_connection_outlives_the_grace_and_two_rotations(
+    make_app: t.Callable[..., Flask], backend: Backend
+) -> None:
+    app = rotating_app(make_app, backend)
+    reused = []
+
+    def on_reused(sender: Flask, **kwargs: str) -> None:
+        reused.append(kwargs)
+
+    signals.session_token_reused.connect(on_reused)
+    try:
+        socketio = add_socketio(app)
+        client = signed_in(app)
+        socket = connect(socketio, app, client)
+        clock = t.cast(Clock, store_of(app).clock)
+        for _ in range(2):
+            clock.advance(minutes=16)
+            client.get("/dump")
+            client.post("/append/cart", json="pear")
+            clock.advance(minutes=5)
+            # The socket cannot receive the new token: its old one is no copy.
+            assert socket.emit("add_to_cart", "apple", callback=True)[-1] == "apple"
+        assert client.get("/dump").json == {"user": "alice", "cart": ["pear", "apple"] * 2}
+        assert len(storage_keys(app)) == 1
+        assert reused == []
+
+        # A connection opened with a copy of the rotated-out cookie is a reuse.
+        thief = app.test_client()
+        thief.set_cookie("session", t.cast(str, session_cookie(client)))
+        client.get("/dump")
+        clock.advance(minutes=16)
+        client.get("/dump")
+        client.get("/dump")
+        clock.advance(minutes=5)
+        assert not socketio.test_client(app, flask_test_client=thief).is_connected()
+        assert len(reused) == 1
+        assert storage_keys(app) == set()
+    finally:
+        signals.session_token_reused.disconnect(on_reused)
