@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import typing as t
+from datetime import timedelta
 
 from flask import Flask
 
@@ -35,6 +36,9 @@ def create_app(
         # Sessions are indexed by the signed-in user, for the "Your devices" page.
         SERVERSESSION_USER_KEY="user",
         SERVERSESSION_TRACK_CLIENT=True,
+        # The session id changes every 15 minutes with no sign-out; a copy of an
+        # old cookie used after that ends the session (docs: rotation.rst).
+        SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15),
         SESSION_COOKIE_SAMESITE="Lax",
     )
     app.config.from_prefixed_env()

@@ -4,6 +4,7 @@ import itertools
 import typing as t
 from datetime import datetime
 from datetime import timedelta
+from datetime import timezone
 from urllib.parse import urlsplit
 
 from flask import abort
@@ -121,8 +122,17 @@ def empty_cart() -> t.Any:
     return redirect(url_for("pages.cart"))
 
 
+def id_age(given_at: datetime | None) -> str:
+    """How long ago the session got its current id, in whole minutes."""
+    if given_at is None:
+        return "-"
+    minutes = int((datetime.now(timezone.utc) - given_at).total_seconds() // 60)
+    return "less than a minute" if minutes < 1 else describe_span(timedelta(minutes=minutes))
+
+
 @bp.route("/session")
 def session_info() -> str:
+    rotate_every = current_app.config.get("SERVERSESSION_ROTATE_EVERY")
     return render_template(
         "session.html",
         renew_time=config_duration("SERVERSESSION_RENEW_TIME"),
@@ -130,6 +140,9 @@ def session_info() -> str:
         storage_key=session.storage_key,
         created_at=session.created_at,
         expires_at=session.expires_at,
+        id_given_at=session.id_given_at,
+        id_age=id_age(session.id_given_at),
+        rotate_every=rotate_every and describe_span(config_duration("SERVERSESSION_ROTATE_EVERY")),
         permanent=session.permanent,
         remembered=session.get("remembered", False),
         keys=sorted(session.keys()),

@@ -5,11 +5,13 @@ import typing as t
 from datetime import datetime
 from datetime import timedelta
 
+from flask import current_app
 from flask import has_request_context
 from flask import request
 from flask import session as flask_session
 from flask.sessions import SessionMixin
 
+from . import rotation
 from .lifetime import checked_lifetime
 from .signals import send
 from .signals import session_token_rejected
@@ -18,6 +20,7 @@ from .stored import StoredSession
 
 if t.TYPE_CHECKING:
     from .adoption import Adoption
+    from .store import SessionStore
 
 
 def in_socketio_event() -> bool:
@@ -181,6 +184,19 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         """When the stored session expires, as loaded (None before its first save)."""
         self._load()
         return None if self.stored is None else self.stored.expires_at
+
+    @property
+    def id_given_at(self) -> datetime | None:
+        """When the session got its current id: at its creation, at
+        :meth:`regenerate`, or at its last rotation (None before its first save).
+
+        .. versionadded:: 0.3
+        """
+        self._load()
+        if self.stored is None:
+            return None
+        store: SessionStore = current_app.extensions["serversession"]
+        return rotation.state(store.serializer, self.stored)[0]
 
     @property
     def storage_key(self) -> str | None:

@@ -9,6 +9,10 @@ from example_app import create_app
 from example_app.devices import describe_device
 from example_app.devices import describe_span
 
+from .conftest import Clock
+from .conftest import session_cookie
+from .conftest import store_of
+
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
@@ -112,3 +116,27 @@ def test_the_admin_page_says_who_may_see_it_and_when_sessions_expire(tmp_path: t
     assert "at least 1 hour of life ahead of it" in page
     client.post("/admin/purge")
     assert "Removed 0 expired sessions." in client.get("/admin").text
+
+
+def test_the_session_page_shows_the_current_ids_age_and_rotation(tmp_path: t.Any) -> None:
+    app, client = app_and_client(tmp_path)
+    assert app.config["SERVERSESSION_ROTATE_EVERY"] == timedelta(minutes=15)
+    clock = Clock()
+    clock.advance(minutes=-20)
+    store_of(app).clock = clock
+    client.post("/login", data={"username": "alice"})
+    signed_in = session_cookie(client)
+    page = words(client.get("/session").text)
+    assert (
+        f'id="id-given-at">{clock.now:%Y-%m-%d %H:%M:%S} UTC (<span id="id-age">20 minutes' in page
+    )
+    assert "The id changes every 15 minutes with no sign-out" in page
+
+    # Past 15 minutes of the store's clock, the next request gives a new id
+    # as it ends; the page after it shows when.
+    clock.advance(minutes=16)
+    client.get("/session")
+    assert session_cookie(client) != signed_in
+    page = words(client.get("/session").text)
+    assert f'id="id-given-at">{clock.now:%Y-%m-%d %H:%M:%S} UTC' in page
+    assert "Signed in as" in words(client.get("/").text)

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
+from flask import session
 from flask.testing import FlaskClient
 
 from flask_serversession import ServerSession
@@ -408,3 +409,48 @@ def test_the_api_follows_a_rotation_within_the_grace(app: Flask, events: Events)
         ServerSession().get(old)
     assert len(events.reused) == 1
     assert client.get("/dump").json == {}
+
+
+def test_id_given_at_is_when_the_current_id_was_given(app: Flask) -> None:
+    @app.get("/id-given-at")
+    def id_given_at() -> str:
+        given = session.id_given_at
+        return "-" if given is None else given.isoformat()
+
+    client = app.test_client()
+    assert client.get("/id-given-at").text == "-"
+    client.post("/set", json={"user": "alice"})
+    created = clock_of(app).now
+    assert client.get("/id-given-at").text == created.isoformat()
+    clock_of(app).advance(minutes=61)
+    # The request that rotates shows the id it loaded; the next, the new one.
+    assert client.get("/id-given-at").text == created.isoformat()
+    rotated = clock_of(app).now
+    assert client.get("/id-given-at").text == rotated.isoformat()
+    clock_of(app).advance(minutes=5)
+    client.post("/regenerate")
+    assert client.get("/id-given-at").text == clock_of(app).now.isoformat()
+
+
+def test_docs_id_age(make_app: t.Callable[..., Flask]) -> None:
+    from datetime import datetime
+    from datetime import timezone
+
+    app = make_app(SERVERSESSION_ROTATE_EVERY=EVERY)
+
+    # docs/rotation.rst, "How old the id is"
+    @app.get("/session/age")
+    def id_age() -> str:
+        given = session.id_given_at
+        if given is None:
+            return "no session"
+        minutes = (datetime.now(timezone.utc) - given).total_seconds() // 60
+        return f"this id was given {minutes:.0f} minutes ago"
+
+    clock = Clock()
+    clock.advance(minutes=-7)
+    store_of(app).clock = clock
+    client = app.test_client()
+    assert client.get("/session/age").text == "no session"
+    client.post("/set", json={"user": "alice"})
+    assert client.get("/session/age").text == "this id was given 7 minutes ago"
