@@ -112,8 +112,7 @@ class SessionStore:
         Bad tokens, unknown, expired and damaged sessions all open none, so
         the request starts a fresh session; damage is logged.
 
-        :param connected: the token came with a Socket.IO connection already
-            made, which no response can give a rotated token.
+        :param connected: a Socket.IO connection made earlier brought the token.
         """
         sid, rejected = self.tokens.check(token)
         if sid is None:
@@ -316,7 +315,7 @@ class SessionStore:
         if changed or deleted:
             delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
             if not self.users.update(stored, values, delta, now):
-                if self.settings.rotate_every is not None and can_set_cookie:
+                if self.settings.rotate_every is not None:
                     # Rotated by another request meanwhile: the write goes there.
                     outcome = rotation.carry(
                         self, stored, changed, deleted, expires_at, values, now

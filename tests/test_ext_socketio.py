@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import typing as t
 from datetime import timedelta
 
@@ -18,6 +19,8 @@ from flask_serversession.backends.base import Backend
 from .conftest import Clock
 from .conftest import session_cookie
 from .conftest import store_of
+
+WAIT = 10.0
 
 
 def add_socketio(app: Flask, *, manage_session: bool = False) -> SocketIO:
@@ -326,3 +329,37 @@ def test_a_connection_outlives_the_grace_and_two_rotations(
         assert storage_keys(app) == set()
     finally:
         signals.session_token_reused.disconnect(on_reused)
+
+
+def test_a_handler_write_meeting_a_rotation_lands_in_the_new_session(
+    make_app: t.Callable[..., Flask], backend: Backend
+) -> None:
+    app = rotating_app(make_app, backend)
+    socketio = add_socketio(app)
+    inside, release = threading.Event(), threading.Event()
+
+    @socketio.on("parked_add")
+    def parked_add(item: str) -> None:
+        session.get("user")
+        inside.set()
+        assert release.wait(WAIT)
+        session.setdefault("cart", []).append(item)
+
+    client = signed_in(app)
+    socket = connect(socketio, app, client)
+    t.cast(Clock, store_of(app).clock).advance(minutes=16)
+    event = threading.Thread(target=socket.emit, args=("parked_add", "apple"), daemon=True)
+    event.start()
+    try:
+        assert inside.wait(WAIT)
+        # An HTTP request rotates the session while the handler is parked.
+        before = session_cookie(client)
+        assert client.get("/dump").json == {"user": "alice"}
+        assert session_cookie(client) != before
+    finally:
+        release.set()
+        event.join(WAIT)
+    assert not event.is_alive()
+    assert client.get("/dump").json == {"user": "alice", "cart": ["apple"]}
+    assert socket.emit("dump", callback=True) == {"user": "alice", "cart": ["apple"]}
+    assert len(storage_keys(app)) == 1
