@@ -166,23 +166,24 @@ def follow(store: Host, sid: str, now: datetime, *, connected: bool = False) -> 
     first = successor(secret, sid)
     key = store.storage_key(first)
     record = _load_soon(store, key)
+    hops = 1
     if record is None:
-        # Two rotations old: never within a grace.
-        first = successor(secret, first)
+        hops, first = 2, successor(secret, first)
         key = store.storage_key(first)
         record = store.backend.load(key)
         if record is None:
             return Opened(verified=True, rejected=UNKNOWN)
-        if not connected:
-            return _reused(store, key, old_key)
     if record.expires_at <= now:
         return Opened(verified=True, rejected=UNKNOWN)
     try:
         stored = decode(store.serializer, first, key, record, store.check_meta)
     except CorruptRecordError:
         return Opened(verified=True)
-    _given, used = state(store.serializer, stored)
-    if not connected and used is not None and used + store.settings.rotate_grace <= now:
+    given, used = state(store.serializer, stored)
+    # Two rotations back, the grace started when the id in between was
+    # first used, at the latest when it was rotated out.
+    started = used if hops == 1 else given
+    if not connected and started is not None and started + store.settings.rotate_grace <= now:
         return _reused(store, key, old_key)
     return Opened(replace(stored, handed_over=True), verified=True)
 

@@ -54,7 +54,7 @@ def events() -> t.Iterator[Events]:
 
 
 def rotating_app(make_app: t.Callable[..., Flask], backend: Backend, **config: t.Any) -> Flask:
-    app = make_app(backend, SERVERSESSION_ROTATE_EVERY=EVERY, **config)
+    app = make_app(backend, **{"SERVERSESSION_ROTATE_EVERY": EVERY, **config})
     store_of(app).clock = Clock()
     add_parked_write(app)
     return app
@@ -454,3 +454,24 @@ def test_docs_id_age(make_app: t.Callable[..., Flask]) -> None:
     assert client.get("/session/age").text == "no session"
     client.post("/set", json={"user": "alice"})
     assert client.get("/session/age").text == "this id was given 7 minutes ago"
+
+
+def test_a_grace_longer_than_the_rotation_keeps_a_sleeping_tab(
+    make_app: t.Callable[..., Flask], backend: Backend, events: Events
+) -> None:
+    app = rotating_app(
+        make_app, backend, SERVERSESSION_ROTATE_EVERY=60, SERVERSESSION_ROTATE_GRACE=300
+    )
+    busy, sleeping = signed_in(app)
+    clock = clock_of(app)
+    for _ in range(2):
+        clock.advance(seconds=61)
+        busy.get("/dump")
+        busy.get("/dump")
+    # Two rotations behind, still within the grace of the id in between.
+    clock.advance(seconds=30)
+    assert holder(app, sleeping).get("/dump").json == {"user": "alice"}
+    assert events.reused == []
+    clock.advance(seconds=300)
+    assert holder(app, sleeping).get("/dump").json == {}
+    assert len(events.reused) == 1
