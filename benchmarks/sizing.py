@@ -284,7 +284,24 @@ def watch_autovacuum(spec: Spec, runs_before: int) -> str:
         if runs > runs_before:
             return f"after {elapsed():.0f} s: {dead:,} dead"
     dead, _ = dead_tuples(spec)
+    running = vacuum_progress(spec)
+    if running is not None:
+        return f"running after {AUTOVACUUM_WATCH_SECONDS:.0f} s ({running}; {dead:,} dead)"
     return f"none in {AUTOVACUUM_WATCH_SECONDS:.0f} s ({dead:,} dead)"
+
+
+def vacuum_progress(spec: Spec) -> str | None:
+    """The phase and share of heap scanned of a vacuum of ``spec``'s table in progress."""
+    with _pg(spec) as conn:
+        row = conn.execute(
+            "SELECT phase, heap_blks_scanned, heap_blks_total FROM pg_stat_progress_vacuum"
+            " WHERE relid = %s::regclass",
+            (f'"{bulk.table_of(spec)}"',),
+        ).fetchone()
+    if row is None:
+        return None
+    share = row[1] / row[2] if row[2] else 0.0
+    return f"{row[0]}, {share:.0%} of the heap scanned"
 
 
 def purge_while_saving(spec: Spec, app: Flask, cookie: str, result: Sizing) -> None:
