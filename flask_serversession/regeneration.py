@@ -35,6 +35,44 @@ class Host(t.Protocol):
     def token_for(self, sid: str) -> str: ...
 
 
+def take_with_changes(
+    backend: Backend,
+    max_size: int,
+    stored: StoredSession,
+    changed: dict[str, str],
+    deleted: frozenset[str],
+    now: datetime,
+) -> tuple[Record, dict[str, str]] | None:
+    """Take the record of ``stored`` and return it with its data as this request leaves it.
+
+    None when there was nothing to take (the session ended, or moved).
+
+    :raises SessionTooLargeError: the changed session passes ``SERVERSESSION_MAX_SIZE``.
+    """
+    # The old record is taken (read and removed in one step) rather than
+    # copied: a sign-out that lands first leaves nothing to take, so its
+    # data never reappears under the new id, and changes that other
+    # requests made since this one loaded are carried over. A taken record
+    # is never put back: a revoke landing after the take found nothing to
+    # end, so a record put back would undo it. The size is therefore
+    # checked before the take, on the data as loaded.
+    full = {**stored.serialized, **stored.meta}
+    merged = {k: v for k, v in full.items() if k not in deleted} | changed
+    check_size(data_size(full), data_size(merged), max_size)
+    taken = backend.take(stored.key, now)
+    if taken is None:
+        return None
+    data = {k: v for k, v in taken.data.items() if k not in deleted}
+    data.update(changed)
+    try:
+        check_size(data_size(taken.data), data_size(data), max_size)
+    except SessionTooLargeError:
+        # Other requests grew the session meanwhile: it ends here.
+        send(session_destroyed, storage_key=stored.key)
+        raise
+    return taken, data
+
+
 def regenerate(
     store: Host,
     stored: StoredSession,
@@ -52,27 +90,11 @@ def regenerate(
         keep the later of ``expires_at`` and the stored record's.
     :raises SessionTooLargeError: the changed session passes ``SERVERSESSION_MAX_SIZE``.
     """
-    # The old record is taken (read and removed in one step) rather than
-    # copied: a sign-out that lands first leaves nothing to take, so its
-    # data never reappears under the new id, and changes that other
-    # requests made since this one loaded are carried over. A taken record
-    # is never put back: a revoke landing after the take found nothing to
-    # end, so a record put back would undo it. The size is therefore
-    # checked before the take, on the data as loaded.
-    full = {**stored.serialized, **stored.meta}
-    merged = {k: v for k, v in full.items() if k not in deleted} | changed
-    check_size(data_size(full), data_size(merged), store.settings.max_size)
-    taken = store.backend.take(stored.key, now)
-    if taken is None:
+    max_size = store.settings.max_size
+    moved = take_with_changes(store.backend, max_size, stored, changed, deleted, now)
+    if moved is None:
         return SaveOutcome(delete_cookie=True)
-    data = {k: v for k, v in taken.data.items() if k not in deleted}
-    data.update(changed)
-    try:
-        check_size(data_size(taken.data), data_size(data), store.settings.max_size)
-    except SessionTooLargeError:
-        # Other requests grew the session meanwhile: it ends here.
-        send(session_destroyed, storage_key=stored.key)
-        raise
+    taken, data = moved
     expires_at = max(expires_at, taken.expires_at) if chosen is None else chosen
     sid = store.new_sid()
     record = store.users.record(Record(data, taken.created_at, expires_at, values), now)

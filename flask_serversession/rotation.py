@@ -24,14 +24,11 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
-from .backends.base import check_size
 from .backends.base import CorruptRecordError
-from .backends.base import data_size
 from .backends.base import Delta
 from .backends.base import Record
-from .errors import SessionTooLargeError
+from .regeneration import take_with_changes
 from .signals import send
-from .signals import session_destroyed
 from .signals import session_rotated
 from .signals import session_token_reused
 from .stored import decode
@@ -205,21 +202,13 @@ def rotate(
     now: datetime,
 ) -> SaveOutcome:
     """Move ``stored``, with this request's changes, to its successor id."""
-    full = {**stored.serialized, **stored.meta}
-    merged = {k: v for k, v in full.items() if k not in deleted} | changed
-    check_size(data_size(full), data_size(merged), store.settings.max_size)
-    taken = store.backend.take(stored.key, now)
-    if taken is None:
+    state_now = {ROTATION_KEY: text(store.serializer, now, None)}
+    max_size = store.settings.max_size
+    moved = take_with_changes(store.backend, max_size, stored, changed | state_now, deleted, now)
+    if moved is None:
         # Another request rotated it first (or it ended): write where it went.
         return carry(store, stored, changed, deleted, expires_at, values, now)
-    data = {k: v for k, v in taken.data.items() if k not in deleted}
-    data.update(changed)
-    data[ROTATION_KEY] = text(store.serializer, now, None)
-    try:
-        check_size(data_size(taken.data), data_size(data), store.settings.max_size)
-    except SessionTooLargeError:
-        send(session_destroyed, storage_key=stored.key)
-        raise
+    taken, data = moved
     sid = successor(store.rotation_secret(), stored.sid)
     key = store.storage_key(sid)
     expires_at = max(expires_at, taken.expires_at)
@@ -252,8 +241,8 @@ def carry(
         moved = decode(store.serializer, sid, key, record, store.check_meta)
     except CorruptRecordError:
         return SaveOutcome()
-    expires_at = max(expires_at, moved.expires_at)
     if changed or deleted:
+        expires_at = max(expires_at, moved.expires_at)
         delta = Delta(expires_at, changed, deleted, values, store.settings.max_size)
         if not store.users.update(moved, values, delta, now):
             return SaveOutcome()
