@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import typing as t
@@ -22,6 +23,8 @@ from .engines import describe
 from .engines import engine_from_url
 from .engines import flask_sqlalchemy_bind
 from .engines import serializer_for
+from .purge import Pacing
+from .purge import purge
 from .runner import Runner
 from .runner import twice
 from .statements import CREATED
@@ -109,8 +112,13 @@ class SQLAlchemyBackend(Backend):
         The ``user_index`` parameter.
     """
 
-    #: Rows deleted per transaction by :meth:`purge_expired`.
+    #: Most rows deleted per transaction by :meth:`purge_expired`.
     purge_batch_size = 2_000
+    #: SQLite: how long one purge transaction may hold the database's write
+    #: lock; each batch is sized from the one before to take about this long.
+    purge_batch_seconds = 0.015
+    #: SQLite: the purge's wait after each batch, in which saves take the lock.
+    purge_pause_seconds = 0.010
     #: Rows read per query by :meth:`items`.
     items_page_size = 1_000
 
@@ -322,18 +330,9 @@ class SQLAlchemyBackend(Backend):
 
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         stale = self._sql.stale(utc(now), longest_lifetime)
-
-        def batch() -> int:
-            with self._runner.direct.begin() as conn:
-                return self._sql.purge_batch(conn, stale, self.purge_batch_size)
-
-        total = 0
-        while True:
-            # Short transactions, so SQLite's write lock is never held for long.
-            removed = self._run("purge expired sessions", batch)
-            total += removed
-            if removed < self.purge_batch_size:
-                return total
+        pacing = Pacing(self.purge_batch_size, self.purge_batch_seconds, self.purge_pause_seconds)
+        run = functools.partial(self._run, "purge expired sessions")
+        return purge(self._runner.direct, self._sql, stale, pacing, run)
 
     def count(self, now: datetime) -> int:
         statement = sa.select(sa.func.count()).where(self.table.c.expires_at > utc(now))
