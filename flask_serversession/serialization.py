@@ -53,8 +53,10 @@ class SessionSerializer:
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
         self._decoder = json.JSONDecoder(object_hook=self._untag)
-        self._encode = _one_shot_encoder(self._encoder)
-        self._scan = self._decoder.scan_once  # type: ignore[attr-defined]
+        self._encode = one_shot_encoder(self._encoder)
+        #: The decoder's scanner: ``scan(text, 0)`` gives the value at the
+        #: start of ``text`` and where it ends; what :meth:`loads` starts with.
+        self.scan: t.Callable[[str, int], tuple[t.Any, int]] = self._decoder.scan_once  # type: ignore[attr-defined]
 
     def dumps(self, value: t.Any) -> str:
         """Return ``value`` as tagged JSON text.
@@ -75,7 +77,7 @@ class SessionSerializer:
         # as dumps writes it; anything else goes the whole way, which skips
         # whitespace and raises the decoder's own errors.
         try:
-            value, end = self._scan(text, 0)
+            value, end = self.scan(text, 0)
         except (StopIteration, ValueError):
             return self._decoder.decode(text)
         return value if end == len(text) else self._decoder.decode(text)
@@ -181,7 +183,7 @@ def _zoned(tagged: list[str]) -> datetime:
     return datetime.fromisoformat(iso).astimezone(zone)
 
 
-def _one_shot_encoder(encoder: json.JSONEncoder) -> t.Callable[[t.Any], str]:
+def one_shot_encoder(encoder: json.JSONEncoder) -> t.Callable[[t.Any], str]:
     """Return ``encoder.encode``, without building a new C encoder for each call.
 
     The values it gets are made by ``_tag``: fresh trees of bounded depth, so

@@ -79,6 +79,23 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         when none is stored.
     """
 
+    # The state of a session that is not loaded yet, as class attributes: an
+    # instance sets only what changes, and most requests change little.
+    _loaded = False
+    stored: StoredSession | None = None
+    #: Whether the token was verified (see :class:`Opened`); known once loaded.
+    token_verified = False
+    accessed = False
+    _written = False
+    #: Id of a stored session that :meth:`destroy` asked to delete.
+    destroyed_sid: str | None = None
+    regenerate_requested = False
+    renew_requested = False
+    #: Whether the data was taken over from the mechanism the app used before.
+    adopted = False
+    #: The lifetime given by :meth:`set_lifetime`, or _MISSING when not called.
+    requested_lifetime: t.Any = _MISSING
+
     def __init__(
         self,
         loader: Loader,
@@ -90,26 +107,12 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     ) -> None:
         super().__init__()
         self._loader = loader
-        self._loaded = False
         self._differs = differs
-        self.stored: StoredSession | None = None
         self.has_token = has_token
-        #: Whether the token was verified (see :class:`Opened`); known once loaded.
-        self.token_verified = False
         self.permanent_default = permanent_default
-        self.accessed = False
-        self._written = False
+        self.adoption = adoption
         #: Keys written through the dict API since loading.
         self.assigned: set[str] = set()
-        #: Id of a stored session that :meth:`destroy` asked to delete.
-        self.destroyed_sid: str | None = None
-        self.regenerate_requested = False
-        self.renew_requested = False
-        self.adoption = adoption
-        #: Whether the data was taken over from the mechanism the app used before.
-        self.adopted = False
-        #: The lifetime given by :meth:`set_lifetime`, or _MISSING when not called.
-        self.requested_lifetime: t.Any = _MISSING
 
     def _load(self) -> None:
         self.accessed = True

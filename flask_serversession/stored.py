@@ -34,7 +34,7 @@ def is_meta(key: str) -> bool:
     return key.startswith(META_PREFIX)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StoredSession:
     """A live session as loaded from the backend.
 
@@ -62,7 +62,7 @@ class StoredSession:
     handed_over: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Opened:
     """What a request's token opened.
 
@@ -124,26 +124,34 @@ def decode(
     Every request that reads its session pays for this, so it goes over the
     record once.
     """
-    serialized: dict[str, str] = {}
+    data = record.data
     meta: dict[str, str] = {}
     values: dict[str, t.Any] = {}
     snapshots: dict[str, bytes] = {}
-    loads = serializer.loads
+    scan, loads = serializer.scan, serializer.loads
     try:
-        for k, text in record.data.items():
+        for k, text in data.items():
             if k.startswith(META_PREFIX):
                 meta[k] = text
                 continue
-            serialized[k] = text
-            value = values[k] = loads(text)
+            try:
+                value, end = scan(text, 0)
+            except (StopIteration, ValueError):
+                end = -1
+            if end != len(text):
+                # Not one value alone: the whole way, which raises the decoder's errors.
+                value = loads(text)
+            values[k] = value
             if type(value) not in _IMMUTABLE:
                 snap = snapshot(value)
                 if snap is not None:
                     snapshots[k] = snap
-        check_meta(record.data)
-        lifetime = _lifetime(serializer, record.data)
+        check_meta(data)
+        lifetime = _lifetime(serializer, data)
     except Exception as e:
         raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
+    # The record's data, never changed once made, serves as it is when it holds no metadata.
+    serialized = {k: v for k, v in data.items() if k not in meta} if meta else data
     return StoredSession(
         sid=sid,
         key=key,
@@ -210,7 +218,7 @@ class SessionState(t.Protocol):
     def copy(self) -> dict[str, t.Any]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SaveOutcome:
     """What a save means for the cookie.
 

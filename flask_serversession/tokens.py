@@ -33,6 +33,20 @@ def storage_key(sid: str) -> str:
     return hashlib.sha256(sid.encode("ascii")).hexdigest()
 
 
+_BLOCK = hashlib.sha256().block_size
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _padded_states(key: bytes) -> tuple[t.Any, t.Any]:
+    """The SHA-256 states HMAC starts its inner and outer hashes from, for a short key."""
+    padded = key.ljust(_BLOCK, b"\0")
+    return (
+        hashlib.sha256(padded.translate(_INNER_PAD)),
+        hashlib.sha256(padded.translate(_OUTER_PAD)),
+    )
+
+
 class _Signer:
     """Sign ids with HMAC-SHA256 under keys derived once per set of secret keys.
 
@@ -47,18 +61,18 @@ class _Signer:
 
     def __init__(self, keys: t.Sequence[bytes], salt: str) -> None:
         prefix = salt.encode() + b"signer"
-        # Newest first. Each token copies a keyed HMAC rather than keying a
-        # new one, which costs about as much again as the signature itself.
+        # Newest first: the SHA-256 states after the inner and outer padded
+        # keys of HMAC (RFC 2104), so each token hashes only its own bytes.
         self._keys = [
-            hmac.new(hashlib.sha256(prefix + key).digest(), digestmod=hashlib.sha256)
-            for key in reversed(keys)
+            _padded_states(hashlib.sha256(prefix + key).digest()) for key in reversed(keys)
         ]
 
     @staticmethod
-    def _signature(keyed: hmac.HMAC, sid: str) -> str:
-        mac = keyed.copy()
-        mac.update(sid.encode("ascii"))
-        return urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+    def _signature(states: tuple[t.Any, t.Any], sid: str) -> str:
+        inner, outer = states[0].copy(), states[1].copy()
+        inner.update(sid.encode("ascii"))
+        outer.update(inner.digest())
+        return urlsafe_b64encode(outer.digest()).rstrip(b"=").decode("ascii")
 
     def sign(self, sid: str) -> str:
         return f"{sid}.{self._signature(self._keys[0], sid)}"

@@ -11,7 +11,7 @@ from datetime import timedelta
 from ..errors import SessionTooLargeError
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     """One stored session.
 
@@ -31,7 +31,7 @@ class Record:
     user: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delta:
     """What one save changes in a stored session.
 
@@ -69,11 +69,16 @@ def applied(data: t.Mapping[str, str], delta: Delta, size: int) -> tuple[dict[st
     result = dict(data)
     for name in delta.deleted:
         if name in result:
-            size -= data_size({name: result.pop(name)})
-    for name in delta.set.keys() & result.keys():
-        size -= data_size({name: result[name]})
+            size -= len(name.encode()) + len(result.pop(name).encode())
+    for name, value in delta.set.items():
+        old = result.get(name)
+        if old is not None:
+            size -= len(old.encode())
+        else:
+            size += len(name.encode())
+        size += len(value.encode())
     result.update(delta.set)
-    return result, size + data_size(delta.set)
+    return result, size
 
 
 def check_size(before: int, after: int, max_size: int | None) -> None:
