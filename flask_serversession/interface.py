@@ -6,6 +6,7 @@ from functools import partial
 from flask import request
 from flask.sessions import SessionInterface
 
+from .cookie import CookieWriter
 from .errors import BackendError
 from .log import logger
 from .purging import EveryNRequests
@@ -38,6 +39,15 @@ _OUTCOME_HEADERS = (
 )
 
 
+def has_header(response: Response, name: str) -> bool:
+    """Whether ``response`` has a header ``name`` (lower case).
+
+    Cheaper than ``name in response.headers``, which raises and catches an
+    exception for a header that is not there: a save asks for every response.
+    """
+    return any(key.lower() == name for key, _value in response.headers)
+
+
 def keep_private(response: Response) -> None:
     """Mark a response that sets or expires the session cookie ``private``.
 
@@ -45,9 +55,9 @@ def keep_private(response: Response) -> None:
     ``Set-Cookie`` to others. ``public`` goes; a response that already says
     ``private`` or ``no-store`` is left as it is.
     """
-    if "Cache-Control" not in response.headers:
+    if not has_header(response, "cache-control"):
         # What the parsed header would give, without parsing one that is not there.
-        response.headers["Cache-Control"] = "private"
+        response.headers.add("Cache-Control", "private")
         return
     cache_control = response.cache_control
     if cache_control.private or cache_control.no_store:
@@ -71,6 +81,7 @@ class ServerSessionInterface(SessionInterface):
         self.store = store
         self.adopter = adopter
         self._purge_every = EveryNRequests(store.settings.purge_every)
+        self._cookies = CookieWriter()
 
     def get_token(self, app: Flask, request: Request) -> str | None:
         """Return the token the client sent; a configured header wins over the cookie."""
@@ -109,16 +120,18 @@ class ServerSessionInterface(SessionInterface):
         self._purge_every.count(app, self.store)
         header_name = self.store.settings.header_name
         if session.accessed:
-            if "Vary" in response.headers:
+            if has_header(response, "vary"):
                 response.vary.add("Cookie")
             else:
                 # What adding to the parsed header would give, without parsing.
-                response.headers["Vary"] = "Cookie"
+                response.headers.add("Vary", "Cookie")
             if header_name is not None:
                 response.vary.add(header_name)
 
         try:
-            outcome = self.store.save(session, can_set_cookie=not in_socketio_event())
+            # A session never loaded has nothing to save, wherever it runs.
+            can_set_cookie = not session.loaded or not in_socketio_event()
+            outcome = self.store.save(session, can_set_cookie=can_set_cookie)
         except BackendError as e:
             logger.error("Saving the session failed: %s", e)
             self._replace_with_error(response, e)
@@ -134,7 +147,7 @@ class ServerSessionInterface(SessionInterface):
             return
         keep_private(response)
         expires = outcome.expires_at if outcome.persistent else None
-        response.set_cookie(name, outcome.token, expires=expires, **self._cookie_attributes(app))
+        self._cookies.set(response, name, outcome.token, expires, self._cookie_attributes(app))
         if header_name is not None and outcome.id_changed and name not in request.cookies:
             # A client that sent the cookie is a browser, whose page scripts
             # can read response headers but not an HttpOnly cookie.
