@@ -33,6 +33,7 @@ from .codec import EXPIRES
 from .codec import index_deadline_ms
 from .codec import INDEXED
 from .codec import micros
+from .codec import packed
 from .codec import RAW
 from .codec import text
 from .codec import update_numbers
@@ -216,7 +217,7 @@ class RedisBackend(Backend):
                     keys.append(self._users.name(user))
             pairs = [part for item in mapping.items() for part in item]
             numbers = create_numbers(record, self.keep_expired, deadline)
-            self._run(scripts.CREATE, keys, numbers, key, *pairs)
+            self._run(scripts.CREATE, keys, numbers, packed([key, *pairs]))
         if user is not None:
             self._users.confirm(user, key, deadline)
 
@@ -244,8 +245,7 @@ class RedisBackend(Backend):
                         self._users.add(user, key, deadline)
                     else:
                         keys.append(self._users.name(user))
-                args = [head, op, user, key, *changes]
-                result = self._run(scripts.UPDATE, keys, *args)
+                result = self._run(scripts.UPDATE, keys, head, packed([op, user, key, *changes]))
                 if int(result[0]) != 2:
                     break
                 op, user = "reindex", text(result[1])

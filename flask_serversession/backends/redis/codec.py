@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import re
+import json
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -9,6 +9,7 @@ from datetime import timezone
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
+from ...serialization import one_shot_encoder
 from ..base import CorruptRecordError
 from ..base import Delta
 from ..base import Record
@@ -32,10 +33,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 # Times are whole microseconds since the epoch, at most 17 digits (year 3138),
 # so the update script and parse agree on what a valid number is.
-_WHOLE_NUMBER = re.compile(rb"[0-9]{1,17}")
+_MAX_DIGITS = 17
+_DATA_LENGTH = len(DATA)
 # Replies are read as bytes even from a client built with decode_responses,
 # so damaged bytes reach parse instead of failing inside the client.
 RAW: dict[str, t.Any] = {NEVER_DECODE: True}
+# ASCII out, whatever the text: non-ASCII characters go as \u escapes.
+_pack = one_shot_encoder(json.JSONEncoder(separators=(",", ":")))
 
 
 def micros(value: datetime) -> int:
@@ -79,6 +83,15 @@ def _numbers(*values: int) -> str:
     return " ".join(map(str, values))
 
 
+def packed(parts: list[str]) -> str:
+    """Strings as one script argument: a JSON array, which the scripts read with ``cjson.decode``.
+
+    redis-py packs each argument of a command in Python; one argument for
+    every field costs less than one per field.
+    """
+    return _pack(parts)
+
+
 def index_deadline_ms(expires_at: datetime, now: datetime) -> int:
     """Until when a user's set must live for a session that expires at ``expires_at``."""
     return expire_at_ms(max(expires_at, now) + max(expires_at - now, INDEX_SPAN))
@@ -94,46 +107,47 @@ def text(value: bytes | str) -> str:
 
 
 def whole(value: bytes | str) -> int:
-    raw = value.encode() if isinstance(value, str) else value
-    if not _WHOLE_NUMBER.fullmatch(raw):
-        raise ValueError(f"{raw!r} is not a whole number")
-    return int(raw)
-
-
-def _texts(fields: t.Mapping[t.Any, t.Any]) -> dict[str, str]:
-    """The fields and values of a hash as text; UnicodeDecodeError for bytes that are not UTF-8."""
-    try:
-        # Replies are bytes (RAW); decoding them inline saves a call per field.
-        return {k.decode(): v.decode() for k, v in fields.items()}
-    except AttributeError:
-        return {text(k): text(v) for k, v in fields.items()}
+    """The number a time field holds; ValueError (TypeError for None) when it is not one."""
+    digits = value.decode() if isinstance(value, bytes) else value
+    if type(digits) is not str:
+        raise TypeError(f"{value!r} is not text")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= _MAX_DIGITS):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(digits)
 
 
 def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
     """Build a record from the fields of a session hash.
 
     Returns it with its ``indexed_us`` (None for a session without a user).
+    Every load pays for this, so it goes over the fields once.
 
     :raises CorruptRecordError: the fields are not laid out as a session.
     """
+    data: dict[str, str] = {}
+    own: dict[str, str] = {}
     try:
-        decoded = _texts(fields)
-        created_at = EPOCH + whole(decoded.pop(CREATED)) * _MICROSECOND
-        expires_at = EPOCH + whole(decoded.pop(EXPIRES)) * _MICROSECOND
-        user = decoded.pop(USER, None)
-        indexed = decoded.pop(INDEXED, None)
+        for name, value in fields.items():
+            # Replies are bytes (RAW); a bytes value that is not UTF-8 raises
+            # UnicodeDecodeError, a ValueError.
+            name = name.decode() if type(name) is bytes else name
+            value = value.decode() if type(value) is bytes else value
+            if name.startswith(DATA):
+                data[name[_DATA_LENGTH:]] = value
+            else:
+                own[name] = value
+        created_at = EPOCH + whole(own.pop(CREATED)) * _MICROSECOND
+        expires_at = EPOCH + whole(own.pop(EXPIRES)) * _MICROSECOND
+        user = own.pop(USER, None)
+        indexed = own.pop(INDEXED, None)
         indexed_us = None if indexed is None else whole(indexed)
-    except (KeyError, ValueError, OverflowError) as e:
-        # UnicodeDecodeError is a ValueError: bytes that are not UTF-8.
+    except (KeyError, ValueError, OverflowError, TypeError) as e:
         raise CorruptRecordError(f"bad session hash: {e!r}") from e
+    if own:
+        raise CorruptRecordError(f"unexpected field {next(iter(own))!r} in session hash")
     if (user is None) != (indexed_us is None):
         raise CorruptRecordError(f"session hash with only one of {USER!r} and {INDEXED!r}")
-    data = {}
-    for name, value in decoded.items():
-        if not name.startswith(DATA):
-            raise CorruptRecordError(f"unexpected field {name!r} in session hash")
-        data[name[len(DATA) :]] = value
-    return Record(data=data, created_at=created_at, expires_at=expires_at, user=user), indexed_us
+    return Record(data, created_at, expires_at, user=user), indexed_us
 
 
 def decode(fields: t.Mapping[t.Any, t.Any]) -> Record:

@@ -41,20 +41,22 @@ return 1
 # round trip, with one reply for the client to parse instead of five.
 # KEYS: hash[, the user's set]. ARGV: the numbers drop_at_ms, deadline_ms,
 # created_us and expires_us in one space-separated argument (as UPDATE's),
-# member, then the hash's other field/value pairs.
+# then a JSON array (see codec.packed) of the member and the hash's other
+# field/value pairs.
 CREATE = (
     _INDEX_FUNCTION
     + """
 local num = {}
 for v in string.gmatch(ARGV[1], '%S+') do num[#num + 1] = v end
-if KEYS[2] then index(KEYS[2], ARGV[2], num[2]) end
+local args = cjson.decode(ARGV[2])
+if KEYS[2] then index(KEYS[2], args[1], num[2]) end
 -- DEL only when needed: out of memory, Redis refuses a script at its first
 -- write that may grow memory, and lets one that began with a DEL go on.
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'created_us', num[3], 'expires_us', num[4])
 -- Up to 500 fields per HSET: unpack's results must fit Lua's stack.
-for i = 3, #ARGV, 1000 do
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+for i = 2, #args, 1000 do
+  redis.call('HSET', KEYS[1], unpack(args, i, math.min(i + 999, #args)))
 end
 redis.call('PEXPIREAT', KEYS[1], num[1])
 return 1
@@ -81,9 +83,10 @@ return 1
 # expires before a session in it.
 #
 # ARGV: the numbers now_us, expires_us, drop_at_ms, max_size (-1: none),
-# n_set and deadline_ms in one space-separated argument (each argument costs
-# the client more than the script's splitting), then op, user, member, then
-# n_set field/value pairs, then fields to delete.
+# n_set and deadline_ms in one space-separated argument, then a JSON array
+# (see codec.packed) of op, user, member, n_set field/value pairs and the
+# fields to delete. Each argument costs the client more than the script's
+# splitting or decoding.
 UPDATE = (
     _INDEX_FUNCTION
     + """
@@ -99,7 +102,8 @@ if not whole(meta[1]) or not stored or stored <= tonumber(now_us) then return {0
 local user, indexed = meta[3], whole(meta[4])
 if (user and not indexed) or (meta[4] and not user) then return {0} end
 local limit = tonumber(num[4])
-local first = 5
+local args = cjson.decode(ARGV[2])
+local first = 4
 local last = first - 1 + 2 * tonumber(num[5])
 local check = limit >= 0 and last >= first
 local sizes = {}
@@ -113,29 +117,29 @@ end
 if check then
   local before, after = 0, 0
   for _, n in pairs(sizes) do before = before + n end
-  for i = last + 1, #ARGV do sizes[ARGV[i]] = nil end
-  for i = first, last, 2 do sizes[ARGV[i]] = #ARGV[i] - 2 + #ARGV[i + 1] end
+  for i = last + 1, #args do sizes[args[i]] = nil end
+  for i = first, last, 2 do sizes[args[i]] = #args[i] - 2 + #args[i + 1] end
   for _, n in pairs(sizes) do after = after + n end
   if after > limit and after > before then return {-1, before, after} end
 end
-local op = ARGV[2]
+local op, new_user, member = args[1], args[2], args[3]
 if op == 'reindex' then
-  if user == ARGV[3] then op = 'set' else op = 'keep' end
+  if user == new_user then op = 'set' else op = 'keep' end
 end
 if op == 'keep' and user and tonumber(expires_us) > indexed then return {2, user} end
 if op == 'set' then
-  if KEYS[2] then index(KEYS[2], ARGV[4], deadline) end
+  if KEYS[2] then index(KEYS[2], member, deadline) end
   local mark = deadline .. '000'
-  if user == ARGV[3] and indexed > tonumber(mark) then mark = meta[4] end
-  redis.call('HSET', key, 'user', ARGV[3], 'indexed_us', mark)
+  if user == new_user and indexed > tonumber(mark) then mark = meta[4] end
+  redis.call('HSET', key, 'user', new_user, 'indexed_us', mark)
 elseif op == 'clear' and user then
   redis.call('HDEL', key, 'user', 'indexed_us')
 end
-for i = last + 1, #ARGV do redis.call('HDEL', key, ARGV[i]) end
-for i = first, last, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+for i = last + 1, #args do redis.call('HDEL', key, args[i]) end
+for i = first, last, 2 do redis.call('HSET', key, args[i], args[i + 1]) end
 redis.call('HSET', key, 'expires_us', expires_us)
 redis.call('PEXPIREAT', key, drop_at)
-if user and (op == 'clear' or (op == 'set' and user ~= ARGV[3])) then return {1, user} end
+if user and (op == 'clear' or (op == 'set' and user ~= new_user)) then return {1, user} end
 return {1}
 """
 )
