@@ -8,6 +8,7 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
+from ...serialization import one_shot_encoder
 from ..base import CorruptRecordError
 from ..base import Record
 
@@ -20,6 +21,8 @@ HEADER = struct.Struct(">4sqqI")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+# ASCII out: non-ASCII characters go as \u escapes.
+_encode = one_shot_encoder(json.JSONEncoder(separators=(",", ":")))
 
 
 def to_us(value: datetime) -> int:
@@ -63,8 +66,8 @@ def encode(user: str | None, data: t.Mapping[str, str]) -> tuple[bytes, bytes]:
     So files of sessions that have no user stay readable by older versions.
     """
     if user is None:
-        return MAGIC, json.dumps(data, separators=(",", ":")).encode("ascii")
-    return USER_MAGIC, json.dumps([user, data], separators=(",", ":")).encode("ascii")
+        return MAGIC, _encode(data).encode("ascii")
+    return USER_MAGIC, _encode([user, data]).encode("ascii")
 
 
 def decode(path: str, magic: bytes, body: bytes) -> tuple[str | None, dict[str, str]]:
