@@ -149,3 +149,124 @@ def test_in_memory_sqlite_purges_in_timed_batches(
     add_expired(backend, 500)
     assert backend.purge_expired(NOW) == 500
     assert backend.count(NOW - 2 * HOUR) == 0
+
+
+def table_stats(backend: SQLAlchemyBackend) -> sa.Row[t.Any]:
+    """The table's vacuum counts and dead rows, as the statistics say now."""
+    with backend.engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT vacuum_count, autovacuum_count, n_dead_tup, last_vacuum"
+                " FROM pg_stat_user_tables WHERE relid = to_regclass(:name)"
+            ),
+            {"name": f'"{backend.table.name}"'},
+        ).one()
+
+
+def dead_rows(backend: SQLAlchemyBackend) -> int:
+    """Dead row versions in the table's pages, counted from the pages themselves."""
+    with backend.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM generate_series(0,"
+                    " pg_relation_size(to_regclass(:name)) / 8192 - 1) AS page,"
+                    " heap_page_items(get_raw_page(:table, page::int))"
+                    " WHERE t_xmax <> 0 OR lp_flags = 3"
+                ),
+                {"name": f'"{backend.table.name}"', "table": backend.table.name},
+            ).scalar_one()
+        )
+
+
+def test_postgres_table_is_created_for_autovacuum_after_each_purge(
+    postgres_backend: SQLAlchemyBackend,
+) -> None:
+    backend = postgres_backend
+    backend.count(NOW)  # first use creates the table
+    with backend.engine.connect() as conn:
+        options = conn.execute(
+            sa.text("SELECT reloptions FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": f'"{backend.table.name}"'},
+        ).scalar_one()
+    assert options == ["autovacuum_vacuum_scale_factor=0.01"]
+
+
+def test_postgres_purge_of_many_rows_leaves_no_dead_rows(
+    postgres_backend: SQLAlchemyBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = postgres_backend
+    add_expired(backend, 1_500)
+    for n in range(50):
+        backend.create(key_of(f"live{n}"), Record({}, NOW, NOW + HOUR))
+    with caplog.at_level("INFO", logger="flask_serversession"):
+        assert backend.purge_expired(NOW) == 1_500
+    assert dead_rows(backend) == 0
+    assert table_stats(backend).vacuum_count == 1
+    assert "Vacuumed table" in caplog.text
+    assert backend.count(NOW) == 50
+
+
+def test_postgres_purge_of_a_small_share_leaves_the_rows_to_autovacuum(
+    postgres_backend: SQLAlchemyBackend,
+) -> None:
+    backend = postgres_backend
+    add_expired(backend, 1_000)
+    with backend.engine.connect() as conn:
+        conn.exec_driver_sql(f'ANALYZE "{backend.table.name}"')
+        conn.commit()
+    backend.purge_vacuum_share = 2.0  # more than the table holds
+    assert backend.purge_expired(NOW) == 1_000
+    assert dead_rows(backend) == 1_000
+
+
+def test_postgres_purge_warns_when_its_role_may_not_vacuum(
+    postgres_backend: SQLAlchemyBackend, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = postgres_backend
+    add_expired(owner, 1_200)
+    name = owner.table.name
+    with owner.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "DO $$ BEGIN CREATE ROLE session_writer LOGIN;"
+            " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        conn.exec_driver_sql(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{name}" TO session_writer')
+    url = sa.make_url(postgres_url).set(username="session_writer")
+    writer = SQLAlchemyBackend.from_url(url, table_name=name, user_index=True)
+    try:
+        with caplog.at_level("INFO", logger="flask_serversession"):
+            assert writer.purge_expired(NOW) == 1_200
+    finally:
+        writer.close()
+        with owner.engine.begin() as conn:
+            conn.exec_driver_sql(f'REVOKE ALL ON "{name}" FROM session_writer')
+    assert "cannot VACUUM table" in caplog.text
+    assert "autovacuum_vacuum_scale_factor = 0.01" in caplog.text
+    assert dead_rows(owner) == 1_200
+
+
+def test_postgres_purge_never_waits_for_a_vacuum_lock(
+    postgres_backend: SQLAlchemyBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another vacuum (autovacuum, or an index build) holds the lock a vacuum
+    # needs: the purge skips its vacuum instead of queueing for it.
+    backend = postgres_backend
+    add_expired(backend, 1_200)
+    name = backend.table.name
+    removed: list[int] = []
+    with backend.engine.connect() as holder:
+        holder.exec_driver_sql(f'LOCK TABLE "{name}" IN SHARE UPDATE EXCLUSIVE MODE')
+        purger = threading.Thread(
+            target=lambda: removed.append(backend.purge_expired(NOW)), daemon=True
+        )
+        with caplog.at_level("INFO", logger="flask_serversession"):
+            purger.start()
+            purger.join(WAIT_SECONDS)
+        finished_while_held = not purger.is_alive()
+        holder.rollback()
+    purger.join(WAIT_SECONDS)
+    assert finished_while_held, "the purge waited for the vacuum lock"
+    assert removed == [1_200]
+    assert "was skipped" in caplog.text

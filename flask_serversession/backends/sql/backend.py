@@ -119,6 +119,9 @@ class SQLAlchemyBackend(Backend):
     purge_batch_seconds = 0.015
     #: SQLite: the purge's wait after each batch, in which saves take the lock.
     purge_pause_seconds = 0.010
+    #: PostgreSQL: a purge that removed this share of the table's rows (and at
+    #: least 1,000) then runs ``VACUUM (ANALYZE)`` on it; None never does.
+    purge_vacuum_share: float | None = 0.1
     #: Rows read per query by :meth:`items`.
     items_page_size = 1_000
 
@@ -332,7 +335,7 @@ class SQLAlchemyBackend(Backend):
         stale = self._sql.stale(utc(now), longest_lifetime)
         pacing = Pacing(self.purge_batch_size, self.purge_batch_seconds, self.purge_pause_seconds)
         run = functools.partial(self._run, "purge expired sessions")
-        return purge(self._runner.direct, self._sql, stale, pacing, run)
+        return purge(self._runner.direct, self._sql, stale, pacing, run, self.purge_vacuum_share)
 
     def count(self, now: datetime) -> int:
         statement = sa.select(sa.func.count()).where(self.table.c.expires_at > utc(now))

@@ -4,17 +4,22 @@ SQLite lets one connection write at a time, so a batch holds every other
 writer off the database until it commits. There a batch is bounded by time,
 not by a fixed number of rows: its size follows how long the last one held
 the write lock, and the purge pauses after each batch, so that a save that
-waited for one finds the lock free when it tries again. PostgreSQL locks
-only the rows a batch deletes; its batches have a fixed size.
+waited for it finds the lock free when SQLite's busy handler tries again.
+PostgreSQL locks only the rows a batch deletes; its batches have a fixed
+size, and a purge that removed a large share of the table vacuums it.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import typing as t
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy import exc
+
+from ...log import logger
 
 if t.TYPE_CHECKING:
     from .statements import Statements
@@ -55,6 +60,13 @@ class Pacing:
 
 
 Batch = t.Callable[[sa.Connection, int], int]
+_T = t.TypeVar("_T")
+
+
+class Run(t.Protocol):
+    """Runs one operation of the backend, turning its store errors into ``BackendError``."""
+
+    def __call__(self, operation: t.Callable[[], _T], /) -> _T: ...
 
 
 def purge(
@@ -62,12 +74,17 @@ def purge(
     sql: Statements,
     stale: sa.ColumnElement[bool],
     pacing: Pacing,
-    run: t.Callable[[t.Callable[[], int]], int],
+    run: Run,
+    vacuum_share: float | None = None,
 ) -> int:
     """Delete the rows matching ``stale`` in batches; return how many.
 
+    On PostgreSQL, a purge that removed at least ``vacuum_share`` of the
+    table's rows then vacuums it, so that its dead rows do not wait for
+    autovacuum; a failed or skipped vacuum is logged, never raised.
+
     :param engine: where to delete, in autocommit mode on PostgreSQL.
-    :param run: runs one batch, as the backend runs every operation.
+    :param run: runs one operation, as the backend runs every operation.
     """
 
     def batch(conn: sa.Connection, size: int) -> int:
@@ -75,12 +92,47 @@ def purge(
 
     if engine.dialect.name == "sqlite" and pacing.batch_seconds is not None:
         return purge_sqlite(engine, batch, pacing, run)
-    return purge_fixed(engine, batch, pacing.most_rows, run)
+    if engine.dialect.name != "postgresql" or vacuum_share is None:
+        return purge_fixed(engine, batch, pacing.most_rows, run)
+    state = run(functools.partial(table_state, engine, sql.table))
+    removed = purge_fixed(engine, batch, pacing.most_rows, run)
+    if needs_vacuum(removed, state, vacuum_share):
+        vacuum_logged(engine, sql.table, removed, t.cast(TableState, state))
+    return removed
 
 
-def purge_sqlite(
-    engine: sa.Engine, batch: Batch, pacing: Pacing, run: t.Callable[[t.Callable[[], int]], int]
-) -> int:
+def vacuum_logged(engine: sa.Engine, table: sa.Table, removed: int, state: TableState) -> None:
+    """Vacuum ``table`` after a purge of ``removed`` rows; log what came of it."""
+    advice = (
+        "Autovacuum reclaims them later; to have it come sooner, run ALTER TABLE"
+        f" {table.name} SET (autovacuum_vacuum_scale_factor = 0.01)."
+    )
+    if not state.may_vacuum:
+        logger.warning(
+            "Purged %d sessions but cannot VACUUM table %r: only its owner (or the"
+            " database's owner) may. %s",
+            removed, table.name, advice,
+        )  # fmt: skip
+        return
+    start = time.perf_counter()
+    try:
+        skipped = vacuum(engine, table)
+    except exc.SQLAlchemyError as e:
+        detail = e.orig if isinstance(e, exc.DBAPIError) else e
+        logger.warning(
+            "VACUUM of table %r after a purge failed: %s. %s", table.name, detail, advice
+        )
+        return
+    if skipped is not None:
+        logger.warning("VACUUM of table %r after a purge was skipped: %s.", table.name, skipped)
+        return
+    logger.info(
+        "Vacuumed table %r after purging %d sessions, in %.1f s.",
+        table.name, removed, time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def purge_sqlite(engine: sa.Engine, batch: Batch, pacing: Pacing, run: Run) -> int:
     """Delete rows with ``batch`` in time-bounded transactions; return how many.
 
     Each transaction takes the write lock first (``BEGIN IMMEDIATE``), so
@@ -108,9 +160,7 @@ def purge_sqlite(
         time.sleep(pacing.pause_seconds)
 
 
-def purge_fixed(
-    engine: sa.Engine, batch: Batch, size: int, run: t.Callable[[t.Callable[[], int]], int]
-) -> int:
+def purge_fixed(engine: sa.Engine, batch: Batch, size: int, run: Run) -> int:
     """Delete rows with ``batch`` in transactions of at most ``size`` rows; return how many."""
     total = 0
 
@@ -123,3 +173,75 @@ def purge_fixed(
         total += removed
         if removed < size:
             return total
+
+
+#: A purge that removed fewer rows leaves them to autovacuum, whatever the share.
+VACUUM_MIN_ROWS = 1_000
+
+# The table's estimated rows, and whether this role may vacuum it: its
+# owner or the database's owner before PostgreSQL 17, the MAINTAIN
+# privilege from then on (superusers may always).
+_BEFORE_PURGE = sa.text(
+    "SELECT c.reltuples, CASE WHEN current_setting('server_version_num')::int >= 170000"
+    " THEN has_table_privilege(c.oid, 'MAINTAIN')"
+    " ELSE pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE') END"
+    " FROM pg_class AS c, pg_database AS d"
+    " WHERE c.oid = to_regclass(:name) AND d.datname = current_database()"
+)
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What a PostgreSQL purge reads of its table first."""
+
+    #: Rows the table held at its last vacuum or analyze; None if never counted.
+    rows: float | None
+    may_vacuum: bool
+
+
+def table_state(engine: sa.Engine, table: sa.Table) -> TableState | None:
+    """The table's estimated rows and this role's right to vacuum it; None if unknown."""
+    name = engine.dialect.identifier_preparer.format_table(table)
+    with engine.connect() as conn:
+        row = conn.execute(_BEFORE_PURGE, {"name": name}).first()
+    if row is None:
+        return None
+    rows = float(row[0])
+    return TableState(rows if rows >= 0 else None, bool(row[1]))
+
+
+def needs_vacuum(removed: int, state: TableState | None, share: float | None) -> bool:
+    """Whether a purge that removed ``removed`` rows left enough dead ones to vacuum now."""
+    if share is None or state is None or removed < VACUUM_MIN_ROWS:
+        return False
+    return state.rows is None or removed >= share * state.rows
+
+
+def vacuum(engine: sa.Engine, table: sa.Table) -> str | None:
+    """``VACUUM (ANALYZE, SKIP_LOCKED)`` the table; return None, or why it was skipped.
+
+    A plain vacuum takes a lock that only schema changes, index builds and
+    other vacuums conflict with: saves go on meanwhile. ``SKIP_LOCKED``
+    skips the table when such a lock is held (autovacuum already at work)
+    instead of waiting for it. Needs autocommit: a vacuum cannot run in a
+    transaction.
+    """
+    name = engine.dialect.identifier_preparer.format_table(table)
+    notices: list[str] = []
+    with engine.connect() as conn:
+        dbapi_connection: t.Any = conn.connection.dbapi_connection
+        add = getattr(dbapi_connection, "add_notice_handler", None)  # psycopg 3
+
+        def collect(diagnostic: t.Any) -> None:
+            notices.append(str(diagnostic.message_primary))
+
+        if add is not None:
+            add(collect)
+        try:
+            conn.exec_driver_sql(f"VACUUM (ANALYZE, SKIP_LOCKED) {name}")
+        finally:
+            if add is not None:
+                dbapi_connection.remove_notice_handler(collect)
+        notices.extend(getattr(dbapi_connection, "notices", ()))  # psycopg2
+    skipped = [n.strip() for n in notices if "skipping" in n]
+    return "; ".join(skipped) or None
