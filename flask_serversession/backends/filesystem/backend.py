@@ -6,12 +6,10 @@ import re
 import secrets
 import stat
 import typing as t
-from contextlib import contextmanager
 from contextlib import suppress
 from datetime import datetime
 from datetime import timedelta
 
-from ...errors import BackendError
 from ...log import logger
 from ..base import applied
 from ..base import Backend
@@ -97,7 +95,7 @@ class FileSystemBackend(Backend):
         self.fsync = fsync
         # Raises FileExistsError when the path exists but is not a directory.
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        with _files.root(self.directory) as root:
+        with _files.Root(self.directory) as root:
             # Creating (and dropping) a file proves the directory is writable.
             probe = f"{self.temp_prefix}{secrets.token_hex(8)}.probe"
             os.close(os.open(probe, _files.TEMP_FLAGS, 0o600, dir_fd=root))
@@ -107,30 +105,17 @@ class FileSystemBackend(Backend):
     def _where(self, *names: str) -> str:
         return os.path.join(self.directory, *names)
 
-    @contextmanager
-    def _io(self, action: str) -> t.Iterator[int]:
-        """Turn an OSError into a BackendError; yield the trusted session directory.
+    def _io(self, action: str) -> _files.Operation:
+        """A context in which an OSError becomes a BackendError; ``with`` gives the
+        trusted session directory, opened and checked once per operation."""
+        return _files.Operation(self.directory, action)
 
-        The directory is opened and checked once per operation.
-        """
-        try:
-            with _files.root(self.directory) as root:
-                yield root
-        except OSError as e:
-            raise BackendError(f"Cannot {action} in {self.directory!r}: {e}") from e
+    def _shard(self, root: int, name: str, *, lock: bool, create: bool = False) -> _files.Shard:
+        return _files.Shard(root, name, self._where(name), lock=lock, create=create)
 
-    @contextmanager
-    def _session(
-        self, action: str, key: str, *, create: bool = False
-    ) -> t.Iterator[tuple[int, int | None]]:
-        """Yield ``(root, shard)`` of ``key``'s shard, locked; shard None if missing."""
-        with self._io(action) as root, self._shard(root, key[:2], lock=True, create=create) as fd:
-            yield root, fd
-
-    def _shard(
-        self, root: int, name: str, *, lock: bool, create: bool = False
-    ) -> t.ContextManager[int | None]:
-        return _files.shard(root, name, self._where(name), lock=lock, create=create)
+    def _locked_shard(self, root: int, key: str, *, create: bool = False) -> _files.Shard:
+        """The shard of session ``key``, locked; None in ``with`` if it is missing."""
+        return self._shard(root, key[:2], lock=True, create=create)
 
     def _shards(self, root: int) -> t.Iterator[tuple[str, int]]:
         """Yield ``(name, descriptor)`` of every trusted shard; log the others."""
@@ -239,7 +224,7 @@ class FileSystemBackend(Backend):
             raise ValueError(f"{key!r} is not a storage key (64 lowercase hex digits).")
         magic, body = _format.encode(record.user, record.data)
         head = (magic, _format.to_us(record.created_at), _format.to_us(record.expires_at))
-        with self._session("save a session", key, create=True) as (root, fd):
+        with self._io("save a session") as root, self._locked_shard(root, key, create=True) as fd:
             assert fd is not None
             old_user = self._stored_user(fd, key)
             if record.user is not None:
@@ -253,7 +238,7 @@ class FileSystemBackend(Backend):
             return False
         path = self._where(key[:2], key)
         try:
-            with self._session("save a session", key) as (root, fd):
+            with self._io("save a session") as root, self._locked_shard(root, key) as fd:
                 if fd is None:
                     return False
                 content = _files.read(fd, key, path)
@@ -285,7 +270,7 @@ class FileSystemBackend(Backend):
             return None
         path = self._where(key[:2], key)
         try:
-            with self._session("take a session", key) as (root, fd):
+            with self._io("take a session") as root, self._locked_shard(root, key) as fd:
                 if fd is None:
                     return None
                 try:
@@ -307,7 +292,7 @@ class FileSystemBackend(Backend):
         if not _is_key(key):
             return
         try:
-            with self._session("delete a session", key) as (root, fd):
+            with self._io("delete a session") as root, self._locked_shard(root, key) as fd:
                 if fd is not None:
                     user = self._stored_user(fd, key)
                     _files.remove(fd, key)
@@ -331,7 +316,7 @@ class FileSystemBackend(Backend):
                 doomed = [n for n in sessions if self._doomed(fd, n, now_us, far_us, before)]
                 if not doomed and not any(n.startswith(self.temp_prefix) for n in names):
                     continue
-                with _files.locked(fd):
+                with _files.Locked(fd):
                     for name in doomed:
                         # Checked again under the lock: a save may have just happened.
                         if self._doomed(fd, name, now_us, far_us, before):
@@ -372,7 +357,7 @@ class FileSystemBackend(Backend):
         removed = 0
         with self._io("clear sessions") as root:
             for shard, fd in self._shards(root):
-                with _files.locked(fd):
+                with _files.Locked(fd):
                     for name in self._names(fd):
                         if _KEY.fullmatch(name) and name[:2] == shard:
                             try:

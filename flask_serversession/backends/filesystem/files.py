@@ -5,10 +5,9 @@ import fcntl
 import os
 import secrets
 import stat
-import typing as t
-from contextlib import contextmanager
 from contextlib import suppress
 
+from ...errors import BackendError
 from ...log import logger
 from ..base import CorruptRecordError
 
@@ -118,39 +117,131 @@ def make_shard(parent_fd: int, name: str, path: str, what: str = "session shard"
     raise OSError(errno.EAGAIN, f"{path!r} keeps changing while it is being created")
 
 
-@contextmanager
-def root(path: str) -> t.Iterator[int]:
-    """Yield a descriptor of the trusted session directory (see :func:`open_root`)."""
-    fd = open_root(path)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+# The directories and the lock are held by plain context-manager classes:
+# every load and save enters two or three, and a generator-based context
+# manager costs several times as much to enter and leave.
 
 
-@contextmanager
-def shard(
-    root_fd: int, name: str, path: str, *, lock: bool, create: bool = False
-) -> t.Iterator[int | None]:
-    """Yield a descriptor of trusted shard ``name`` of ``root_fd``, locked if asked.
+class Operation:
+    """One operation on the session directory: ``with`` gives the trusted
+    directory's descriptor, and an OSError inside becomes a BackendError.
 
-    Yields None if the shard is missing.
+    :param action: what is being done, e.g. ``"read a session"``.
+    """
+
+    __slots__ = ("action", "fd", "path")
+
+    def __init__(self, path: str, action: str) -> None:
+        self.path, self.action = path, action
+        self.fd = -1
+
+    def __enter__(self) -> int:
+        try:
+            self.fd = open_root(self.path)
+        except OSError as e:
+            raise self._failed(e) from e
+        return self.fd
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            os.close(self.fd)
+        except OSError as e:
+            if error is None:
+                raise self._failed(e) from e
+        if isinstance(error, OSError):
+            raise self._failed(error) from error
+
+    def _failed(self, error: OSError) -> BackendError:
+        return BackendError(f"Cannot {self.action} in {self.path!r}: {error}")
+
+
+class Root:
+    """The trusted session directory (see :func:`open_root`): ``with`` gives its descriptor."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> int:
+        self.fd = open_root(self.path)
+        return self.fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+
+class Shard:
+    """Trusted shard ``name`` of ``root_fd``, locked if asked: ``with`` gives its
+    descriptor, or None if the shard is missing.
 
     :param create: create the shard (see :func:`make_shard`) if it is missing.
     :raise CorruptRecordError: the shard is not a trusted directory.
     """
-    fd = make_shard(root_fd, name, path) if create else open_shard(root_fd, name, path)
-    if fd is None:
-        yield None
-        return
+
+    __slots__ = ("create", "fd", "lock", "lock_fd", "name", "path", "root_fd")
+
+    def __init__(
+        self, root_fd: int, name: str, path: str, *, lock: bool, create: bool = False
+    ) -> None:
+        self.root_fd, self.name, self.path = root_fd, name, path
+        self.lock, self.create = lock, create
+        self.fd = self.lock_fd = -1
+
+    def __enter__(self) -> int | None:
+        name, path = self.name, self.path
+        fd = (
+            make_shard(self.root_fd, name, path)
+            if self.create
+            else open_shard(self.root_fd, name, path)
+        )
+        if fd is None:
+            return None
+        if self.lock:
+            try:
+                self.lock_fd = lock(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        self.fd = fd
+        return fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+
+
+class Locked:
+    """Holds the ``flock`` of directory ``dir_fd``'s ``.lock`` file while in ``with``."""
+
+    __slots__ = ("dir_fd", "fd")
+
+    def __init__(self, dir_fd: int) -> None:
+        self.dir_fd = dir_fd
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = lock(self.dir_fd)
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+
+def lock(dir_fd: int) -> int:
+    """Take the ``flock`` of the directory's ``.lock`` file; closing the returned
+    descriptor, the only one of this open file, releases it."""
+    fd = os.open(".lock", LOCK_FLAGS, 0o600, dir_fd=dir_fd)
     try:
-        if lock:
-            with locked(fd):
-                yield fd
-        else:
-            yield fd
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def exists(dir_fd: int, name: str) -> bool:
@@ -160,18 +251,6 @@ def exists(dir_fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-@contextmanager
-def locked(dir_fd: int) -> t.Iterator[None]:
-    """Hold the ``flock`` of the directory's ``.lock`` file."""
-    fd = os.open(".lock", LOCK_FLAGS, 0o600, dir_fd=dir_fd)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        # Closing the only descriptor of this open file releases the lock.
-        os.close(fd)
 
 
 def describe(st: os.stat_result) -> str | None:

@@ -168,7 +168,7 @@ class UserIndex:
         stale: list[str] = []
         for name, names in by_shard.items():
             try:
-                with _files.shard(root, name, self._session(name), lock=False) as fd:
+                with _files.Shard(root, name, self._session(name), lock=False) as fd:
                     for key in names:
                         record, gone = self._check(fd, key, user, now)
                         if record is not None:
@@ -179,7 +179,7 @@ class UserIndex:
                 logger.error("Skipping a session shard: %s", e)
         for key in stale:
             try:
-                with _files.shard(root, key[:2], self._session(key[:2]), lock=True) as fd:
+                with _files.Shard(root, key[:2], self._session(key[:2]), lock=True) as fd:
                     record, gone = self._check(fd, key, user, now)
                     if record is not None:
                         found.append((key, record))
@@ -232,7 +232,7 @@ class UserIndex:
                         continue
                     try:
                         # Checked again under the lock: a save may be under way.
-                        with _files.shard(root, name, path, lock=True) as fd:
+                        with _files.Shard(root, name, path, lock=True) as fd:
                             if fd is None or not _files.exists(fd, key):
                                 _files.remove(user_fd, key)
                     except CorruptRecordError as e:

@@ -12,12 +12,10 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import NoScriptError
-from redis.exceptions import RedisClusterException
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from ...errors import BackendError
 from ...log import logger
 from ..base import Backend
 from ..base import check_size
@@ -41,6 +39,7 @@ from .codec import USER
 from .codec import USERS
 from .codec import whole
 from .codec import wrong_type
+from .failures import Failures
 from .users import UserIndex
 
 _MILLISECOND = timedelta(milliseconds=1)
@@ -138,13 +137,10 @@ class RedisBackend(Backend):
         backend._owns_client = True
         return backend
 
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> t.Iterator[None]:
-        try:
-            yield
-        except (RedisError, RedisClusterException) as e:
-            message = f"Redis failed to {action}: {type(e).__name__}: {e}"
-            raise BackendError(message) from e
+    @staticmethod
+    def _errors(action: str) -> Failures:
+        """A context in which a Redis error becomes a BackendError that says what failed."""
+        return Failures(action)
 
     def _scan(self, *, sessions: bool = True) -> t.Iterator[list[t.Any]]:
         """Yield this prefix's keys in batches; on a cluster, from every primary.
