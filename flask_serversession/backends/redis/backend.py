@@ -28,6 +28,7 @@ from .codec import DATA
 from .codec import decode
 from .codec import escape_glob
 from .codec import EXPIRES
+from .codec import index_deadline_from_us
 from .codec import index_deadline_ms
 from .codec import INDEXED
 from .codec import micros
@@ -227,12 +228,13 @@ class RedisBackend(Backend):
         op, user = "keep", ""
         if delta.user_changed:
             op, user = ("clear", "") if delta.user is None else ("set", delta.user)
-        deadline = index_deadline_ms(delta.expires_at, now)
+        now_us, expires_us = micros(now), micros(delta.expires_at)
+        deadline = index_deadline_from_us(expires_us, now_us)
         changes: list[str] = []
         for k, v in delta.set.items():
             changes += (DATA + k, v)
         changes += (DATA + k for k in delta.deleted)
-        head = update_numbers(now, delta, self.keep_expired, deadline)
+        head = update_numbers(now_us, expires_us, delta, self.keep_expired, deadline)
         with self._errors("save a session"):
             for _ in range(_ATTEMPTS):
                 keys = [self.key_prefix + key]

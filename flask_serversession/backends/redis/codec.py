@@ -31,6 +31,7 @@ INDEX_SPAN = timedelta(days=1)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+_INDEX_SPAN_US = INDEX_SPAN // _MICROSECOND
 # Times are whole microseconds since the epoch, at most 17 digits (year 3138),
 # so the update script and parse agree on what a valid number is.
 _MAX_DIGITS = 17
@@ -46,35 +47,36 @@ def micros(value: datetime) -> int:
     return (value - EPOCH) // _MICROSECOND
 
 
-def expire_at_ms(value: datetime) -> int:
+def ms_up(us: int) -> int:
     # Round up, so Redis never drops a session before its ``expires_at``.
-    return -(-micros(value) // 1000)
+    return -(-us // 1000)
 
 
-def drop_at_ms(expires_at: datetime, kept: timedelta) -> int:
+def drop_at_ms(expires_us: int, kept: timedelta) -> int:
     """When Redis removes a session's hash: ``kept`` after it expires.
 
     Until then a request that brings the session's token meets the expired
     record, so the store can send ``session_expired`` as on other backends.
     """
-    return expire_at_ms(expires_at + kept)
+    return ms_up(expires_us + kept // _MICROSECOND)
 
 
 def create_numbers(record: Record, kept: timedelta, deadline_ms: int) -> str:
     """The numbers argument of the create script (see scripts.CREATE)."""
-    expires = record.expires_at
+    expires_us = micros(record.expires_at)
     return _numbers(
-        drop_at_ms(expires, kept), deadline_ms, micros(record.created_at), micros(expires)
+        drop_at_ms(expires_us, kept), deadline_ms, micros(record.created_at), expires_us
     )
 
 
-def update_numbers(now: datetime, delta: Delta, kept: timedelta, deadline_ms: int) -> str:
+def update_numbers(
+    now_us: int, expires_us: int, delta: Delta, kept: timedelta, deadline_ms: int
+) -> str:
     """The numbers argument of the update script (see scripts.UPDATE)."""
-    expires = delta.expires_at
     size = -1 if delta.max_size is None else delta.max_size
-    return _numbers(
-        micros(now), micros(expires), drop_at_ms(expires, kept), size, len(delta.set), deadline_ms
-    )
+    drop_at = drop_at_ms(expires_us, kept)
+    # Integer arithmetic and one f-string: this runs on every save.
+    return f"{now_us} {expires_us} {drop_at} {size} {len(delta.set)} {deadline_ms}"
 
 
 def _numbers(*values: int) -> str:
@@ -94,7 +96,12 @@ def packed(parts: list[str]) -> str:
 
 def index_deadline_ms(expires_at: datetime, now: datetime) -> int:
     """Until when a user's set must live for a session that expires at ``expires_at``."""
-    return expire_at_ms(max(expires_at, now) + max(expires_at - now, INDEX_SPAN))
+    return index_deadline_from_us(micros(expires_at), micros(now))
+
+
+def index_deadline_from_us(expires_us: int, now_us: int) -> int:
+    """:func:`index_deadline_ms` of times in microseconds since the epoch."""
+    return ms_up(max(expires_us, now_us) + max(expires_us - now_us, _INDEX_SPAN_US))
 
 
 def wrong_type(reply: object) -> bool:
