@@ -105,7 +105,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         differs: ChangeCheck | None = None,
         adoption: Adoption | None = None,
     ) -> None:
-        super().__init__()
+        # dict.__new__ made the empty dict; dict.__init__ would add nothing.
         self._loader = loader
         self._differs = differs
         self.has_token = has_token

@@ -146,8 +146,11 @@ def decode(
                 snap = snapshot(value)
                 if snap is not None:
                     snapshots[k] = snap
-        check_meta(data)
-        lifetime = _lifetime(serializer, data)
+        lifetime = None
+        if meta:
+            # Every stored key of metadata starts with META_PREFIX.
+            check_meta(meta)
+            lifetime = _lifetime(serializer, meta)
     except Exception as e:
         raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
     # The record's data, never changed once made, serves as it is when it holds no metadata.

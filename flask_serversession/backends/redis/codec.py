@@ -36,6 +36,7 @@ _INDEX_SPAN_US = INDEX_SPAN // _MICROSECOND
 # so the update script and parse agree on what a valid number is.
 _MAX_DIGITS = 17
 _DATA_LENGTH = len(DATA)
+_DATA_BYTES = DATA.encode()
 # Replies are read as bytes even from a client built with decode_responses,
 # so damaged bytes reach parse instead of failing inside the client.
 RAW: dict[str, t.Any] = {NEVER_DECODE: True}
@@ -135,9 +136,13 @@ def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
     own: dict[str, str] = {}
     try:
         for name, value in fields.items():
-            # Replies are bytes (RAW); a bytes value that is not UTF-8 raises
-            # UnicodeDecodeError, a ValueError.
-            name = name.decode() if type(name) is bytes else name
+            # Replies are bytes (RAW); bytes that are not UTF-8 raise
+            # UnicodeDecodeError, a ValueError. Listings give text.
+            if type(name) is bytes:
+                if name[:_DATA_LENGTH] == _DATA_BYTES and type(value) is bytes:
+                    data[name[_DATA_LENGTH:].decode()] = value.decode()
+                    continue
+                name = name.decode()
             value = value.decode() if type(value) is bytes else value
             if name.startswith(DATA):
                 data[name[_DATA_LENGTH:]] = value
