@@ -36,6 +36,8 @@ from targets import Scoreboard
 #: Share of requests that increment a counter; the rest read one key.
 MIXES = {"read-heavy": 0.1, "write-heavy": 0.9}
 WORKERS = 4
+#: Backends whose throughput is held to at least Flask-Session's.
+THROUGHPUT_TARGETS = frozenset({"redis"})
 THREADS_PER_WORKER = 4
 CLIENTS = 8
 #: Clients per session: they change different keys of one session at once.
@@ -280,9 +282,14 @@ def run(
     if not outcomes:
         return
     print(render(outcomes, f"{before}, after: {current_load()}"), flush=True)
+    rate = {(o.spec.family, o.spec.backend, o.mix): o.requests / o.seconds for o in outcomes}
     for o in outcomes:
         if o.spec.family == "fss":
             subject = f"{o.mix}: {o.spec.backend}"
             board.exactly("no lost updates", subject, o.lost or 0, 0)
+            theirs = rate.get(("fs", o.spec.backend, o.mix))
+            if o.spec.backend in THROUGHPUT_TARGETS and theirs:
+                ours = o.requests / o.seconds
+                board.at_least("throughput ours/Flask-Session", subject, ours / theirs, 1.0, "x")
             if o.errors:
                 board.exactly("no errors under load", subject, o.errors, 0)

@@ -33,7 +33,9 @@ from .stored import decode
 from .stored import decode_values
 from .stored import LIFETIME_KEY
 from .stored import Opened
+from .stored import permanent_at_load
 from .stored import PERMANENT_KEY
+from .stored import persistent
 from .stored import SaveOutcome
 from .stored import SessionState
 from .stored import StoredSession
@@ -223,12 +225,6 @@ class SessionStore:
             return True
         return bool(changed or deleted)
 
-    def _permanent_at_load(self, session: SessionState) -> bool:
-        stored = session.stored
-        if stored is None:
-            return session.permanent_default
-        return bool(stored.values.get(PERMANENT_KEY, session.permanent_default))
-
     def _delete(self, key: str) -> None:
         self.backend.delete(key)
         send(session_destroyed, storage_key=key)
@@ -244,9 +240,9 @@ class SessionStore:
         if stored is None or not stored.handed_over or outcome.token or outcome.delete_cookie:
             return outcome
         # Opened through a token from before a rotation: hand over the current one.
-        persistent = session.permanent or stored.lifetime is not None
+        keeps_expiry = session.permanent or stored.lifetime is not None
         expires_at = outcome.expires_at or stored.expires_at
-        return SaveOutcome(self.token_for(stored.sid), expires_at, True, persistent=persistent)
+        return SaveOutcome(self.token_for(stored.sid), expires_at, True, persistent=keeps_expiry)
 
     def _save(self, session: SessionState, can_set_cookie: bool) -> SaveOutcome:
         if session.destroyed_sid is not None:
@@ -257,11 +253,11 @@ class SessionStore:
         values = session.copy()
         stored = session.stored
         # The permanence flag alone is no reason to store a session.
-        empty = not values.keys() - {PERMANENT_KEY}
+        empty = len(values) == (PERMANENT_KEY in values)
+        lifetime_set = session.lifetime_set
         lifetime = stored.lifetime if stored is not None else None
-        if session.lifetime_set:
+        if lifetime_set:
             lifetime = session.requested_lifetime
-        persistent = session.permanent or lifetime is not None
 
         if stored is None:
             if empty:
@@ -276,7 +272,10 @@ class SessionStore:
                 return _NOTHING
             sid, expires_at = self._create(values, now, lifetime)
             return SaveOutcome(
-                self.token_for(sid), expires_at, id_changed=True, persistent=persistent
+                self.token_for(sid),
+                expires_at,
+                id_changed=True,
+                persistent=persistent(session, lifetime),
             )
 
         if empty:
@@ -284,7 +283,7 @@ class SessionStore:
             return SaveOutcome(delete_cookie=True)
 
         changed, deleted = changes(stored, values, session.assigned, self.serialize)
-        if session.lifetime_set:
+        if lifetime_set:
             if lifetime != stored.lifetime:
                 if lifetime is None:
                     deleted |= {LIFETIME_KEY}
@@ -302,15 +301,15 @@ class SessionStore:
             rotating = can_set_cookie and not session.regenerate_requested
             if rotating and rotation.due(self, stored, now):
                 outcome = rotation.rotate(self, stored, changed, deleted, expires_at, values, now)
-                return replace(outcome, persistent=persistent)
+                return replace(outcome, persistent=persistent(session, lifetime))
             rotation.mark(self.serializer, stored, changed, now, session.regenerate_requested)
 
         if session.regenerate_requested:
             # A lifetime set in this request holds as it is; otherwise the
             # new id keeps the later of this expiry and the taken record's.
-            chosen = expires_at if session.lifetime_set else None
+            chosen = expires_at if lifetime_set else None
             outcome = regenerate(self, stored, changed, deleted, expires_at, chosen, values, now)
-            return replace(outcome, persistent=persistent)
+            return replace(outcome, persistent=persistent(session, lifetime))
 
         if changed or deleted:
             delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
@@ -320,7 +319,7 @@ class SessionStore:
                     outcome = rotation.carry(
                         self, stored, changed, deleted, expires_at, values, now
                     )
-                    return replace(outcome, persistent=persistent)
+                    return replace(outcome, persistent=persistent(session, lifetime))
                 return _NOTHING
         elif self.users.seen_due(stored, now):
             # Only the last-seen time: never refused for size, as a read.
@@ -332,9 +331,10 @@ class SessionStore:
         else:
             return _NOTHING
 
-        was_persistent = self._permanent_at_load(session) or stored.lifetime is not None
-        if persistent != was_persistent or (persistent and expires_at != stored.expires_at):
-            return SaveOutcome(self.token_for(stored.sid), expires_at, persistent=persistent)
+        was_persistent = permanent_at_load(session) or stored.lifetime is not None
+        now_persistent = persistent(session, lifetime)
+        if now_persistent != was_persistent or (now_persistent and expires_at != stored.expires_at):
+            return SaveOutcome(self.token_for(stored.sid), expires_at, persistent=now_persistent)
         return _NOTHING
 
     def create(self, values: t.Mapping[str, t.Any]) -> str:

@@ -221,6 +221,19 @@ class SessionState(t.Protocol):
     def copy(self) -> dict[str, t.Any]: ...
 
 
+def persistent(session: SessionState, lifetime: timedelta | None) -> bool:
+    """Whether the cookie carries the expiry; asked only by a save that sets a cookie."""
+    return session.permanent or lifetime is not None
+
+
+def permanent_at_load(session: SessionState) -> bool:
+    """Whether the session was permanent as it was loaded."""
+    stored = session.stored
+    if stored is None:
+        return session.permanent_default
+    return bool(stored.values.get(PERMANENT_KEY, session.permanent_default))
+
+
 @dataclass(slots=True)
 class SaveOutcome:
     """What a save means for the cookie.

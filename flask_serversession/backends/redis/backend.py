@@ -33,6 +33,7 @@ from .codec import index_deadline_ms
 from .codec import INDEXED
 from .codec import micros
 from .codec import packed
+from .codec import parse
 from .codec import RAW
 from .codec import text
 from .codec import update_numbers
@@ -196,7 +197,7 @@ class RedisBackend(Backend):
                 raise
         if not fields:
             return None
-        return decode(t.cast(t.Mapping[t.Any, t.Any], fields))
+        return parse(fields)[0]
 
     def create(self, key: str, record: Record) -> None:
         name = self.key_prefix + key
