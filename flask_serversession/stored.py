@@ -55,8 +55,9 @@ class StoredSession:
     lifetime: timedelta | None = None
     #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
     meta: dict[str, str] = field(default_factory=dict)
-    #: A :func:`~flask_serversession.serialization.snapshot` of each mutable value as loaded.
-    snapshots: dict[str, bytes] = field(default_factory=dict, repr=False)
+    #: A :func:`~flask_serversession.serialization.snapshot` of each mutable value as
+    #: loaded (None for one without), by key: the keys whose values can change in place.
+    snapshots: dict[str, bytes | None] = field(default_factory=dict, repr=False)
     #: Opened through a token the session had before it rotated: the response
     #: hands over the current one.
     handed_over: bool = False
@@ -127,7 +128,7 @@ def decode(
     data = record.data
     meta: dict[str, str] = {}
     values: dict[str, t.Any] = {}
-    snapshots: dict[str, bytes] = {}
+    snapshots: dict[str, bytes | None] = {}
     scan, loads = serializer.scan, serializer.loads
     try:
         for k, text in data.items():
@@ -143,9 +144,7 @@ def decode(
                 value = loads(text)
             values[k] = value
             if type(value) not in _IMMUTABLE:
-                snap = snapshot(value)
-                if snap is not None:
-                    snapshots[k] = snap
+                snapshots[k] = snapshot(value)
         lifetime = None
         if meta:
             # Every stored key of metadata starts with META_PREFIX.
@@ -171,29 +170,33 @@ def decode(
 def changes(
     stored: StoredSession,
     values: t.Mapping[str, t.Any],
-    assigned: t.Container[str],
+    assigned: t.Collection[str],
     serialize: t.Callable[[str, t.Any], str],
 ) -> tuple[dict[str, str], frozenset[str]]:
     """The serialized values that differ from ``stored``, and the keys deleted since.
 
-    :param assigned: keys written through the dict API; others of an
-        immutable type are unchanged unless assigned.
+    :param assigned: keys written through the dict API; any other key can
+        differ only by a change in place of a mutable value it had at load.
     :raises TypeError: a value cannot be stored (from ``serialize``).
     """
     changed = {}
-    snapshots = stored.snapshots
-    for key, value in values.items():
-        if key in assigned or key not in stored.serialized:
-            pass
-        elif type(value) in _IMMUTABLE:
-            continue
-        elif key in snapshots and snapshot(value) == snapshots[key]:
-            # Not even a nested change: what was loaded, part for part.
-            continue
+    serialized, snapshots = stored.serialized, stored.snapshots
+    # Only a key written through the dict API, or one whose value can change
+    # in place, can differ from what was loaded; the others keep their order.
+    keys = [k for k in values if k in assigned or k in snapshots] if assigned else snapshots
+    for key in keys:
+        if key not in values:
+            continue  # deleted: reported below
+        value = values[key]
+        if key not in assigned:
+            snap = snapshots[key]
+            if snap is not None and snapshot(value) == snap:
+                # Not even a nested change: what was loaded, part for part.
+                continue
         text = serialize(key, value)
-        if stored.serialized.get(key) != text:
+        if serialized.get(key) != text:
             changed[key] = text
-    return changed, frozenset(stored.serialized.keys() - values.keys())
+    return changed, frozenset(serialized.keys() - values.keys())
 
 
 class SessionState(t.Protocol):

@@ -22,6 +22,8 @@ from markupsafe import Markup
 from flask_serversession import ServerSession
 from flask_serversession import SessionTooLargeError
 
+from .conftest import store_of
+
 
 def test_tagged_types_round_trip(app: Flask) -> None:
     values = {
@@ -241,3 +243,35 @@ def test_bad_session_keys_are_refused_by_name(app: Flask, key: t.Any) -> None:
     with pytest.raises(TypeError, match="Session key"):
         client.post("/bad-key")
     assert client.get_cookie("session") is None
+
+
+def test_keys_keep_their_order_across_saves_on_every_backend(backend_app: Flask) -> None:
+    """Keys come back in the order they were first set, as with Flask's cookie session."""
+
+    @backend_app.post("/first")
+    def first() -> str:
+        for key in ("zeta", "alpha", "mid", "cart"):
+            session[key] = [] if key == "cart" else key
+        return "ok"
+
+    @backend_app.post("/more")
+    def more() -> str:
+        session["cart"].append("book")  # a change in place
+        session["beta"] = 2  # a new key, then two at once
+        session.update({"omega": 3, "aaa": 4})
+        session["alpha"] = "again"  # an existing key keeps its place
+        return "ok"
+
+    @backend_app.get("/keys")
+    def keys() -> t.Any:
+        return {"keys": list(session), "cart": session["cart"], "alpha": session["alpha"]}
+
+    client = backend_app.test_client()
+    client.post("/first")
+    client.post("/more")
+    in_order_set = ["zeta", "alpha", "mid", "cart", "beta", "omega", "aaa"]
+    engine = getattr(store_of(backend_app).backend, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        # jsonb keeps an object's keys shorter first, then by their bytes.
+        in_order_set.sort(key=lambda k: (len(k.encode()), k.encode()))
+    assert client.get("/keys").json == {"keys": in_order_set, "cart": ["book"], "alpha": "again"}
