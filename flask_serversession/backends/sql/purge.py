@@ -109,8 +109,8 @@ def vacuum_logged(engine: sa.Engine, table: sa.Table, removed: int, state: Table
     )
     if not state.may_vacuum:
         logger.warning(
-            "Purged %d sessions but cannot VACUUM table %r: only its owner (or the"
-            " database's owner) may. %s",
+            "Purged %d sessions but cannot VACUUM table %r: only its owner or the"
+            " database's owner may (from PostgreSQL 17, roles granted MAINTAIN). %s",
             removed, table.name, advice,
         )  # fmt: skip
         return
