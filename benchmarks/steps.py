@@ -1,0 +1,187 @@
+"""CPU instructions of the steps of one request, counted by callgrind: where a request's count goes.
+
+Usage: python benchmarks/steps.py BACKEND [LOCATION] [STEP ...]
+
+BACKEND is ``memory``, ``filesystem`` (LOCATION: an empty directory) or
+``redis`` (LOCATION: a loopback URL such as ``redis://127.0.0.1:6379/0``).
+It runs itself under ``valgrind --tool=callgrind`` and prints, for each step,
+the instructions of one call: ``(total(5N) - total(N)) / 4N`` with N = 20, as
+the instructions section does for whole requests. Steps are whole requests
+(``request:read`` ...), parts of one (``tokens.check``, ``decode`` ...) and
+a session opened, used and saved (``session:read``, ``session:write``);
+with none given, every step is counted. A change to one part shows up in
+its own line, whatever else the machine runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import typing as t
+from datetime import timedelta
+
+from apps import build_app
+from apps import make_environ
+from apps import seed_session
+from apps import Spec
+
+N = 20
+_TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
+_CHILD = "BENCH_STEPS_CHILD"
+
+
+def steps(backend: str, location: str) -> dict[str, t.Callable[[], object]]:
+    """The steps of a request on ``backend``, each a callable that runs one of it."""
+    from flask import request
+
+    from flask_serversession.backends.base import Delta
+    from flask_serversession.stored import changes
+    from flask_serversession.stored import decode
+
+    app = build_app(Spec("fss", backend, location))
+    cookie = seed_session(app)
+    interface = app.session_interface
+    store = interface.store  # type: ignore[attr-defined]
+    sid = store.tokens.check(cookie)[0]
+    key = store.storage_key(sid)
+    record = store.backend.load(key)
+    stored = store.open(cookie).stored
+    written = dict(stored.values, counter=stored.values.get("counter", 0) + 1)
+    # Parts that need a request run inside one, as a view's code does.
+    context = app.test_request_context("/read", headers={"Cookie": f"session={cookie}"})
+    context.push()
+
+    def request_of(path: str, with_cookie: bool = True) -> t.Callable[[], None]:
+        environ = make_environ(path, cookie if with_cookie else None)
+
+        def run() -> None:
+            result = app(environ.copy(), lambda *args: None)
+            for _chunk in result:
+                pass
+            result.close()
+
+        return run
+
+    def save(view: t.Callable[[t.Any], None]) -> t.Callable[[], None]:
+        def run() -> None:
+            session = interface.open_session(app, request)
+            view(session)
+            interface.save_session(app, session, app.response_class("ok"))
+
+        return run
+
+    def write(session: t.Any) -> None:
+        session["counter"] = 5
+
+    return {
+        "request:untouched": request_of("/untouched"),
+        "request:read": request_of("/read"),
+        "request:write": request_of("/write"),
+        "request:new": request_of("/new", with_cookie=False),
+        "open_session": lambda: interface.open_session(app, request),
+        "tokens.check": lambda: store.tokens.check(cookie),
+        "token_for": lambda: store.token_for(sid),
+        "storage_key": lambda: store.storage_key(sid),
+        "backend.load": lambda: store.backend.load(key),
+        "decode": lambda: decode(store.serializer, sid, key, record, store.check_meta),
+        "store.open": lambda: store.open(cookie),
+        "changes:read": lambda: changes(stored, stored.values, set(), store.serialize),
+        "changes:write": lambda: changes(stored, written, {"counter"}, store.serialize),
+        "backend.update": lambda: store.backend.update(
+            key, Delta(store.clock() + timedelta(hours=1), {"counter": "5"}), store.clock()
+        ),
+        "session:read": save(lambda session: session.get("user_id")),
+        "session:write": save(write),
+    }
+
+
+def child(backend: str, location: str, names: list[str]) -> None:
+    """Run each step N and 5N times between markers (``getppid``) that callgrind dumps at."""
+    available = steps(backend, location)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise SystemExit(f"unknown steps {unknown}; steps: {', '.join(available)}")
+    for name in names:
+        step = available[name]
+        for _ in range(N):
+            step()
+        gc.collect()
+        gc.freeze()
+        os.getppid()
+        for _ in range(N):
+            step()
+        os.getppid()
+        for _ in range(5 * N):
+            step()
+        os.getppid()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    backend, rest = argv[0], argv[1:]
+    location = rest.pop(0) if backend != "memory" and rest else ""
+    if os.environ.get(_CHILD) == "1":
+        child(backend, location, rest)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed", file=sys.stderr)
+        return 2
+    names = rest or _all_names()
+    directory = tempfile.mkdtemp(prefix="serversession-steps-")
+    try:
+        out = os.path.join(directory, "callgrind.out")
+        argv_child = [
+            "valgrind", "--tool=callgrind", "--dump-before=getppid",
+            f"--callgrind-out-file={out}", sys.executable, os.path.abspath(__file__),
+            backend, *([location] if location else []), *names,
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONHASHSEED="0", **{_CHILD: "1"})
+        done = subprocess.run(argv_child, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            print(done.stderr[-2000:], file=sys.stderr)
+            return done.returncode
+        totals = _totals(out)
+        print(f"Instructions per call, thousands ({backend}; (total(5N) - total(N)) / 4N, N = {N})")
+        for i, name in enumerate(names):
+            short, long = totals[3 * i + 1], totals[3 * i + 2]
+            print(f"  {name:20} {(long - short) / (4 * N) / 1000:8.1f}k")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def _all_names() -> list[str]:
+    return [
+        "request:untouched", "request:read", "request:write", "request:new",
+        "open_session", "tokens.check", "token_for", "storage_key", "backend.load",
+        "decode", "store.open", "changes:read", "changes:write", "backend.update",
+        "session:read", "session:write",
+    ]  # fmt: skip
+
+
+def _totals(base: str) -> list[int]:
+    numbered = sorted(
+        (int(path.rsplit(".", 1)[1]), path)
+        for path in glob.glob(glob.escape(base) + ".*")
+        if path.rsplit(".", 1)[1].isdigit()
+    )
+    totals = []
+    for _, path in numbered:
+        with open(path) as f:
+            match = _TOTALS.search(f.read())
+        if match is None:
+            raise RuntimeError(f"{path} holds no totals line")
+        totals.append(int(match.group(1)))
+    return totals
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
