@@ -94,7 +94,7 @@ def count(contender: Contender, n: int, directory: str) -> dict[str, float]:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     if result.returncode != 0 or "ok" not in result.stdout.split():
         raise RuntimeError(f"exit {result.returncode}: {result.stderr.strip()[-400:]}")
-    totals = _dump_totals(prefix + ".out")
+    totals = dump_totals(prefix + ".out")
     if len(totals) != 3 * len(SCENARIOS):
         raise RuntimeError(f"{len(totals)} callgrind dumps, not {3 * len(SCENARIOS)}")
     per_request = {}
@@ -104,7 +104,7 @@ def count(contender: Contender, n: int, directory: str) -> dict[str, float]:
     return per_request
 
 
-def _dump_totals(base: str) -> list[int]:
+def dump_totals(base: str) -> list[int]:
     """The ``totals`` of the numbered dumps ``base.1``, ``base.2``, ..., in order."""
     numbered = []
     for path in glob.glob(glob.escape(base) + ".*"):

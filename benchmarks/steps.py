@@ -16,9 +16,7 @@ its own line, whatever else the machine runs.
 from __future__ import annotations
 
 import gc
-import glob
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,9 +28,9 @@ from apps import build_app
 from apps import make_environ
 from apps import seed_session
 from apps import Spec
+from instructions import dump_totals
 
 N = 20
-_TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
 _CHILD = "BENCH_STEPS_CHILD"
 
 
@@ -148,7 +146,7 @@ def main(argv: list[str]) -> int:
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
             return done.returncode
-        totals = _totals(out)
+        totals = dump_totals(out)
         print(f"Instructions per call, thousands ({backend}; (total(5N) - total(N)) / 4N, N = {N})")
         for i, name in enumerate(names):
             short, long = totals[3 * i + 1], totals[3 * i + 2]
@@ -165,22 +163,6 @@ def _all_names() -> list[str]:
         "decode", "store.open", "changes:read", "changes:write", "backend.update",
         "session:read", "session:write",
     ]  # fmt: skip
-
-
-def _totals(base: str) -> list[int]:
-    numbered = sorted(
-        (int(path.rsplit(".", 1)[1]), path)
-        for path in glob.glob(glob.escape(base) + ".*")
-        if path.rsplit(".", 1)[1].isdigit()
-    )
-    totals = []
-    for _, path in numbered:
-        with open(path) as f:
-            match = _TOTALS.search(f.read())
-        if match is None:
-            raise RuntimeError(f"{path} holds no totals line")
-        totals.append(int(match.group(1)))
-    return totals
 
 
 if __name__ == "__main__":
