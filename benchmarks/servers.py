@@ -108,7 +108,8 @@ def _as_postgres(command: str) -> None:
 class PostgresServer:
     """A PostgreSQL cluster in a temporary directory, listening on loopback only.
 
-    Durability settings are left at their defaults (fsync on), as in production.
+    Durability settings are left at their defaults (fsync on), as in production;
+    ``BENCH_POSTGRES_SETTINGS`` (space-separated ``name=value``) sets others.
     """
 
     def __init__(self) -> None:
@@ -124,6 +125,9 @@ class PostgresServer:
         try:
             _as_postgres(f"initdb -D {self.data} -U postgres -A trust --no-sync -E UTF8")
             options = f"-p {self.port} -k {self.directory} -c listen_addresses={HOST}"
+            # e.g. BENCH_POSTGRES_SETTINGS="max_wal_size=16GB": to try a setting's effect.
+            for setting in os.environ.get("BENCH_POSTGRES_SETTINGS", "").split():
+                options += f" -c {setting}"
             log = os.path.join(self.directory, "log")
             _as_postgres(f"pg_ctl -D {self.data} -l {log} -w -t 60 -o '{options}' start")
             self.started = True
