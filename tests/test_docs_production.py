@@ -57,6 +57,21 @@ def production_app(tmp_path: t.Any, **changes: t.Any) -> Flask:
     return app
 
 
+def assert_insecure_cookie_and_no_cap(lines: list[str]) -> None:
+    """The first two findings of the docs' examples: Secure off, no absolute lifetime."""
+    assert lines[0].startswith(
+        "error serversession.E001 SESSION_COOKIE_SECURE = False: The browser also sends the"
+        " session cookie over plain HTTP, "
+    )
+    assert lines[0].endswith(
+        " Fix: set SESSION_COOKIE_SECURE = True and serve the app over HTTPS only."
+    )
+    assert lines[1].startswith(
+        "warning serversession.W006 SERVERSESSION_ABSOLUTE_LIFETIME = None: A session that is"
+        " used now and then is renewed for ever, "
+    )
+
+
 def test_production_config_passes(
     tmp_path: t.Any, redis_as_configured: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,17 +99,7 @@ def test_check_example_output(
     result = check(app)
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert lines[0].startswith(
-        "error serversession.E001 SESSION_COOKIE_SECURE = False: The browser also sends the"
-        " session cookie over plain HTTP, "
-    )
-    assert lines[0].endswith(
-        " Fix: set SESSION_COOKIE_SECURE = True and serve the app over HTTPS only."
-    )
-    assert lines[1].startswith(
-        "warning serversession.W006 SERVERSESSION_ABSOLUTE_LIFETIME = None: A session that is"
-        " used now and then is renewed for ever, "
-    )
+    assert_insecure_cookie_and_no_cap(lines)
     assert " Fix: set SERVERSESSION_ABSOLUTE_LIFETIME, e.g. timedelta(days=30), " in lines[1]
     assert lines[2].startswith(
         "error serversession.E012 Redis maxmemory-policy = 'allkeys-lru': When Redis reaches"
@@ -184,15 +189,5 @@ def test_cli_page_check_example(tmp_path: t.Any) -> None:
     result = check(app)
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert lines[0].startswith(
-        "error serversession.E001 SESSION_COOKIE_SECURE = False: The browser also sends the"
-        " session cookie over plain HTTP, "
-    )
-    assert lines[0].endswith(
-        " Fix: set SESSION_COOKIE_SECURE = True and serve the app over HTTPS only."
-    )
-    assert lines[1].startswith(
-        "warning serversession.W006 SERVERSESSION_ABSOLUTE_LIFETIME = None: A session that is"
-        " used now and then is renewed for ever, "
-    )
+    assert_insecure_cookie_and_no_cap(lines)
     assert lines[2:] == ["1 error, 1 warning."]

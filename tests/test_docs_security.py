@@ -236,9 +236,14 @@ def test_sign_out_clears_site_data(make_app: MakeApp) -> None:
     response = client.post("/logout")
     assert response.headers["Clear-Site-Data"] == '"cache", "cookies", "storage"'
     assert session_cookie(client) is None
+    assert opens_as(app, token) == "anonymous"
+
+
+def opens_as(app: Flask, cookie: str | None) -> str:
+    """Who a fresh client that replays ``cookie`` is signed in as."""
     replay = app.test_client()
-    replay.set_cookie("session", t.cast(str, token))
-    assert replay.get("/").text == "anonymous"
+    replay.set_cookie("session", t.cast(str, cookie))
+    return replay.get("/").text
 
 
 def test_account_changes_end_sessions(make_app: MakeApp) -> None:
@@ -271,9 +276,7 @@ def test_reauthentication_with_flask_login(make_app: MakeApp) -> None:
     before = session_cookie(client)
     assert client.post("/promote").text == "promoted"
     assert session_cookie(client) != before
-    replay = app.test_client()
-    replay.set_cookie("session", t.cast(str, before))
-    assert replay.get("/").text == "anonymous"
+    assert opens_as(app, before) == "anonymous"
 
 
 def test_ending_other_sessions_asks_for_the_password(make_app: MakeApp) -> None:
