@@ -52,6 +52,10 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_ROTATE_EVERY": None,
     "SERVERSESSION_ROTATE_GRACE": timedelta(seconds=60),
     "SERVERSESSION_REVOKE_ON_REUSE": True,
+    # Device-bound sessions (DBSC).
+    "SERVERSESSION_DEVICE_BOUND": False,
+    "SERVERSESSION_DEVICE_BOUND_PATH": "/_serversession/dbsc",
+    "SERVERSESSION_DEVICE_BOUND_REFRESH": timedelta(minutes=10),
 }
 
 
@@ -84,6 +88,12 @@ class Settings:
     rotate_grace: timedelta = timedelta(seconds=60)
     #: End the session when a rotated-out token comes back after its grace.
     revoke_on_reuse: bool = True
+    #: Offer Device Bound Session Credentials (``SERVERSESSION_DEVICE_BOUND``).
+    device_bound: bool = False
+    #: Where the DBSC endpoints are: ``<path>/register`` and ``<path>/refresh``.
+    device_bound_path: str = "/_serversession/dbsc"
+    #: How long a bound cookie lasts before the browser proves its key again.
+    device_bound_refresh: timedelta = timedelta(minutes=10)
 
 
 def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
@@ -192,6 +202,7 @@ def read_settings(app: Flask) -> Settings:
         rotate_grace=duration(config, "SERVERSESSION_ROTATE_GRACE", zero=True),  # type: ignore[arg-type]
         revoke_on_reuse=boolean(config, "SERVERSESSION_REVOKE_ON_REUSE"),
         **_user_settings(config),
+        **_device_bound_settings(config),
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
         warn_flask_session_keys(config)
@@ -217,6 +228,23 @@ def _user_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         "max_sessions_per_user": limit,
         "track_client": track_client,
         "last_seen_every": duration(config, "SERVERSESSION_LAST_SEEN_EVERY", zero=True),
+    }
+
+
+def _device_bound_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The ``SERVERSESSION_DEVICE_BOUND*`` settings (DBSC)."""
+    path = config["SERVERSESSION_DEVICE_BOUND_PATH"]
+    if not isinstance(path, str) or not re.fullmatch(r"(/[\w.~-]+)+", path, re.ASCII):
+        raise _bad(
+            "SERVERSESSION_DEVICE_BOUND_PATH",
+            path,
+            "a URL path such as '/_serversession/dbsc': segments of letters, digits"
+            " and '._~-', each after a '/', none at the end",
+        )
+    return {
+        "device_bound": boolean(config, "SERVERSESSION_DEVICE_BOUND"),
+        "device_bound_path": path,
+        "device_bound_refresh": duration(config, "SERVERSESSION_DEVICE_BOUND_REFRESH"),
     }
 
 

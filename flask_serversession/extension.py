@@ -77,6 +77,10 @@ class ServerSession:
         store = SessionStore(backend, settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store
         app.session_interface = ServerSessionInterface(store, adopter=adopter)
+        if settings.device_bound:
+            from .device_bound import install
+
+            install(app, store, adopter=adopter, secret_keys=partial(_secret_keys, app))
         app.cli.add_command(cli)
         if settings.purge_interval:
             # Started by the first request of each process, not here: a

@@ -29,6 +29,12 @@ session_rotated = _signals.signal("session-rotated")
 #: copy of the cookie. Receives ``storage_key`` (the session's) and
 #: ``reused_storage_key`` (the rotated-out id's).
 session_token_reused = _signals.signal("session-token-reused")
+#: A bound session's cookie came without its valid bound cookie
+#: (``SERVERSESSION_DEVICE_BOUND``): the request opened no session. Receives
+#: ``storage_key``.
+#:
+#: .. versionadded:: 0.3
+session_binding_failed = _signals.signal("session-binding-failed")
 
 
 def send(signal: t.Any, **kwargs: t.Any) -> None:

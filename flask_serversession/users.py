@@ -14,6 +14,7 @@ from flask import request
 from .backends.base import Backend
 from .backends.base import Delta
 from .backends.base import Record
+from .binding import BINDING_KEY
 from .errors import ConfigError
 from .log import logger
 from .signals import send
@@ -63,8 +64,11 @@ class SessionInfo:
         ``SERVERSESSION_TRACK_CLIENT``; otherwise None.
     :param remote_addr: the remote address of that request, likewise.
     :param current: it is the session of the request in progress.
+    :param device_bound: it is bound to a device key (``SERVERSESSION_DEVICE_BOUND``).
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.3
+        ``device_bound``.
     """
 
     storage_key: str
@@ -75,6 +79,7 @@ class SessionInfo:
     user_agent: str | None = None
     remote_addr: str | None = None
     current: bool = False
+    device_bound: bool = False
 
 
 def _timestamp(value: t.Any) -> datetime:
@@ -257,6 +262,7 @@ class Users:
             user_agent=agent,
             remote_addr=addr,
             current=key == current,
+            device_bound=BINDING_KEY in record.data,
         )
 
     def sessions(self, user_id: t.Any, *, current: CurrentKey = _no_session) -> list[SessionInfo]:

@@ -41,6 +41,15 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
     yield from _cookie(config)
     yield from _keys(app)
     settings = store.settings
+    if settings.device_bound and not config.get("SESSION_COOKIE_SECURE"):
+        yield Finding(
+            "serversession.E016",
+            "SESSION_COOKIE_SECURE",
+            repr(config.get("SESSION_COOKIE_SECURE")),
+            "SERVERSESSION_DEVICE_BOUND is on, but the session cookie also travels over plain"
+            " HTTP, where browsers never bind sessions and anyone on the path can copy it.",
+            "set SESSION_COOKIE_SECURE = True and serve the app over HTTPS only.",
+        )
     if not settings.sign_id:
         yield Finding(
             "serversession.W005",

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import threading
+import typing as t
+from datetime import timedelta
+
+from flask import request
+
+from ..backends.base import Delta
+from ..binding import ALGORITHMS
+from ..binding import Binding
+from ..binding import BINDING_KEY
+from ..binding import read
+from ..binding import Signer
+from ..binding import text
+from ..stored import StoredSession
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask import Response
+    from flask.sessions import SessionInterface
+
+    from ..store import SessionStore
+
+# Accepting a proof reads the record, compares and writes: one at a time in
+# a process, so two copies of one proof arriving together are not both taken.
+_ACCEPTING = threading.Lock()
+
+
+def _origin() -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+class Devices:
+    """The app's side of DBSC: the offer, the bound cookie and the session instructions.
+
+    :param store: the app's session store, whose records keep the bindings.
+    :param interface: the session interface, for the session cookie's name and attributes.
+    :param signer: signs and checks challenges and bound cookies.
+    :param base: where the endpoints are (``SERVERSESSION_DEVICE_BOUND_PATH``).
+    :param refresh: the bound cookie's lifetime (``SERVERSESSION_DEVICE_BOUND_REFRESH``).
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        interface: SessionInterface,
+        signer: Signer,
+        *,
+        base: str,
+        refresh: timedelta,
+    ) -> None:
+        self.store = store
+        self.interface = interface
+        self.signer = signer
+        self.base = base
+        self.refresh = refresh
+
+    def binding(self, stored: StoredSession) -> Binding | None:
+        """The binding of a loaded session; ValueError when its stored state is damaged."""
+        return read(self.store.serializer, stored.meta)
+
+    def cookie_name(self, app: Flask) -> str:
+        """The bound cookie's name: the session cookie's, so that its prefix rules hold too."""
+        return f"{self.interface.get_cookie_name(app)}-bound"
+
+    def cookie_attributes(self, app: Flask) -> dict[str, t.Any]:
+        """The bound cookie's attributes: the session cookie's, plus Secure and HttpOnly."""
+        return {
+            "domain": self.interface.get_cookie_domain(app),
+            "path": self.interface.get_cookie_path(app),
+            "secure": True,
+            "httponly": True,
+            "samesite": self.interface.get_cookie_samesite(app),
+        }
+
+    def attributes_text(self, app: Flask) -> str:
+        """The bound cookie's attributes as ``Set-Cookie`` writes them, for the instructions."""
+        attributes = self.cookie_attributes(app)
+        parts = []
+        if attributes["domain"]:
+            parts.append(f"Domain={attributes['domain']}")
+        parts += [f"Path={attributes['path']}", "Secure", "HttpOnly"]
+        if attributes["samesite"]:
+            parts.append(f"SameSite={attributes['samesite']}")
+        return "; ".join(parts)
+
+    def admits(self, app: Flask, stored: StoredSession, *, connected: bool) -> bool:
+        """Whether the request brought a valid bound cookie for the bound session ``stored``.
+
+        :param connected: a Socket.IO event of a connection whose handshake was
+            checked when it was made: the cookie it brought may have expired since.
+        """
+        try:
+            binding = self.binding(stored)
+        except ValueError:
+            return False
+        if binding is None:
+            return True
+        value = request.cookies.get(self.cookie_name(app))
+        return self.signer.cookie_valid(binding.id, value, expired_ok=connected)
+
+    def set_cookie(self, app: Flask, response: Response, binding: Binding) -> None:
+        """Give the client a new bound cookie for ``binding``."""
+        value = self.signer.cookie(binding.id, self.refresh)
+        max_age = int(self.refresh.total_seconds())
+        response.set_cookie(
+            self.cookie_name(app), value, max_age=max_age, **self.cookie_attributes(app)
+        )
+
+    def delete_cookie(self, app: Flask, response: Response) -> None:
+        """Expire the bound cookie, with the attributes it was set with."""
+        response.delete_cookie(self.cookie_name(app), **self.cookie_attributes(app))
+
+    def instructions(self, app: Flask, binding: Binding) -> dict[str, t.Any]:
+        """The JSON session instructions of the DBSC draft for ``binding``."""
+        return {
+            "session_identifier": binding.id,
+            "refresh_url": f"{self.base}/refresh",
+            "scope": {"origin": _origin(), "include_site": False},
+            "credentials": [
+                {
+                    "type": "cookie",
+                    "name": self.cookie_name(app),
+                    "attributes": self.attributes_text(app),
+                }
+            ],
+        }
+
+    def offer(self, storage_key: str) -> str:
+        """The ``Secure-Session-Registration`` header value for the session ``storage_key``."""
+        challenge = self.signer.challenge("register", storage_key)
+        algorithms = " ".join(ALGORITHMS)
+        return f'({algorithms});path="{self.base}/register";challenge="{challenge}"'
+
+    def bind(self, stored: StoredSession, binding: Binding) -> bool:
+        """Keep ``binding`` in the session's record; False when it ended or is bound already."""
+        with _ACCEPTING:
+            current = self.store.backend.load(stored.key)
+            if current is None or BINDING_KEY in current.data:
+                return False
+            return self._write(stored, current.expires_at, binding)
+
+    def prove(self, stored: StoredSession, binding: Binding, issued: int) -> bool:
+        """Accept a refresh over a challenge issued at ``issued``, once.
+
+        False when the session ended, its binding changed, or a challenge
+        issued at or after this one was accepted already.
+        """
+        with _ACCEPTING:
+            current = self.store.backend.load(stored.key)
+            if current is None:
+                return False
+            try:
+                kept = read(self.store.serializer, current.data)
+            except ValueError:
+                return False
+            if kept is None or kept.id != binding.id or issued <= kept.proved:
+                return False
+            updated = Binding(kept.id, kept.jwk, kept.alg, issued)
+            return self._write(stored, current.expires_at, updated)
+
+    def _write(self, stored: StoredSession, expires_at: t.Any, binding: Binding) -> bool:
+        settings = self.store.settings
+        delta = Delta(
+            expires_at,
+            {BINDING_KEY: text(self.store.serializer, binding)},
+            values=stored.values,
+            max_size=settings.max_size,
+        )
+        return self.store.users.update(stored, stored.values, delta, self.store.clock())
