@@ -40,6 +40,10 @@ def create_app(
         # old cookie used after that ends the session (docs: rotation.rst).
         SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15),
         SESSION_COOKIE_SAMESITE="Lax",
+        # Over HTTPS, a sign-in offers browsers with DBSC to bind the session to a
+        # key the device keeps; a copy of the cookie then opens nothing
+        # (docs: device_bound.rst). Over plain HTTP nothing changes.
+        SERVERSESSION_DEVICE_BOUND=True,
     )
     app.config.from_prefixed_env()
     if test_config is not None:

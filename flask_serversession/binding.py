@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -164,7 +165,8 @@ class Signer:
 
     def cookie(self, binding_id: str, lifetime: timedelta) -> str:
         """A bound cookie's value for the binding ``binding_id``, good for ``lifetime``."""
-        expires = int(self.clock() + lifetime.total_seconds())
+        # Rounded up: never before the browser drops it (Max-Age counts whole seconds).
+        expires = math.ceil(self.clock() + lifetime.total_seconds())
         return self._sign("cookie", binding_id, expires)
 
     def cookie_valid(self, binding_id: str, value: str | None, *, expired_ok: bool = False) -> bool:

@@ -62,8 +62,10 @@ class Browsers:
     user sees after closing the browser and opening it again.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *arguments: str) -> None:
         self.root = root
+        #: More command-line arguments for every browser started.
+        self.arguments = arguments
         root.mkdir(exist_ok=True)
         #: Each open browser and its profile directory's name.
         self.running: dict[t.Any, str] = {}
@@ -84,6 +86,7 @@ class Browsers:
             "--disable-sync",
             "--no-first-run",
             f"--user-data-dir={self.root / profile}",
+            *self.arguments,
         ):
             options.add_argument(argument)
         service = Service(CHROMEDRIVER, log_output=str(self.root / f"chromedriver-{profile}.log"))

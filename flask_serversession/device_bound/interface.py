@@ -89,13 +89,17 @@ class DeviceBoundInterface(ServerSessionInterface):
             self._offer(app, session, response)
 
     def _offer(self, app: Flask, session: ServerSideSession, response: Response) -> None:
-        """Offer DBSC on the response of a sign-in, unless bound already or an API client's."""
+        """Offer DBSC on the response of a sign-in, unless bound already or an API client's.
+
+        A client that sends no token yet may be either; one without DBSC ignores the offer.
+        """
         stored = session.stored
         if stored is not None and BINDING_KEY in stored.meta:
             # The binding moved to the new id with the data.
             return
         header_name = self.store.settings.header_name
-        if header_name is not None and header_name in response.headers:
+        if header_name is not None and request.headers.get(header_name):
+            # An API client that holds its token in the header: nothing to bind.
             return
         token = _cookie_value(response, self.get_cookie_name(app))
         sid = self.store.sid_from(token)

@@ -1,0 +1,268 @@
+"""Device-bound sessions in a real Chromium: register, let the bound cookie expire, refresh,
+and a copy of the session cookie in another profile opens nothing.
+
+Chromium 156 on Linux binds sessions only with the DBSC features on (software
+keys, as there is no TPM) and over HTTPS with a certificate it accepts without
+an error, so the example app is served with a self-signed P-256 certificate
+for ``localhost`` made here and trusted by its key's SPKI hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import ssl
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from werkzeug.serving import make_server
+
+from example_app import create_app
+from flask_serversession.signals import session_binding_failed
+
+from .conftest import server_unavailable
+from .test_browser import Browsers
+from .test_browser import CHROMEDRIVER
+from .test_browser import CHROMIUM
+from .test_browser import submit
+from .test_browser import wait_for_text
+
+FEATURES = (
+    "--enable-features=DeviceBoundSessions:RefreshQuota/false,"
+    "EnableBoundSessionCredentialsSoftwareKeysForManualTesting"
+)
+#: The bound cookie's lifetime in this test: short, so that it expires while we wait.
+REFRESH_SECONDS = 6
+#: How long the test waits for Chromium to register or refresh, at most.
+EXCHANGE_WAIT = 60
+DBSC_PATH = "/_serversession/dbsc"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path, str]:
+    """A P-256 certificate for localhost, its key, and the base64 SHA-256 of its SPKI."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return cert_path, key_path, base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def _elide_jws(value: str) -> dict[str, t.Any]:
+    """A JWS's header and payload, decoded; the challenge and signature elided."""
+    jws = value.strip('"')
+    header, payload, _signature = jws.split(".")
+
+    def decode(part: str) -> t.Any:
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+    header_json = decode(header)
+    if "jwk" in header_json:
+        header_json["jwk"] = {
+            k: (v if k in ("kty", "crv") else "…") for k, v in header_json["jwk"].items()
+        }
+    claims = decode(payload)
+    claims["jti"] = "<challenge>"
+    return {"header": header_json, "payload": claims, "signature": "…"}
+
+
+def _elide(name: str, value: str) -> t.Any:
+    lower = name.lower()
+    if lower == "secure-session-response":
+        return _elide_jws(value)
+    if lower in ("set-cookie", "cookie"):
+        return re.sub(r"=([^;,\s]+)", lambda m: "=…" if len(m[1]) > 16 else m[0], value)
+    if lower in ("secure-session-challenge", "secure-session-registration"):
+        return re.sub(
+            r'challenge="[^"]+"|^"[^"]+"', lambda m: m[0][: m[0].index('"')] + '"…"', value
+        )
+    return value
+
+
+class Exchanges:
+    """WSGI middleware that records each DBSC request and its answer, secrets elided."""
+
+    _REQUEST_HEADERS = ("Secure-Session-Response", "Sec-Secure-Session-Id", "Sec-Fetch-Site")
+    _RESPONSE_HEADERS = ("Secure-Session-Registration", "Secure-Session-Challenge", "Set-Cookie")
+
+    def __init__(self, app: t.Any) -> None:
+        self.app = app
+        self.log: list[dict[str, t.Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, t.Any], start_response: t.Any) -> t.Any:
+        path = environ.get("PATH_INFO", "")
+        seen: dict[str, t.Any] = {"method": environ["REQUEST_METHOD"], "path": path}
+
+        def recording_start(status: str, headers: list[tuple[str, str]], *args: t.Any) -> t.Any:
+            seen["status"] = status
+            seen["response_headers"] = [
+                (k, _elide(k, v)) for k, v in headers if k in self._RESPONSE_HEADERS
+            ]
+            return start_response(status, headers, *args)
+
+        body = b"".join(self.app(environ, recording_start))
+        offered = any(k == "Secure-Session-Registration" for k, _ in seen["response_headers"])
+        if path.startswith(DBSC_PATH) or offered:
+            seen["request_headers"] = {
+                name: _elide(name, environ[f"HTTP_{name.upper().replace('-', '_')}"])
+                for name in self._REQUEST_HEADERS
+                if f"HTTP_{name.upper().replace('-', '_')}" in environ
+            }
+            seen["cookies_sent"] = sorted(
+                c.split("=", 1)[0].strip() for c in environ.get("HTTP_COOKIE", "").split(";") if c
+            )
+            if path.startswith(DBSC_PATH) and body:
+                seen["body"] = json.loads(body)
+            with self._lock:
+                self.log.append(seen)
+        return [body]
+
+    def count(self, path: str, status: int) -> int:
+        with self._lock:
+            return sum(
+                1 for e in self.log if e["path"] == path and e["status"].startswith(str(status))
+            )
+
+
+@contextlib.contextmanager
+def serve_https(app: t.Any, cert: Path, key: Path) -> t.Iterator[int]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context)
+    thread = threading.Thread(target=server.serve_forever, name="dbsc-https", daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def wait_for(condition: t.Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Chromium did not {what} within {seconds} s")
+        time.sleep(0.2)
+
+
+def test_chromium_binds_refreshes_and_a_copied_cookie_opens_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            server_unavailable(f"{path} is missing: install chromium and chromium-driver")
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    cert, key, spki = self_signed(tmp_path)
+    app = create_app(
+        {
+            "SERVERSESSION_DEVICE_BOUND": True,
+            "SERVERSESSION_DEVICE_BOUND_REFRESH": REFRESH_SECONDS,
+            "SESSION_COOKIE_SECURE": True,
+        },
+        instance_path=str(tmp_path / "instance"),
+    )
+    exchanges = Exchanges(app.wsgi_app)
+    app.wsgi_app = exchanges  # type: ignore[method-assign]
+    failures: list[str] = []
+
+    def on_failed(sender: t.Any, storage_key: str) -> None:
+        failures.append(storage_key)
+
+    browsers = Browsers(
+        tmp_path / "chromium", FEATURES, f"--ignore-certificate-errors-spki-list={spki}"
+    )
+    try:
+        with (
+            serve_https(app, cert, key) as port,
+            session_binding_failed.connected_to(on_failed, app),
+        ):
+            base = f"https://localhost:{port}"
+            owner = browsers.start("owner")
+            owner.get(f"{base}/login")
+            submit(owner, "username", "ada", "sign-in")
+            wait_for_text(owner, "status", "Signed in as ada")
+            wait_for(
+                lambda: exchanges.count(f"{DBSC_PATH}/register", 200) >= 1,
+                EXCHANGE_WAIT,
+                "register the session",
+            )
+            # The devices page marks this session as bound.
+            owner.get(f"{base}/devices")
+            wait_for_text(owner, "devices", "Bound to this device")
+
+            # The bound cookie lives REFRESH_SECONDS; Chromium refreshes it with a proof.
+            wait_for(
+                lambda: exchanges.count(f"{DBSC_PATH}/refresh", 200) >= 1,
+                EXCHANGE_WAIT,
+                "refresh the bound cookie",
+            )
+            time.sleep(REFRESH_SECONDS + 1)
+            owner.get(f"{base}/")
+            wait_for_text(owner, "status", "Signed in as ada")
+
+            cookies = {c["name"]: c for c in owner.get_cookies()}
+            stolen = cookies["session"]
+            thief = browsers.start("thief")
+            thief.get(f"{base}/login")
+            thief.delete_all_cookies()
+            thief.add_cookie(
+                {
+                    "name": "session",
+                    "value": stolen["value"],
+                    "path": "/",
+                    "secure": True,
+                    "httpOnly": True,
+                }
+            )
+            thief.get(f"{base}/")
+            wait_for_text(thief, "status", "You are not signed in.")
+            assert failures, "the copied cookie was not reported as a binding failure"
+
+            owner.get(f"{base}/")
+            wait_for_text(owner, "status", "Signed in as ada")
+    except BaseException:
+        browsers.screenshot_all(request.node.name)
+        raise
+    finally:
+        browsers.quit_all()
+        app.extensions["serversession"].backend.close()
+        log_path = tmp_path / "dbsc-exchanges.json"
+        log_path.write_text(json.dumps(exchanges.log, indent=2, ensure_ascii=False))
+        print(f"DBSC exchanges as the server saw them: {log_path}")
