@@ -412,3 +412,28 @@ def test_check_reports_device_binding_without_secure_cookies(
     secure = make_app("memory", SERVERSESSION_DEVICE_BOUND=True, SESSION_COOKIE_SECURE=True)
     output = secure.test_cli_runner().invoke(args=["serversession", "check"]).output
     assert "E016" not in output
+
+
+def test_socketio_checks_the_bound_cookie_at_the_handshake(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    from .test_ext_socketio import add_socketio
+
+    app = dbsc_app(make_app, "memory")
+    socketio = add_socketio(app)
+    browser = DbscBrowser(app.test_client())
+    assert browser.register(sign_in(browser.client)).status_code == 200
+    clock = signer_clock(app)
+    socket = socketio.test_client(app, flask_test_client=browser.client)
+    assert socket.is_connected()
+    # The bound cookie expires while the connection lives: its events still see the session.
+    clock.advance(601)
+    assert socket.emit("dump", callback=True)["user"] == "ada"
+    socket.disconnect()
+    # A new connection with the expired bound cookie is refused, as is the session cookie alone.
+    assert not socketio.test_client(app, flask_test_client=browser.client).is_connected()
+    thief = app.test_client()
+    thief.set_cookie(COOKIE, t.cast(str, cookie(browser.client, COOKIE)), domain="localhost")
+    assert not socketio.test_client(app, flask_test_client=thief).is_connected()
+    assert browser.refresh().status_code == 200
+    assert socketio.test_client(app, flask_test_client=browser.client).is_connected()
