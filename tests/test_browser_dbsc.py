@@ -225,7 +225,7 @@ def test_chromium_binds_refreshes_and_a_copied_cookie_opens_nothing(
             )
             # The devices page marks this session as bound.
             owner.get(f"{base}/devices")
-            wait_for_text(owner, "devices", "Bound to this device")
+            wait_for_text(owner, "devices", "Bound")
 
             # The bound cookie lives REFRESH_SECONDS; Chromium refreshes it with a proof.
             wait_for(

@@ -140,3 +140,21 @@ def test_the_session_page_shows_the_current_ids_age_and_rotation(tmp_path: t.Any
     page = words(client.get("/session").text)
     assert f'id="id-given-at">{clock.now:%Y-%m-%d %H:%M:%S} UTC' in page
     assert "Signed in as" in words(client.get("/").text)
+
+
+def test_devices_page_marks_a_device_bound_session(tmp_path: t.Any) -> None:
+    from .support.dbsc_client import DbscBrowser
+    from .support.dbsc_client import HTTPS
+
+    app = create_app(
+        {"SESSION_COOKIE_SECURE": True, "SERVERSESSION_BACKEND": "memory"},
+        instance_path=str(tmp_path / "instance"),
+    )
+    bound = DbscBrowser(app.test_client())
+    signed_in = bound.client.post("/login", data={"username": "ada"}, base_url=HTTPS)
+    assert bound.register(signed_in).status_code == 200
+    other = app.test_client()
+    other.post("/login", data={"username": "ada"}, base_url=HTTPS)
+    page = bound.client.get("/devices", base_url=HTTPS).get_data(as_text=True)
+    marks = [row.split('<td class="bound">')[1].split("</td>")[0] for row in page.split("<tr")[2:]]
+    assert sorted(marks) == ["-", '<span title="Bound to this device\'s key">Bound</span>']
