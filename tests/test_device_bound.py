@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import time
 import typing as t
 from datetime import timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from flask import session
 from flask.testing import FlaskClient
+from jwt.algorithms import RSAAlgorithm
 
 from flask_serversession import ConfigError
 from flask_serversession import ServerSession
 from flask_serversession.backends.base import Backend
+from flask_serversession.backends.base import Delta
+from flask_serversession.binding import BINDING_KEY
 from flask_serversession.interface import ServerSessionInterface
 from flask_serversession.signals import session_binding_failed
 from flask_serversession.signals import session_token_rejected
@@ -437,3 +444,71 @@ def test_socketio_checks_the_bound_cookie_at_the_handshake(
     assert not socketio.test_client(app, flask_test_client=thief).is_connected()
     assert browser.refresh().status_code == 200
     assert socketio.test_client(app, flask_test_client=browser.client).is_connected()
+
+
+def test_a_stale_registration_challenge_is_refused(make_app: t.Callable[..., Flask]) -> None:
+    app = dbsc_app(make_app, "memory")
+    clock = signer_clock(app)
+    browser = DbscBrowser(app.test_client())
+    signed_in = sign_in(browser.client)
+    clock.advance(5 * 60 + 1)
+    assert browser.register(signed_in).status_code == 403
+    assert cookie(browser.client, BOUND) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"alg": "ES256", "typ": "JWT"}, "typ header is not 'dbsc+jwt'"),
+        ({"alg": "HS256", "typ": "dbsc+jwt"}, "alg header 'HS256' is not one of ES256, RS256"),
+        ({"alg": "none", "typ": "dbsc+jwt"}, "alg header 'none' is not one of ES256, RS256"),
+        ({"alg": "RS256", "typ": "dbsc+jwt", "jwk": "ec"}, "jwk header is not an RSA public key"),
+        ({"alg": "ES256", "typ": "dbsc+jwt"}, "jwk header is not an EC public key"),
+        ({"alg": "RS256", "typ": "dbsc+jwt", "jwk": "rsa1024"}, "shorter than 2048 bits"),
+    ],
+)
+def test_registration_proofs_of_the_wrong_kind_are_refused(
+    make_app: t.Callable[..., Flask],
+    caplog: pytest.LogCaptureFixture,
+    header: dict[str, t.Any],
+    reason: str,
+) -> None:
+    app = dbsc_app(make_app, "memory")
+    browser = DbscBrowser(app.test_client())
+    offer = offer_of(sign_in(browser.client))
+    assert offer is not None
+    keys = {
+        "ec": DeviceKey("ES256").jwk,
+        "rsa1024": RSAAlgorithm.to_jwk(
+            rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key(),
+            as_dict=True,
+        ),
+    }
+    if "jwk" in header:
+        header = {**header, "jwk": keys[header["jwk"]]}
+
+    def part(value: t.Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    # Signed or not, each is refused before its signature is looked at.
+    proof = f"{part(header)}.{part({'jti': offer[2]})}.c2lnbmF0dXJl"
+    with caplog.at_level(logging.INFO, "flask_serversession"):
+        answer = browser.client.post(
+            offer[1], base_url=HTTPS, headers={"Secure-Session-Response": f'"{proof}"'}
+        )
+    assert answer.status_code == 403
+    assert reason in answer.get_json()["error"]
+    assert reason in caplog.text
+
+
+def test_a_damaged_binding_opens_nothing_and_is_logged(
+    bound: tuple[Flask, DbscBrowser], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, browser = bound
+    store = store_of(app)
+    [(key, _values)] = list(store.items())
+    record = store.backend.load(key)
+    assert record is not None
+    store.backend.update(key, Delta(record.expires_at, {BINDING_KEY: '"garbage"'}), store.clock())
+    assert user(browser.client) is None
+    assert f"Stored session {key} has a damaged device binding" in caplog.text

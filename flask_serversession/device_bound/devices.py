@@ -13,6 +13,7 @@ from ..binding import BINDING_KEY
 from ..binding import read
 from ..binding import Signer
 from ..binding import text
+from ..log import logger
 from ..stored import StoredSession
 
 if t.TYPE_CHECKING:
@@ -93,7 +94,8 @@ class Devices:
         """
         try:
             binding = self.binding(stored)
-        except ValueError:
+        except ValueError as e:
+            logger.error("Stored session %s has a damaged device binding: %s", stored.key, e)
             return False
         if binding is None:
             return True
