@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import typing as t
+from datetime import datetime
 from datetime import timedelta
 
 from flask import request
@@ -162,7 +163,7 @@ class Devices:
             updated = Binding(kept.id, kept.jwk, kept.alg, issued)
             return self._write(stored, current.expires_at, updated)
 
-    def _write(self, stored: StoredSession, expires_at: t.Any, binding: Binding) -> bool:
+    def _write(self, stored: StoredSession, expires_at: datetime, binding: Binding) -> bool:
         settings = self.store.settings
         delta = Delta(
             expires_at,
