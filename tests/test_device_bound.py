@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 import typing as t
+from datetime import datetime
 from datetime import timedelta
 
 import pytest
@@ -20,6 +22,8 @@ from flask_serversession import ConfigError
 from flask_serversession import ServerSession
 from flask_serversession.backends.base import Backend
 from flask_serversession.backends.base import Delta
+from flask_serversession.backends.base import Record
+from flask_serversession.backends.memory import MemoryBackend
 from flask_serversession.binding import BINDING_KEY
 from flask_serversession.interface import ServerSessionInterface
 from flask_serversession.signals import session_binding_failed
@@ -36,6 +40,7 @@ from .support.dbsc_client import offer_of
 BACKENDS = ["memory", "filesystem", "sqlite", "postgres", "redis"]
 COOKIE = "session"
 BOUND = "session-bound"
+WAIT_SECONDS = 10
 
 
 class SignerClock:
@@ -512,3 +517,72 @@ def test_a_damaged_binding_opens_nothing_and_is_logged(
     store.backend.update(key, Delta(record.expires_at, {BINDING_KEY: '"garbage"'}), store.clock())
     assert user(browser.client) is None
     assert f"Stored session {key} has a damaged device binding" in caplog.text
+
+
+class HoldingBackend(MemoryBackend):
+    """A memory backend that holds the first write of a binding until released.
+
+    It counts the loads made while that write is held, so a test can tell
+    whether a second request read the binding before the first one wrote it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.loads_while_held = 0
+        self.second_read = threading.Event()
+
+    def load(self, key: str) -> Record | None:
+        record = super().load(key)
+        if self.held.is_set() and not self.release.is_set():
+            self.loads_while_held += 1
+            if self.loads_while_held >= 2:
+                self.second_read.set()
+        return record
+
+    def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        if self.armed and BINDING_KEY in delta.set:
+            self.armed = False
+            self.held.set()
+            self.release.wait(WAIT_SECONDS)
+        return super().update(key, delta, now)
+
+
+def test_two_copies_of_one_proof_at_once_are_accepted_once(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    backend = HoldingBackend()
+    app = dbsc_app(make_app, backend)
+    browser = DbscBrowser(app.test_client())
+    assert browser.register(sign_in(browser.client)).status_code == 200
+    challenge, _ = challenge_of(browser.ask_challenge())
+    proof = browser.key.proof(challenge)
+    copies = []
+    for _ in range(2):
+        copy = DbscBrowser(app.test_client(), browser.key)
+        copy.identifier, copy.refresh_url = browser.identifier, browser.refresh_url
+        for name in (COOKIE, BOUND):
+            copy.client.set_cookie(
+                name, t.cast(str, cookie(browser.client, name)), domain="localhost"
+            )
+        copies.append(copy)
+    statuses: list[int] = []
+
+    def send(copy: DbscBrowser) -> None:
+        statuses.append(copy.send_proof(proof).status_code)
+
+    backend.armed = True
+    first = threading.Thread(target=send, args=(copies[0],))
+    first.start()
+    assert backend.held.wait(WAIT_SECONDS)
+    second = threading.Thread(target=send, args=(copies[1],))
+    second.start()
+    # Without the lock the second request reads the binding (its session, then the
+    # proof's check) while the first one's write is held; with it, it waits.
+    backend.second_read.wait(2)
+    backend.release.set()
+    first.join(WAIT_SECONDS)
+    second.join(WAIT_SECONDS)
+    assert sorted(statuses) == [200, 403]
