@@ -294,9 +294,9 @@ def test_ending_other_sessions_asks_for_the_password(make_app: MakeApp) -> None:
 
 def test_recommended_values(make_app: MakeApp) -> None:
     rows = {
-        "level 3": (timedelta(minutes=15), "access", timedelta(hours=12)),
-        "level 2": (timedelta(minutes=30), "access", timedelta(hours=12)),
-        "level 1": (timedelta(hours=24), "modify", timedelta(days=30)),
+        "AAL3": (timedelta(minutes=15), "access", timedelta(hours=12)),
+        "AAL2": (timedelta(hours=1), "access", timedelta(hours=24)),
+        "AAL1": (timedelta(hours=24), "modify", timedelta(days=30)),
     }
     for idle, renew_on, absolute in rows.values():
         app = make_app(
