@@ -22,6 +22,7 @@ from .support.redis_servers import RedisServer
 #: A configuration that passes every check of the app's own settings.
 PRODUCTION: dict[str, t.Any] = {
     "SECRET_KEY": secrets.token_hex(32),
+    "SESSION_COOKIE_NAME": "__Host-session",
     "SESSION_COOKIE_SECURE": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SERVERSESSION_ABSOLUTE_LIFETIME": timedelta(days=30),
@@ -87,7 +88,11 @@ def test_warnings_alone_exit_0(make_app: MakeApp, tmp_path: t.Any) -> None:
 
 
 def test_json_lists_every_field(make_app: MakeApp, tmp_path: t.Any) -> None:
-    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_SECURE": False})
+    app = sqlite_app(
+        make_app,
+        tmp_path,
+        **{**PRODUCTION, "SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_SECURE": False},
+    )
     result = check(app, "--json")
     assert result.exit_code == 1
     [finding] = json.loads(result.output)
@@ -100,7 +105,11 @@ def test_json_lists_every_field(make_app: MakeApp, tmp_path: t.Any) -> None:
 
 
 def test_ignore_leaves_a_check_out(make_app: MakeApp, tmp_path: t.Any) -> None:
-    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_SECURE": False})
+    app = sqlite_app(
+        make_app,
+        tmp_path,
+        **{**PRODUCTION, "SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_SECURE": False},
+    )
     result = check(app, "--ignore", "serversession.E001")
     assert result.exit_code == 0, result.output
     result = check(app, "--ignore", "serversession.E999")
@@ -436,3 +445,32 @@ def test_postgres_that_cannot_be_reached_is_an_error(make_app: MakeApp) -> None:
         "error serversession.E010 SERVERSESSION_SQLALCHEMY_URI = 'postgresql+psycopg://app:***@"
     )
     assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("name", ["session", "__Secure-session", "__Http-session"])
+def test_a_cookie_that_could_have_the_host_prefix_is_a_warning(
+    make_app: MakeApp, tmp_path: t.Any, name: str
+) -> None:
+    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_NAME": name})
+    found = findings(app)
+    assert set(found) == {"serversession.W016"}
+    finding = found["serversession.W016"]
+    assert (finding["setting"], finding["value"]) == ("SESSION_COOKIE_NAME", repr(name))
+    assert finding["fix"].startswith("set SESSION_COOKIE_NAME = '__Host-session'")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"SESSION_COOKIE_NAME": "__Host-Http-session"},
+        {"SESSION_COOKIE_NAME": "__host-session"},
+        {"SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_DOMAIN": "example.test"},
+        {"SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_PATH": "/app"},
+        {"SESSION_COOKIE_NAME": "session", "APPLICATION_ROOT": "/app"},
+    ],
+)
+def test_no_host_prefix_warning_where_it_is_there_or_could_not_be(
+    make_app: MakeApp, tmp_path: t.Any, config: dict[str, str]
+) -> None:
+    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, **config})
+    assert findings(app) == {}

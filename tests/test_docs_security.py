@@ -313,3 +313,20 @@ def test_recommended_values(make_app: MakeApp) -> None:
         assert client.get("/get/user").json == {"value": "alice"}
         clock.advance(seconds=idle.total_seconds() + 60)
         assert client.get("/get/user").json == {"value": None}
+
+
+def test_partitioned_cookie_for_an_embedded_app(make_app: MakeApp) -> None:
+    app = make_app(
+        SESSION_COOKIE_NAME="__Host-session",
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_SAMESITE="None",
+        SESSION_COOKIE_PARTITIONED=True,
+    )
+    client = app.test_client()
+    https = "https://localhost"
+    set_header = client.post("/set", json={"a": 1}, base_url=https).headers["Set-Cookie"]
+    delete_header = client.post("/destroy", base_url=https).headers["Set-Cookie"]
+    for header in (set_header, delete_header):
+        parts = {part.strip() for part in header.split(";")}
+        assert {"Partitioned", "Secure", "SameSite=None", "Path=/", "HttpOnly"} <= parts
+        assert header.startswith("__Host-session=")

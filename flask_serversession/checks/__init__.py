@@ -27,6 +27,7 @@ CHECKS: dict[str, str] = {
     "serversession.W013": "Redis keeps no copy on disk (no RDB save, no AOF)",
     "serversession.W014": "PostgreSQL synchronous_commit is off for session writes",
     "serversession.E015": "others can write the session directory or a parent of it",
+    "serversession.W016": "the session cookie could have the __Host- prefix and has not",
 }
 
 
