@@ -289,6 +289,7 @@ def durable_redis(make_redis_server: t.Callable[..., RedisServer]) -> RedisServe
     return server
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_that_never_evicts_and_persists_passes(
     make_app: MakeApp, durable_redis: RedisServer
 ) -> None:
@@ -300,6 +301,7 @@ def test_redis_that_never_evicts_and_persists_passes(
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru"])
+@pytest.mark.usefixtures("redis_library")
 def test_redis_eviction_policy_is_an_error(
     make_app: MakeApp, durable_redis: RedisServer, policy: str
 ) -> None:
@@ -311,6 +313,7 @@ def test_redis_eviction_policy_is_an_error(
     assert "noeviction" in found["serversession.E012"]["fix"]
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_without_persistence_is_a_warning(
     make_app: MakeApp, durable_redis: RedisServer
 ) -> None:
@@ -322,6 +325,7 @@ def test_redis_without_persistence_is_a_warning(
     assert found["serversession.W013"]["setting"] == "Redis save, appendonly"
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_that_refuses_config_get_is_not_guessed(
     make_app: MakeApp, make_redis_server: t.Callable[..., RedisServer]
 ) -> None:
@@ -334,8 +338,8 @@ def test_redis_that_refuses_config_get_is_not_guessed(
     assert summary == "0 errors, 1 warning."
 
 
-def test_redis_that_cannot_be_reached_is_an_error(make_app: MakeApp) -> None:
-    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+def test_redis_that_cannot_be_reached_is_an_error(make_app: MakeApp, redis_library: str) -> None:
+    url = f"{redis_library}://user:hunter2@127.0.0.1:{free_port()}/0"
     result = check(make_app("redis", SERVERSESSION_REDIS_URL=url, **PRODUCTION))
     assert result.exit_code == 1
     assert result.output.startswith("error serversession.E010 SERVERSESSION_REDIS_URL = ")
@@ -343,6 +347,7 @@ def test_redis_that_cannot_be_reached_is_an_error(make_app: MakeApp) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_cluster_is_read_on_every_primary(
     make_app: MakeApp, redis_cluster: RedisCluster
 ) -> None:
