@@ -120,12 +120,11 @@ class RedisBackend(Backend):
         """Build a backend on a new single-server client for ``url``.
 
         The client is a ``valkey.Valkey`` for a ``valkey://`` or ``valkeys://``
-        URL, otherwise a ``redis.Redis`` (a ``valkey.Valkey`` when only
-        valkey-py is installed). Socket timeouts default to a few seconds and
-        a command that hits a connection error is retried once; options in
-        the URL's query string and ``kwargs`` override these. Raises
-        ValueError for a URL that does not name a server. ``key_prefix`` and
-        ``keep_expired`` are as for the constructor.
+        URL, otherwise a ``redis.Redis``. Socket timeouts default to a few
+        seconds and a command that hits a connection error is retried once;
+        options in the URL's query string and ``kwargs`` override these.
+        Raises ValueError for a URL that does not name a server.
+        ``key_prefix`` and ``keep_expired`` are as for the constructor.
 
         :param url: a ``redis://``, ``rediss://``, ``valkey://``,
             ``valkeys://`` or ``unix://`` URL.
