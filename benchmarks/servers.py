@@ -72,13 +72,25 @@ class RedisServer:
 
         client = redis.Redis(host=HOST, port=self.port)
         try:
-            return str(client.info("server")["redis_version"])
+            return server_version(client.info("server"))
         finally:
             client.close()
 
     def stop(self) -> None:
         end_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def server_version(info: t.Mapping[str, t.Any]) -> str:
+    """The server's version from its ``INFO server``, naming Valkey when it is one.
+
+    Valkey reports ``redis_version:7.2.4`` whatever its own version, for
+    clients that compare it; its own is ``valkey_version`` (and
+    ``server_name:valkey``).
+    """
+    if info.get("server_name") == "valkey" or "valkey_version" in info:
+        return f"{info['valkey_version']} (Valkey)"
+    return str(info["redis_version"])
 
 
 def end_process(process: subprocess.Popen[t.Any]) -> None:

@@ -370,23 +370,34 @@ def _filesystem(app: Flask) -> Backend:
 
 
 def _redis(app: Flask) -> Backend:
-    require("redis", key="SERVERSESSION_BACKEND", value="redis")
+    from .backends.redis.clients import library_name_for_url
+
+    client = app.config["SERVERSESSION_REDIS"]
+    url = app.config["SERVERSESSION_REDIS_URL"]
+    if client is None and isinstance(url, str) and library_name_for_url(url) == "valkey":
+        require("valkey", key="SERVERSESSION_REDIS_URL", value=re.sub("//[^/@]*@", "//***@", url))
+    elif client is None:
+        require("redis", key="SERVERSESSION_BACKEND", value="redis")
     from .backends.redis import RedisBackend
 
     prefix = string(app.config, "SERVERSESSION_KEY_PREFIX")
-    client = app.config["SERVERSESSION_REDIS"]
     if client is not None:
         try:
             return RedisBackend(client, key_prefix=prefix)
         except TypeError as e:
-            raise _bad("SERVERSESSION_REDIS", client, f"a redis client ({e})") from e
-    url = app.config["SERVERSESSION_REDIS_URL"]
+            raise _bad(
+                "SERVERSESSION_REDIS", client, f"a redis-py or valkey-py client ({e})"
+            ) from e
     try:
         return RedisBackend.from_url(
             string(app.config, "SERVERSESSION_REDIS_URL"), key_prefix=prefix
         )
     except ValueError as e:
-        raise _bad("SERVERSESSION_REDIS_URL", url, f"a redis:// or rediss:// URL ({e})") from e
+        raise _bad(
+            "SERVERSESSION_REDIS_URL",
+            url,
+            f"a redis://, rediss://, valkey://, valkeys:// or unix:// URL ({e})",
+        ) from e
 
 
 _BUILDERS: dict[str, t.Callable[[Flask], Backend]] = {

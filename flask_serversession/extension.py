@@ -14,6 +14,7 @@ from .config import build_backend
 from .config import read_settings
 from .config import Settings
 from .interface import ServerSessionInterface
+from .prefixes import check_cookie_prefix
 from .purging import EXTENSION_KEY as PURGER_KEY
 from .purging import purger_of
 from .purging import seconds
@@ -71,6 +72,7 @@ class ServerSession:
                 " Import and use that instance instead."
             )
         settings = read_settings(app)
+        check_cookie_prefix(app)
         adopter = _adopter(app, settings)
         backend = build_backend(app)
         require_index(backend, settings.user_key)

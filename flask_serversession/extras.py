@@ -8,6 +8,7 @@ from .errors import ConfigError
 #: The extra of the package that installs each optional module.
 EXTRAS = {
     "redis": "redis",
+    "valkey": "valkey",
     "flask_sqlalchemy": "flask-sqlalchemy",
     "psycopg": "postgres",
     "msgspec": "adopt",

@@ -18,6 +18,7 @@ from .stored import StoredSession
 
 if t.TYPE_CHECKING:
     from .config import Settings
+    from .lifetime import Lifetimes
     from .users import Users
 
 
@@ -27,6 +28,7 @@ class Host(t.Protocol):
     backend: Backend
     settings: Settings
     users: Users
+    lifetimes: Lifetimes
 
     def new_sid(self) -> str: ...
 
@@ -85,9 +87,14 @@ def regenerate(
 ) -> SaveOutcome:
     """Move ``stored``, with this request's changes, to a new id; end the old id.
 
+    A sign-in restarts both timeouts (SP 800-63B-4 section 5.2): the new id
+    counts as created now, so the absolute lifetime restarts, and it expires
+    no earlier than a session created now would.
+
     :param expires_at: the expiry this request gives the session.
     :param chosen: the expiry a lifetime set in this request fixes; None to
-        keep the later of ``expires_at`` and the stored record's.
+        keep the latest of ``expires_at``, the stored record's and a new
+        session's.
     :raises SessionTooLargeError: the changed session passes ``SERVERSESSION_MAX_SIZE``.
     """
     max_size = store.settings.max_size
@@ -95,11 +102,13 @@ def regenerate(
     if moved is None:
         return SaveOutcome(delete_cookie=True)
     taken, data = moved
-    expires_at = max(expires_at, taken.expires_at) if chosen is None else chosen
+    if chosen is None:
+        fresh = store.lifetimes.started(now, now, stored.lifetime)
+        chosen = max(expires_at, taken.expires_at, fresh)
     sid = store.new_sid()
-    record = store.users.record(Record(data, taken.created_at, expires_at, values), now)
+    record = store.users.record(Record(data, now, chosen, values), now)
     key = store.storage_key(sid)
     store.backend.create(key, record)
     send(session_regenerated, old_storage_key=stored.key, storage_key=key)
     store.users.enforce_limit(key, record.user, now)
-    return SaveOutcome(store.token_for(sid), expires_at, id_changed=True)
+    return SaveOutcome(store.token_for(sid), chosen, id_changed=True)

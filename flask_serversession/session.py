@@ -223,7 +223,9 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         """Move the data to a new id at save time and delete the old record.
 
         Call it when a user signs in, so that an id planted before sign-in
-        (session fixation) is worth nothing after it.
+        (session fixation) is worth nothing after it. The new id counts as
+        created now: the absolute lifetime and the expiry restart, as NIST
+        SP 800-63B-4 asks of re-authentication.
 
         :raises RuntimeError: in a Flask-SocketIO event handler, where no
             response can carry the new id to the client.

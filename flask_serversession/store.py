@@ -305,9 +305,8 @@ class SessionStore:
             rotation.mark(self.serializer, stored, changed, now, session.regenerate_requested)
 
         if session.regenerate_requested:
-            # A lifetime set in this request holds as it is; otherwise the
-            # new id keeps the later of this expiry and the taken record's.
-            chosen = expires_at if lifetime_set else None
+            # Sign-in restarts both timeouts (SP 800-63B-4 5.2); a lifetime set now holds.
+            chosen = self.lifetimes.started(now, now, lifetime) if lifetime_set else None
             outcome = regenerate(self, stored, changed, deleted, expires_at, chosen, values, now)
             return replace(outcome, persistent=persistent(session, lifetime))
 

@@ -25,12 +25,16 @@ from flask_serversession.store import SessionStore
 
 from .support.postgres import make_postgres  # noqa: F401
 from .support.postgres import postgres_url  # noqa: F401
+from .support.redis_servers import CLIENT_LIBRARIES
 from .support.redis_servers import make_redis_server  # noqa: F401
 from .support.redis_servers import redis_backend  # noqa: F401
 from .support.redis_servers import redis_cluster  # noqa: F401
 from .support.redis_servers import redis_cluster_backend  # noqa: F401
+from .support.redis_servers import redis_library  # noqa: F401
 from .support.redis_servers import redis_sentinel  # noqa: F401
 from .support.redis_servers import redis_server  # noqa: F401
+from .support.redis_servers import valkey_backend  # noqa: F401
+from .support.redis_servers import valkey_cluster_backend  # noqa: F401
 from .support.sql import fsa_postgres_backend  # noqa: F401
 from .support.sql import fsa_sqlite_backend  # noqa: F401
 from .support.sql import postgres_backend  # noqa: F401
@@ -54,6 +58,13 @@ def pytest_terminal_summary(terminalreporter: t.Any) -> None:
             terminalreporter.write_line(line)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses ``redis_library`` with redis-py and with valkey-py."""
+    if "redis_library" in metafunc.fixturenames:
+        ids = [f"{name}-py" for name in CLIENT_LIBRARIES]
+        metafunc.parametrize("redis_library", CLIENT_LIBRARIES, indirect=True, ids=ids)
+
+
 def server_unavailable(reason: str) -> t.NoReturn:
     """Fail in CI, where every server must run; skip loudly elsewhere."""
     message = f"SERVER UNAVAILABLE: {reason}"
@@ -68,6 +79,8 @@ BACKENDS = [
     "memory",
     "redis",
     "redis_cluster",
+    "valkey",
+    "valkey_cluster",
     "sqlite",
     "postgres",
     "fsa_sqlite",
@@ -76,7 +89,7 @@ BACKENDS = [
 ]
 
 #: Backends whose store drops expired records by itself.
-NATIVE_EXPIRY = {"redis", "redis_cluster"}
+NATIVE_EXPIRY = {"redis", "redis_cluster", "valkey", "valkey_cluster"}
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from .support.redis_servers import RedisServer
 #: A configuration that passes every check of the app's own settings.
 PRODUCTION: dict[str, t.Any] = {
     "SECRET_KEY": secrets.token_hex(32),
+    "SESSION_COOKIE_NAME": "__Host-session",
     "SESSION_COOKIE_SECURE": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
     "SERVERSESSION_ABSOLUTE_LIFETIME": timedelta(days=30),
@@ -87,7 +88,11 @@ def test_warnings_alone_exit_0(make_app: MakeApp, tmp_path: t.Any) -> None:
 
 
 def test_json_lists_every_field(make_app: MakeApp, tmp_path: t.Any) -> None:
-    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_SECURE": False})
+    app = sqlite_app(
+        make_app,
+        tmp_path,
+        **{**PRODUCTION, "SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_SECURE": False},
+    )
     result = check(app, "--json")
     assert result.exit_code == 1
     [finding] = json.loads(result.output)
@@ -100,7 +105,11 @@ def test_json_lists_every_field(make_app: MakeApp, tmp_path: t.Any) -> None:
 
 
 def test_ignore_leaves_a_check_out(make_app: MakeApp, tmp_path: t.Any) -> None:
-    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_SECURE": False})
+    app = sqlite_app(
+        make_app,
+        tmp_path,
+        **{**PRODUCTION, "SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_SECURE": False},
+    )
     result = check(app, "--ignore", "serversession.E001")
     assert result.exit_code == 0, result.output
     result = check(app, "--ignore", "serversession.E999")
@@ -280,6 +289,7 @@ def durable_redis(make_redis_server: t.Callable[..., RedisServer]) -> RedisServe
     return server
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_that_never_evicts_and_persists_passes(
     make_app: MakeApp, durable_redis: RedisServer
 ) -> None:
@@ -291,6 +301,7 @@ def test_redis_that_never_evicts_and_persists_passes(
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru"])
+@pytest.mark.usefixtures("redis_library")
 def test_redis_eviction_policy_is_an_error(
     make_app: MakeApp, durable_redis: RedisServer, policy: str
 ) -> None:
@@ -302,6 +313,7 @@ def test_redis_eviction_policy_is_an_error(
     assert "noeviction" in found["serversession.E012"]["fix"]
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_without_persistence_is_a_warning(
     make_app: MakeApp, durable_redis: RedisServer
 ) -> None:
@@ -313,6 +325,7 @@ def test_redis_without_persistence_is_a_warning(
     assert found["serversession.W013"]["setting"] == "Redis save, appendonly"
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_that_refuses_config_get_is_not_guessed(
     make_app: MakeApp, make_redis_server: t.Callable[..., RedisServer]
 ) -> None:
@@ -325,8 +338,8 @@ def test_redis_that_refuses_config_get_is_not_guessed(
     assert summary == "0 errors, 1 warning."
 
 
-def test_redis_that_cannot_be_reached_is_an_error(make_app: MakeApp) -> None:
-    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+def test_redis_that_cannot_be_reached_is_an_error(make_app: MakeApp, redis_library: str) -> None:
+    url = f"{redis_library}://user:hunter2@127.0.0.1:{free_port()}/0"
     result = check(make_app("redis", SERVERSESSION_REDIS_URL=url, **PRODUCTION))
     assert result.exit_code == 1
     assert result.output.startswith("error serversession.E010 SERVERSESSION_REDIS_URL = ")
@@ -334,6 +347,7 @@ def test_redis_that_cannot_be_reached_is_an_error(make_app: MakeApp) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.usefixtures("redis_library")
 def test_redis_cluster_is_read_on_every_primary(
     make_app: MakeApp, redis_cluster: RedisCluster
 ) -> None:
@@ -436,3 +450,32 @@ def test_postgres_that_cannot_be_reached_is_an_error(make_app: MakeApp) -> None:
         "error serversession.E010 SERVERSESSION_SQLALCHEMY_URI = 'postgresql+psycopg://app:***@"
     )
     assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("name", ["session", "__Secure-session", "__Http-session"])
+def test_a_cookie_that_could_have_the_host_prefix_is_a_warning(
+    make_app: MakeApp, tmp_path: t.Any, name: str
+) -> None:
+    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_NAME": name})
+    found = findings(app)
+    assert set(found) == {"serversession.W016"}
+    finding = found["serversession.W016"]
+    assert (finding["setting"], finding["value"]) == ("SESSION_COOKIE_NAME", repr(name))
+    assert finding["fix"].startswith("set SESSION_COOKIE_NAME = '__Host-session'")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"SESSION_COOKIE_NAME": "__Host-Http-session"},
+        {"SESSION_COOKIE_NAME": "__host-session"},
+        {"SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_DOMAIN": "example.test"},
+        {"SESSION_COOKIE_NAME": "session", "SESSION_COOKIE_PATH": "/app"},
+        {"SESSION_COOKIE_NAME": "session", "APPLICATION_ROOT": "/app"},
+    ],
+)
+def test_no_host_prefix_warning_where_it_is_there_or_could_not_be(
+    make_app: MakeApp, tmp_path: t.Any, config: dict[str, str]
+) -> None:
+    app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, **config})
+    assert findings(app) == {}

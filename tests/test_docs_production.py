@@ -94,7 +94,10 @@ def test_check_example_output(
     monkeypatch.setenv("REDIS_URL", redis_as_configured.url)
     redis_as_configured.client().config_set("maxmemory-policy", "allkeys-lru")
     app = production_app(
-        tmp_path, SESSION_COOKIE_SECURE=False, SERVERSESSION_ABSOLUTE_LIFETIME=None
+        tmp_path,
+        SESSION_COOKIE_NAME="session",
+        SESSION_COOKIE_SECURE=False,
+        SERVERSESSION_ABSOLUTE_LIFETIME=None,
     )
     result = check(app)
     assert result.exit_code == 1
@@ -120,6 +123,7 @@ def test_ignore_a_check_that_does_not_apply(
     app = make_app(
         "sqlalchemy",
         SECRET_KEY=secrets.token_hex(32),
+        SESSION_COOKIE_NAME="__Host-session",
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SERVERSESSION_ABSOLUTE_LIFETIME=timedelta(days=30),
@@ -141,6 +145,7 @@ def test_synchronous_commit_on_for_the_role(make_app: MakeApp, postgres_url: str
     app = make_app(
         "sqlalchemy",
         SECRET_KEY=secrets.token_hex(32),
+        SESSION_COOKIE_NAME="__Host-session",
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SERVERSESSION_ABSOLUTE_LIFETIME=timedelta(days=30),
@@ -168,6 +173,7 @@ def test_session_directory_for_the_app_alone(make_app: MakeApp, tmp_path: t.Any)
     app = make_app(
         "filesystem",
         SECRET_KEY=secrets.token_hex(32),
+        SESSION_COOKIE_NAME="__Host-session",
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SERVERSESSION_ABSOLUTE_LIFETIME=timedelta(days=30),

@@ -294,9 +294,9 @@ def test_ending_other_sessions_asks_for_the_password(make_app: MakeApp) -> None:
 
 def test_recommended_values(make_app: MakeApp) -> None:
     rows = {
-        "level 3": (timedelta(minutes=15), "access", timedelta(hours=12)),
-        "level 2": (timedelta(minutes=30), "access", timedelta(hours=12)),
-        "level 1": (timedelta(hours=24), "modify", timedelta(days=30)),
+        "AAL3": (timedelta(minutes=15), "access", timedelta(hours=12)),
+        "AAL2": (timedelta(hours=1), "access", timedelta(hours=24)),
+        "AAL1": (timedelta(hours=24), "modify", timedelta(days=30)),
     }
     for idle, renew_on, absolute in rows.values():
         app = make_app(
@@ -313,3 +313,20 @@ def test_recommended_values(make_app: MakeApp) -> None:
         assert client.get("/get/user").json == {"value": "alice"}
         clock.advance(seconds=idle.total_seconds() + 60)
         assert client.get("/get/user").json == {"value": None}
+
+
+def test_partitioned_cookie_for_an_embedded_app(make_app: MakeApp) -> None:
+    app = make_app(
+        SESSION_COOKIE_NAME="__Host-session",
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_SAMESITE="None",
+        SESSION_COOKIE_PARTITIONED=True,
+    )
+    client = app.test_client()
+    https = "https://localhost"
+    set_header = client.post("/set", json={"a": 1}, base_url=https).headers["Set-Cookie"]
+    delete_header = client.post("/destroy", base_url=https).headers["Set-Cookie"]
+    for header in (set_header, delete_header):
+        parts = {part.strip() for part in header.split(";")}
+        assert {"Partitioned", "Secure", "SameSite=None", "Path=/", "HttpOnly"} <= parts
+        assert header.startswith("__Host-session=")

@@ -129,6 +129,11 @@ else:
 MISSING = [
     ("redis", {"SERVERSESSION_BACKEND": "redis"}, "SERVERSESSION_BACKEND = 'redis'"),
     (
+        "valkey",
+        {"SERVERSESSION_BACKEND": "redis", "SERVERSESSION_REDIS_URL": "valkeys://:pw@cache:6380/0"},
+        "SERVERSESSION_REDIS_URL = 'valkeys://***@cache:6380/0'",
+    ),
+    (
         "psycopg",
         {"SERVERSESSION_SQLALCHEMY_URI": "postgresql+psycopg://app@127.0.0.1/app"},
         "SERVERSESSION_SQLALCHEMY_URI = 'postgresql+psycopg://app@127.0.0.1/app'",

@@ -2,25 +2,29 @@ from __future__ import annotations
 
 import typing as t
 
-import redis
+import pytest
 from flask import Flask
 
 from flask_serversession.backends.redis import RedisBackend
 
 from .conftest import session_cookie
 from .conftest import store_of
+from .support.redis_servers import client_library
 from .support.redis_servers import Counter
 from .support.redis_servers import RedisServer
+
+#: Every test of the module runs with redis-py and with valkey-py (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("redis_library")
 
 
 def test_a_request_costs_one_round_trip_per_load_and_per_save(
     make_app: t.Callable[..., Flask], redis_server: RedisServer
 ) -> None:
     counter = Counter()
-    pool = redis.ConnectionPool(
+    pool = client_library().ConnectionPool(
         connection_class=counter.connection_class(), host="127.0.0.1", port=redis_server.port
     )
-    app = make_app("redis", SERVERSESSION_REDIS=redis.Redis(connection_pool=pool))
+    app = make_app("redis", SERVERSESSION_REDIS=client_library().Redis(connection_pool=pool))
     client = app.test_client()
     client.post("/set", json={"a": 1})
     client.post("/set", json={"a": 2})

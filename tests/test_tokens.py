@@ -15,6 +15,7 @@ from itsdangerous import Signer
 from flask_serversession import ServerSession
 from flask_serversession import SessionNotFoundError
 
+from .conftest import Clock
 from .conftest import CountingBackend
 from .conftest import session_cookie
 from .conftest import store_of
@@ -131,12 +132,17 @@ def test_regenerate_moves_data_to_a_new_id(app: Flask) -> None:
         assert store_of(app).count() == 1
 
 
-def test_regenerate_keeps_created_at(app: Flask) -> None:
+def test_regenerate_restarts_created_at(app: Flask) -> None:
+    # A sign-in restarts the absolute lifetime (SP 800-63B-4 5.2); more in
+    # tests/test_reauthentication.py.
+    clock = Clock()
+    store_of(app).clock = clock
     client = app.test_client()
     client.post("/set", json={"a": 1})
     created = client.get("/meta").json["created_at"]
+    clock.advance(hours=1)
     client.post("/regenerate")
-    assert client.get("/meta").json["created_at"] == created
+    assert client.get("/meta").json["created_at"] == clock.now.isoformat() != created
 
 
 def test_destroy_deletes_record_and_expires_cookie(make_app: t.Callable[..., Flask]) -> None:

@@ -28,6 +28,7 @@ CHECKS: dict[str, str] = {
     "serversession.W014": "PostgreSQL synchronous_commit is off for session writes",
     "serversession.E015": "others can write the session directory or a parent of it",
     "serversession.E016": "device-bound sessions with SESSION_COOKIE_SECURE off",
+    "serversession.W016": "the session cookie could have the __Host- prefix and has not",
 }
 
 

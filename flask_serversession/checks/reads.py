@@ -5,9 +5,9 @@ import os
 import typing as t
 
 if t.TYPE_CHECKING:
-    import redis
-    import redis.cluster
     import sqlalchemy as sa
+
+    from ..backends.redis.clients import Client
 
 
 class StoreUnreachable(Exception):
@@ -22,24 +22,28 @@ def _text(value: t.Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def redis_settings(
-    client: redis.Redis | redis.cluster.RedisCluster, names: t.Sequence[str]
-) -> dict[str, dict[str, str]]:
+def redis_settings(client: Client, names: t.Sequence[str]) -> dict[str, dict[str, str]]:
     """Read ``names`` with ``CONFIG GET``, by node (``host:port``; one entry for one server).
 
     One ``CONFIG GET`` per name, as servers before Redis 7 take one pattern.
-    A cluster is read on each of its primaries.
+    A cluster is read on each of its primaries. Works with redis-py and
+    valkey-py clients, on Redis and on Valkey (which answers the same names).
 
     :raise StoreUnreachable: a node could not be reached.
     :raise UnreadableSetting: a node refused ``CONFIG GET`` (a renamed or
         forbidden command, as managed services have).
     """
-    import redis.cluster
-    from redis import exceptions
+    import importlib
 
-    if isinstance(client, redis.cluster.RedisCluster):
+    from ..backends.redis.clients import library_of
+
+    lib = library_of(client)
+    if lib is None:
+        raise TypeError(f"not a redis-py or valkey-py client: {client!r}")
+    exceptions = importlib.import_module(f"{lib.name}.exceptions")
+    if isinstance(client, lib.cluster):
         targets: list[tuple[str, dict[str, t.Any]]] = [
-            (node.name, {"target_nodes": node}) for node in _primaries(client)
+            (node.name, {"target_nodes": node}) for node in _primaries(client, lib.errors)
         ]
     else:
         targets = [("server", {})]
@@ -51,9 +55,9 @@ def redis_settings(
                 reply = client.config_get(name, **options)
             except (exceptions.ConnectionError, exceptions.TimeoutError) as e:
                 raise StoreUnreachable(_text(e) or type(e).__name__) from e
-            except exceptions.ResponseError as e:
+            except lib.response_error as e:
                 raise UnreadableSetting(f"CONFIG GET {name}: {_text(e)}") from e
-            except exceptions.RedisError as e:
+            except lib.errors as e:
                 raise StoreUnreachable(_text(e) or type(e).__name__) from e
             values = {_text(k): _text(v) for k, v in t.cast("dict[t.Any, t.Any]", reply).items()}
             if name not in values:
@@ -63,12 +67,10 @@ def redis_settings(
     return nodes
 
 
-def _primaries(client: redis.cluster.RedisCluster) -> list[t.Any]:
-    from redis import exceptions
-
+def _primaries(client: t.Any, errors: tuple[type[Exception], ...]) -> list[t.Any]:
     try:
-        return list(client.get_primaries())  # type: ignore[no-untyped-call]
-    except exceptions.RedisError as e:
+        return list(client.get_primaries())
+    except errors as e:
         raise StoreUnreachable(_text(e) or type(e).__name__) from e
 
 

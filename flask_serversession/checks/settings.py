@@ -39,6 +39,7 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
     store: SessionStore = app.extensions["serversession"]
     config = app.config
     yield from _cookie(config)
+    yield from _host_prefix(app)
     yield from _keys(app)
     settings = store.settings
     if settings.device_bound and not config.get("SESSION_COOKIE_SECURE"):
@@ -159,3 +160,31 @@ def _keys(app: Flask) -> t.Iterator[Finding]:
 def _serves_pages(app: Flask) -> bool:
     """Whether the app looks like one for browsers: it has Jinja templates to render."""
     return bool(app.jinja_env.list_templates())
+
+
+def _host_prefix(app: Flask) -> t.Iterator[Finding]:
+    """W016: a Secure cookie for the whole host, named without ``__Host-``."""
+    from flask.sessions import SessionInterface
+
+    from ..prefixes import prefix_of
+
+    cookie = SessionInterface()
+    name = cookie.get_cookie_name(app)
+    could = (
+        cookie.get_cookie_secure(app)
+        and not cookie.get_cookie_domain(app)
+        and cookie.get_cookie_path(app) == "/"
+    )
+    found = prefix_of(name)
+    if could and (found is None or not found[0].startswith("__Host-")):
+        yield Finding(
+            "serversession.W016",
+            "SESSION_COOKIE_NAME",
+            repr(name),
+            "Without the __Host- prefix a sibling subdomain, or a page of this host on plain"
+            " HTTP, can set a cookie of the same name that the browser sends instead of this"
+            " one (planting a session); NIST SP 800-63B-4 (5.1.1) and ASVS 5.0 (V3.3.3) ask"
+            " for the prefix.",
+            "set SESSION_COOKIE_NAME = '__Host-session' (the settings already meet its rule:"
+            " Secure, no Domain, Path=/); users sign in once more after the rename.",
+        )

@@ -11,7 +11,10 @@ from datetime import timezone
 
 import pytest
 import redis
+import redis.asyncio
 import redis.cluster
+import valkey
+import valkey.asyncio
 from flask import Flask
 
 from flask_serversession.backends.base import CorruptRecordError
@@ -28,15 +31,21 @@ from flask_serversession.errors import SessionTooLargeError
 
 from ..conftest import session_cookie
 from ..conftest import store_of
+from ..support.redis_servers import client_library
+from ..support.redis_servers import cluster_class
 from ..support.redis_servers import Counter
 from ..support.redis_servers import DAMAGES
 from ..support.redis_servers import free_port
 from ..support.redis_servers import LAYOUT_DAMAGES
+from ..support.redis_servers import node_client
 from ..support.redis_servers import redis_decoded_backend  # noqa: F401
 from ..support.redis_servers import RedisCluster
 from ..support.redis_servers import RedisSentinel
 from ..support.redis_servers import RedisServer
 from ..support.redis_servers import unique_prefix
+
+#: Every test of the module runs with redis-py and with valkey-py (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("redis_library")
 
 HOUR = timedelta(hours=1)
 
@@ -88,10 +97,10 @@ def session_operations(
 
 def test_each_operation_is_one_round_trip(redis_server: RedisServer) -> None:
     counter = Counter()
-    pool = redis.ConnectionPool(
+    pool = client_library().ConnectionPool(
         connection_class=counter.connection_class(), host="127.0.0.1", port=redis_server.port
     )
-    client = redis.Redis(connection_pool=pool)
+    client = client_library().Redis(connection_pool=pool)
     admin = redis_server.client()
     backend = RedisBackend(client, key_prefix=unique_prefix())
     key, start = key_of("a"), now()
@@ -352,9 +361,7 @@ def test_cluster_spreads_sessions_over_every_primary(redis_cluster_backend: Redi
     primaries = client.get_primaries()  # type: ignore[no-untyped-call]
     assert len(primaries) == 3
     match = backend.key_prefix + "*"
-    per_node = [
-        len(list(t.cast(t.Any, node.redis_connection).scan_iter(match=match))) for node in primaries
-    ]
+    per_node = [len(list(node_client(node).scan_iter(match=match))) for node in primaries]
     assert sum(per_node) == 60 and all(n > 0 for n in per_node)
 
     assert backend.count(now()) == 60
@@ -388,7 +395,7 @@ def test_cluster_update_is_atomic_and_never_recreates(redis_cluster_backend: Red
 
 def test_sentinel_client_end_to_end(redis_sentinel: RedisSentinel) -> None:
     client = redis_sentinel.client()
-    assert isinstance(client, redis.Redis)
+    assert isinstance(client, client_library().Redis)
     backend = RedisBackend(client, key_prefix=unique_prefix())
     key = key_of("a")
     backend.create(key, record({"k": "1"}))
@@ -412,11 +419,22 @@ def make_config_app(**config: t.Any) -> Flask:
 
 @pytest.mark.parametrize(
     "client",
-    [object(), "redis://localhost", redis.ConnectionPool(), redis.asyncio.Redis()],
-    ids=["object", "str", "pool", "asyncio"],
+    [
+        object(),
+        "redis://localhost",
+        redis.ConnectionPool(),
+        redis.asyncio.Redis(),
+        valkey.ConnectionPool(),
+        valkey.asyncio.Valkey(),
+    ],
+    ids=["object", "str", "pool", "asyncio", "valkey-pool", "valkey-asyncio"],
 )
 def test_a_non_client_is_refused(client: t.Any) -> None:
-    with pytest.raises(TypeError, match=r"redis\.Redis, redis\.cluster\.RedisCluster or Sentinel"):
+    accepted = (
+        r"redis\.Redis, redis\.cluster\.RedisCluster, valkey\.Valkey,"
+        r" valkey\.cluster\.ValkeyCluster or Sentinel master_for\(\) client"
+    )
+    with pytest.raises(TypeError, match=accepted):
         RedisBackend(client)
     with pytest.raises(ConfigError, match="SERVERSESSION_REDIS"):
         build_backend(make_config_app(SERVERSESSION_REDIS=client))
@@ -439,6 +457,9 @@ def test_an_empty_prefix_is_refused(redis_server: RedisServer) -> None:
         "redis://localhost:6379/zero",
         "unix://",
         "",
+        "valkey://",
+        "valkeys://localhost:port/0",
+        "valkey://localhost:6379/zero",
     ],
 )
 def test_a_bad_url_is_refused(url: str) -> None:
@@ -448,11 +469,15 @@ def test_a_bad_url_is_refused(url: str) -> None:
         build_backend(make_config_app(SERVERSESSION_REDIS_URL=url))
 
 
-def test_from_url_and_config_build_a_backend_without_contacting_the_server() -> None:
-    url = f"redis://127.0.0.1:{free_port()}/3?socket_timeout=1.5"
+def test_from_url_and_config_build_a_backend_without_contacting_the_server(
+    redis_library: str,
+) -> None:
+    port = free_port()
+    url = f"{redis_library}://127.0.0.1:{port}/3?socket_timeout=1.5"
     backend = RedisBackend.from_url(url, key_prefix="app:")
+    assert isinstance(backend.client, client_library().Redis)
     kwargs = t.cast(redis.Redis, backend.client).connection_pool.connection_kwargs
-    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", int(url[18:23]), 3)
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", port, 3)
     assert kwargs["socket_timeout"] == 1.5 and kwargs["socket_connect_timeout"] == 3.0
     assert backend.key_prefix == "app:"
     backend.close()
@@ -473,13 +498,13 @@ def test_config_passes_a_ready_client(redis_server: RedisServer) -> None:
     client.close()
 
 
-def test_a_closed_port_fails_fast_with_backend_error() -> None:
-    backend = RedisBackend.from_url(f"redis://127.0.0.1:{free_port()}/0")
+def test_a_closed_port_fails_fast_with_backend_error(redis_library: str) -> None:
+    backend = RedisBackend.from_url(f"{redis_library}://127.0.0.1:{free_port()}/0")
     start = time.monotonic()
     with pytest.raises(BackendError, match="Redis failed to load a session: ConnectionError") as e:
         backend.load(key_of("a"))
     assert time.monotonic() - start < 2
-    assert isinstance(e.value.__cause__, redis.exceptions.ConnectionError)
+    assert isinstance(e.value.__cause__, client_library().exceptions.ConnectionError)
     assert e.value.code == 503
     backend.close()
 
@@ -510,7 +535,7 @@ def test_a_killed_server_raises_backend_error_until_it_is_back(
     for name, operation in OPERATIONS.items():
         with pytest.raises(BackendError, match="Redis failed to") as e:
             operation(backend)
-        assert isinstance(e.value.__cause__, redis.exceptions.ConnectionError), name
+        assert isinstance(e.value.__cause__, client_library().exceptions.ConnectionError), name
 
     server.start()  # same port, empty: nothing was persisted
     assert backend.load(key_of("a")) is None
@@ -902,10 +927,10 @@ def test_purge_works_in_batches_over_every_primary(either_backend: RedisBackend)
     ttls = [pttl(backend, key_of(f"k{i}")) for i in range(1300)]
     assert all(3_500_000 < ms <= 3_600_000 for ms in ttls[::3])
     assert all(7_100_000 < ms <= 7_200_000 for i, ms in enumerate(ttls) if i % 3)
-    if isinstance(client, redis.cluster.RedisCluster):
+    if isinstance(client, cluster_class()):
         primaries = client.get_primaries()  # type: ignore[no-untyped-call]
         for node in primaries:
-            connection = t.cast(t.Any, node.redis_connection)
+            connection = node_client(node)
             names = list(connection.scan_iter(match=_glob(prefix)))
             assert names and all(connection.pttl(n) > 0 for n in names)
     assert backend.clear() == 1300
@@ -1155,10 +1180,10 @@ def test_saves_that_keep_the_user_are_one_script_and_leave_the_set_alone(
     redis_server: RedisServer,
 ) -> None:
     counter = Counter()
-    pool = redis.ConnectionPool(
+    pool = client_library().ConnectionPool(
         connection_class=counter.connection_class(), host="127.0.0.1", port=redis_server.port
     )
-    client = redis.Redis(connection_pool=pool)
+    client = client_library().Redis(connection_pool=pool)
     admin = redis_server.client()
     backend = RedisBackend(client, key_prefix=unique_prefix())
     key, start = key_of("a"), now()
@@ -1237,9 +1262,10 @@ def test_listing_a_thousand_sessions_of_one_user(
         times.append(time.perf_counter() - began)
         assert dict(found) == created
     median = sorted(times)[len(times) // 2]
-    kind = "cluster" if isinstance(backend.client, redis.cluster.RedisCluster) else "server"
+    kind = "cluster" if isinstance(backend.client, cluster_class()) else "server"
     line = (
-        f"redis {kind}: listing {count} sessions of one user among {3 * count}:"
+        f"redis {kind} ({client_library().__name__}-py): listing {count} sessions of one user"
+        f" among {3 * count}:"
         f" median {median * 1000:.1f} ms, best {min(times) * 1000:.1f} ms"
     )
     request.node.user_properties.append(("figures", line))

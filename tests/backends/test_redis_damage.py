@@ -17,6 +17,9 @@ from ..conftest import store_of
 from ..support.redis_servers import DAMAGES
 from ..support.redis_servers import redis_decoded_backend  # noqa: F401
 
+#: Every test of the module runs with redis-py and with valkey-py (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("redis_library")
+
 WAIT = 10
 
 

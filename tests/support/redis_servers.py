@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+import types
 import typing as t
 import uuid
 from pathlib import Path
@@ -19,6 +21,52 @@ if t.TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
+
+#: The client libraries the Redis backend's tests run with, against the same servers.
+CLIENT_LIBRARIES = ("redis", "valkey")
+# The library of the running test; ``redis_library`` sets it.
+_current = ["redis"]
+
+
+def client_library() -> types.ModuleType:
+    """The client library of the running test: the ``redis`` or the ``valkey`` module.
+
+    valkey-py keeps redis-py's names as aliases (``valkey.Redis``,
+    ``valkey.ConnectionPool``, ``valkey.exceptions.ConnectionError``), so a
+    test written against one reads the same against the other.
+    """
+    module = importlib.import_module(_current[0])
+    for part in ("cluster", "sentinel", "exceptions", "backoff", "retry", "asyncio"):
+        importlib.import_module(f"{_current[0]}.{part}")
+    return module
+
+
+def node_client(node: t.Any) -> t.Any:
+    """The client of one cluster node: ``redis_connection`` (valkey-py: ``valkey_connection``)."""
+    return getattr(node, "redis_connection", None) or node.valkey_connection
+
+
+def cluster_class() -> type[t.Any]:
+    """The cluster client class of the running test's library."""
+    cluster = importlib.import_module(f"{_current[0]}.cluster")
+    return t.cast("type[t.Any]", getattr(cluster, "ValkeyCluster", None) or cluster.RedisCluster)
+
+
+@pytest.fixture
+def redis_library(request: pytest.FixtureRequest) -> t.Iterator[str]:
+    """The client library the test's clients and backends use (redis-py by default).
+
+    ``tests/conftest.py`` runs every test that uses it once per library in
+    :data:`CLIENT_LIBRARIES`.
+    """
+    name = t.cast(str, getattr(request, "param", "redis"))
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        _unavailable(f"the {name} client library is not installed")
+    _current[0] = name
+    yield name
+    _current[0] = "redis"
 
 
 def _unavailable(reason: str) -> t.NoReturn:
@@ -36,10 +84,8 @@ def free_port() -> int:
 
 
 def _retry() -> t.Any:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return Retry(NoBackoff(), 1)
+    lib = client_library()
+    return lib.retry.Retry(lib.backoff.NoBackoff(), 1)
 
 
 class RedisServer:
@@ -67,7 +113,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        """The server's URL, in the scheme of the running test's client library."""
+        return f"{_current[0]}://{HOST}:{self.port}/0"
 
     @property
     def log(self) -> str:
@@ -76,12 +123,10 @@ class RedisServer:
 
     def client(self, **kwargs: t.Any) -> redis.Redis:
         """A new client on this server, with short timeouts and one retry."""
-        import redis
-
         kwargs.setdefault("socket_timeout", 5.0)
         kwargs.setdefault("socket_connect_timeout", 2.0)
         kwargs.setdefault("retry", _retry())
-        return redis.Redis(host=HOST, port=self.port, **kwargs)
+        return t.cast("redis.Redis", client_library().Redis(host=HOST, port=self.port, **kwargs))
 
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING."""
@@ -153,11 +198,10 @@ class RedisCluster:
         self.ports = [s.port for s in servers]
 
     def client(self, **kwargs: t.Any) -> redis.cluster.RedisCluster:
-        import redis.cluster
-
         kwargs.setdefault("socket_timeout", 5.0)
         kwargs.setdefault("socket_connect_timeout", 2.0)
-        return redis.cluster.RedisCluster(host=HOST, port=self.ports[0], **kwargs)
+        client = cluster_class()(host=HOST, port=self.ports[0], **kwargs)
+        return t.cast("redis.cluster.RedisCluster", client)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -179,16 +223,14 @@ class RedisSentinel:
 
     def client(self, **kwargs: t.Any) -> redis.Redis:
         """A Sentinel ``master_for()`` client of the primary."""
-        from redis.sentinel import Sentinel
+        Sentinel = client_library().sentinel.Sentinel
 
         kwargs.setdefault("socket_timeout", 5.0)
         kwargs.setdefault("socket_connect_timeout", 2.0)
         kwargs.setdefault("retry", _retry())
         timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            [(HOST, self.sentinel.port)], sentinel_kwargs=timeouts, **kwargs
-        )
-        return t.cast("redis.Redis", sentinel.master_for(self.service_name))  # type: ignore[no-untyped-call]
+        sentinel = Sentinel([(HOST, self.sentinel.port)], sentinel_kwargs=timeouts, **kwargs)
+        return t.cast("redis.Redis", sentinel.master_for(self.service_name))
 
     def stop(self) -> None:
         self.sentinel.stop()
@@ -302,7 +344,7 @@ def unique_prefix() -> str:
 
 
 @pytest.fixture
-def redis_backend(redis_server: RedisServer) -> t.Iterator[RedisBackend]:
+def redis_backend(redis_server: RedisServer, redis_library: str) -> t.Iterator[RedisBackend]:
     """An empty ``RedisBackend`` on the shared server, under its own prefix."""
     from flask_serversession.backends.redis import RedisBackend
 
@@ -314,7 +356,9 @@ def redis_backend(redis_server: RedisServer) -> t.Iterator[RedisBackend]:
 
 
 @pytest.fixture
-def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[RedisBackend]:
+def redis_cluster_backend(
+    redis_cluster: RedisCluster, redis_library: str
+) -> t.Iterator[RedisBackend]:
     """An empty ``RedisBackend`` on the shared cluster, under its own prefix."""
     from flask_serversession.backends.redis import RedisBackend
 
@@ -326,7 +370,9 @@ def redis_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[RedisBacken
 
 
 @pytest.fixture
-def redis_decoded_backend(redis_server: RedisServer) -> t.Iterator[RedisBackend]:
+def redis_decoded_backend(
+    redis_server: RedisServer, redis_library: str
+) -> t.Iterator[RedisBackend]:
     """As ``redis_backend``, on a client built with ``decode_responses=True``."""
     from flask_serversession.backends.redis import RedisBackend
 
@@ -384,10 +430,8 @@ class Counter:
         self.sent: list[bytes] = []
 
     def connection_class(self, base: type[t.Any] | None = None) -> type[t.Any]:
-        import redis
-
         sent = self.sent
-        base = redis.Connection if base is None else base
+        base = client_library().Connection if base is None else base
 
         class CountingConnection(base):  # type: ignore[valid-type,misc]
             def send_packed_command(self, command: t.Any, check_health: bool = True) -> None:
@@ -399,7 +443,7 @@ class Counter:
     def count_cluster(self, client: t.Any) -> None:
         """Count what ``client``, a ``RedisCluster``, sends to every primary."""
         for node in client.get_primaries():
-            pool = node.redis_connection.connection_pool
+            pool = node_client(node).connection_pool
             pool.connection_class = self.connection_class(pool.connection_class)
             pool.disconnect()
             pool.reset()
@@ -408,3 +452,41 @@ class Counter:
         del self.sent[:]
         call()
         return len(self.sent), list(self.sent)
+
+
+def _with_library(name: str, make: t.Callable[[], t.Any]) -> t.Any:
+    """What ``make`` returns when called with ``name`` as the client library."""
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        _unavailable(f"the {name} client library is not installed")
+    before = _current[0]
+    _current[0] = name
+    try:
+        return make()
+    finally:
+        _current[0] = before
+
+
+@pytest.fixture
+def valkey_backend(redis_server: RedisServer) -> t.Iterator[RedisBackend]:
+    """As ``redis_backend``, on a valkey-py client (``valkey.Valkey``)."""
+    from flask_serversession.backends.redis import RedisBackend
+
+    client = _with_library("valkey", redis_server.client)
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    yield backend
+    backend.clear()
+    client.close()
+
+
+@pytest.fixture
+def valkey_cluster_backend(redis_cluster: RedisCluster) -> t.Iterator[RedisBackend]:
+    """As ``redis_cluster_backend``, on a ``valkey.cluster.ValkeyCluster`` client."""
+    from flask_serversession.backends.redis import RedisBackend
+
+    client = _with_library("valkey", redis_cluster.client)
+    backend = RedisBackend(client, key_prefix=unique_prefix())
+    yield backend
+    backend.clear()
+    client.close()

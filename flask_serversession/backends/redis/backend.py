@@ -7,15 +7,6 @@ from datetime import timedelta
 from datetime import timezone
 from urllib.parse import urlsplit
 
-import redis
-import redis.cluster
-from redis.backoff import NoBackoff
-from redis.connection import parse_url
-from redis.exceptions import NoScriptError
-from redis.exceptions import RedisError
-from redis.exceptions import ResponseError
-from redis.retry import Retry
-
 from ...log import logger
 from ..base import Backend
 from ..base import check_size
@@ -23,6 +14,10 @@ from ..base import CorruptRecordError
 from ..base import Delta
 from ..base import Record
 from . import scripts
+from .clients import client_from_url
+from .clients import library
+from .clients import library_name_for_url
+from .clients import library_of
 from .codec import create_numbers
 from .codec import DATA
 from .codec import decode
@@ -44,6 +39,9 @@ from .codec import wrong_type
 from .failures import Failures
 from .users import UserIndex
 
+if t.TYPE_CHECKING:
+    from .clients import Client
+
 _MILLISECOND = timedelta(milliseconds=1)
 _BATCH = 500
 _ATTEMPTS = 4  # saves retried after moving a user's set TTL forward
@@ -59,13 +57,14 @@ class RedisBackend(Backend):
     saves and :meth:`take` each take one round trip; a write is a ``MULTI``
     block or a Lua script, so a failed save never leaves a half-written hash,
     and the size limit holds for concurrent saves. Works with a plain client, a
-    ``RedisCluster`` and a Sentinel ``master_for()`` client; no server is
-    contacted until first use.
+    cluster client and a Sentinel ``master_for()`` client, of redis-py or of
+    valkey-py, on Redis or Valkey; no server is contacted until first use.
 
     A session with a user is also in its user's set (see ``redis/users.py``).
 
-    :param client: a ready ``redis.Redis``, ``redis.cluster.RedisCluster`` or
-        Sentinel ``master_for()`` client. It is not closed by :meth:`close`.
+    :param client: a ready ``redis.Redis``, ``redis.cluster.RedisCluster``,
+        ``valkey.Valkey``, ``valkey.cluster.ValkeyCluster`` or Sentinel
+        ``master_for()`` client. It is not closed by :meth:`close`.
     :param key_prefix: prefix of every key this backend writes, scans or
         clears; give each app its own.
     :param keep_expired: how long Redis keeps a session's hash after it
@@ -76,20 +75,24 @@ class RedisBackend(Backend):
 
     .. versionchanged:: 0.3
         ``keep_expired``: hashes outlive their expiry by an hour.
+
+    .. versionchanged:: 0.3
+        valkey-py clients, and ``valkey://`` and ``valkeys://`` URLs.
     """
 
     def __init__(
         self,
-        client: redis.Redis | redis.cluster.RedisCluster,
+        client: Client,
         *,
         key_prefix: str = "serversession:",
         keep_expired: timedelta = timedelta(hours=1),
     ) -> None:
-        if not isinstance(client, (redis.Redis, redis.cluster.RedisCluster)):
+        lib = library_of(client)
+        if lib is None:
             kind = f"{type(client).__module__}.{type(client).__qualname__}"
             raise TypeError(
-                "RedisBackend needs a redis.Redis, redis.cluster.RedisCluster or"
-                f" Sentinel master_for() client, not {kind}"
+                "RedisBackend needs a redis.Redis, redis.cluster.RedisCluster, valkey.Valkey,"
+                f" valkey.cluster.ValkeyCluster or Sentinel master_for() client, not {kind}"
             )
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ValueError(f"key_prefix must be a non-empty string, not {key_prefix!r}")
@@ -99,8 +102,11 @@ class RedisBackend(Backend):
         self.key_prefix = key_prefix
         self.keep_expired = keep_expired
         self._owns_client = False
+        #: Every error the client raises for a failed command.
+        self.errors = lib.errors
+        self._library = lib
         self._users = UserIndex(self)
-        self._cluster = isinstance(client, redis.cluster.RedisCluster)
+        self._cluster = isinstance(client, lib.cluster)
 
     @classmethod
     def from_url(
@@ -111,18 +117,20 @@ class RedisBackend(Backend):
         keep_expired: timedelta = timedelta(hours=1),
         **kwargs: t.Any,
     ) -> RedisBackend:
-        """Build a backend on a new ``redis.Redis`` client for ``url``.
+        """Build a backend on a new single-server client for ``url``.
 
-        Socket timeouts default to a few seconds and a command that hits a
-        connection error is retried once; options in the URL's query string
-        and ``kwargs`` override these. Raises ValueError for a URL that does
-        not name a server. ``key_prefix`` and ``keep_expired`` are as for the
-        constructor.
+        The client is a ``valkey.Valkey`` for a ``valkey://`` or ``valkeys://``
+        URL, otherwise a ``redis.Redis``. Socket timeouts default to a few
+        seconds and a command that hits a connection error is retried once;
+        options in the URL's query string and ``kwargs`` override these.
+        Raises ValueError for a URL that does not name a server.
+        ``key_prefix`` and ``keep_expired`` are as for the constructor.
 
-        :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
-        :param kwargs: more arguments for ``redis.Redis``.
+        :param url: a ``redis://``, ``rediss://``, ``valkey://``,
+            ``valkeys://`` or ``unix://`` URL.
+        :param kwargs: more arguments for the client.
         """
-        options = parse_url(url)  # type: ignore[no-untyped-call]
+        options = library(library_name_for_url(url)).parse_url(url)
         if url.startswith("unix://") and not options.get("path"):
             raise ValueError("the unix:// URL names no socket path")
         if not url.startswith("unix://"):
@@ -133,16 +141,14 @@ class RedisBackend(Backend):
                 raise ValueError(f"database {path!r} in the URL is not a number")
         kwargs.setdefault("socket_timeout", 5.0)
         kwargs.setdefault("socket_connect_timeout", 3.0)
-        kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-        client = redis.Redis.from_url(url, **kwargs)
+        client = client_from_url(url, **kwargs)
         backend = cls(client, key_prefix=key_prefix, keep_expired=keep_expired)
         backend._owns_client = True
         return backend
 
-    @staticmethod
-    def _errors(action: str) -> Failures:
+    def _errors(self, action: str) -> Failures:
         """A context in which a Redis error becomes a BackendError that says what failed."""
-        return Failures(action)
+        return Failures(action, self.errors)
 
     def _scan(self, *, sessions: bool = True) -> t.Iterator[list[t.Any]]:
         """Yield this prefix's keys in batches; on a cluster, from every primary.
@@ -182,7 +188,7 @@ class RedisBackend(Backend):
         command = ("EVALSHA", scripts.sha(script), len(keys), *keys, *args)
         try:
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
-        except NoScriptError:
+        except self._library.no_script_error:
             self.client.script_load(script)
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
 
@@ -191,7 +197,7 @@ class RedisBackend(Backend):
             try:
                 name = self.key_prefix + key
                 fields = self.client.execute_command("HGETALL", name, **RAW)  # type: ignore[no-untyped-call]
-            except ResponseError as e:
+            except self._library.response_error as e:
                 if wrong_type(e):
                     raise CorruptRecordError(f"the session key is not a hash: {e}") from e
                 raise
@@ -249,7 +255,7 @@ class RedisBackend(Backend):
                     break
                 op, user = "reindex", text(result[1])
             else:
-                raise RedisError("the session changed hands during every attempt to save it")
+                raise self.errors[0]("the session changed hands during every attempt to save it")
         code = int(result[0])
         if code < 0:
             check_size(int(result[1]), int(result[2]), delta.max_size)

@@ -6,9 +6,6 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
-from redis.client import NEVER_DECODE
-from redis.exceptions import ResponseError
-
 from ...serialization import one_shot_encoder
 from ..base import CorruptRecordError
 from ..base import Delta
@@ -39,7 +36,9 @@ _DATA_LENGTH = len(DATA)
 _DATA_BYTES = DATA.encode()
 # Replies are read as bytes even from a client built with decode_responses,
 # so damaged bytes reach parse instead of failing inside the client.
-RAW: dict[str, t.Any] = {NEVER_DECODE: True}
+# The option of ``execute_command`` that returns bytes whatever
+# ``decode_responses`` says; redis-py and valkey-py both read it.
+RAW: dict[str, t.Any] = {"NEVER_DECODE": True}
 # ASCII out, whatever the text: non-ASCII characters go as \u escapes.
 _pack = one_shot_encoder(json.JSONEncoder(separators=(",", ":")))
 
@@ -107,7 +106,8 @@ def index_deadline_from_us(expires_us: int, now_us: int) -> int:
 
 def wrong_type(reply: object) -> bool:
     """Whether a reply is Redis's error for a key of another type."""
-    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
+    # Of either client library: its ResponseError, or what a pipeline returns for one.
+    return isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE")
 
 
 def text(value: bytes | str) -> str:

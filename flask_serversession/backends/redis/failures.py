@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import typing as t
 
-from redis.exceptions import RedisClusterException
-from redis.exceptions import RedisError
-
 from ...errors import BackendError
 
 
@@ -17,12 +14,14 @@ class Failures:
     context manager costs several times as much to enter and leave.
 
     :param action: what was being done, e.g. ``"load a session"``.
+    :param errors: the client library's error classes.
     """
 
-    __slots__ = ("action",)
+    __slots__ = ("action", "errors")
 
-    def __init__(self, action: str) -> None:
+    def __init__(self, action: str, errors: tuple[type[Exception], ...]) -> None:
         self.action = action
+        self.errors = errors
 
     def __enter__(self) -> None:
         return None
@@ -30,6 +29,6 @@ class Failures:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: t.Any
     ) -> None:
-        if isinstance(error, (RedisError, RedisClusterException)):
+        if isinstance(error, self.errors):
             message = f"Redis failed to {self.action}: {type(error).__name__}: {error}"
             raise BackendError(message) from error

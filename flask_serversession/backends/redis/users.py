@@ -18,11 +18,6 @@ import json
 import typing as t
 from datetime import datetime
 
-import redis
-from redis.exceptions import RedisClusterException
-from redis.exceptions import RedisError
-from redis.exceptions import ResponseError
-
 from ...log import logger
 from ..base import CorruptRecordError
 from ..base import Record
@@ -32,6 +27,9 @@ from .codec import RAW
 from .codec import text
 from .codec import USERS
 from .codec import wrong_type
+
+if t.TYPE_CHECKING:
+    from .clients import Client
 
 # Hashes read per round trip when listing.
 _BATCH = 1000
@@ -43,8 +41,9 @@ _MAX_BATCHES = 100_000
 class Host(t.Protocol):
     """What the index uses of the backend it serves: its client, prefix and round trips."""
 
-    client: redis.Redis | redis.cluster.RedisCluster
+    client: Client
     key_prefix: str
+    errors: tuple[type[Exception], ...]
     _cluster: bool
 
     def _run(self, script: str, keys: t.Sequence[t.Any], *args: t.Any) -> t.Any: ...
@@ -200,7 +199,7 @@ class UserIndex:
                 cursor, batch = self.backend.client.execute_command(  # type: ignore[no-untyped-call]
                     "SSCAN", name, cursor, "COUNT", _SCAN_COUNT, **RAW
                 )
-            except ResponseError as e:
+            except self.backend.errors as e:
                 if not wrong_type(e):
                     raise
                 logger.error("The user index %s is not a set; no session is listed.", name)
@@ -249,5 +248,5 @@ class UserIndex:
     def _quietly(self, action: str, call: t.Callable[[], object]) -> None:
         try:
             call()
-        except (RedisError, RedisClusterException) as e:
+        except self.backend.errors as e:
             logger.warning("Redis failed to %s: %s: %s", action, type(e).__name__, e)
