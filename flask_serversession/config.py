@@ -11,6 +11,7 @@ from .backends.base import Backend
 from .errors import ConfigError
 from .extras import require
 from .leftover_keys import warn_flask_session_keys
+from .unknown_keys import warn_unknown_keys
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -195,6 +196,8 @@ def read_settings(app: Flask) -> Settings:
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
         warn_flask_session_keys(config)
+    # DEFAULTS is read now, so keys that other modules add to it count as known.
+    warn_unknown_keys(config, DEFAULTS)
     return settings
 
 
