@@ -29,6 +29,7 @@ CHECKS: dict[str, str] = {
     "serversession.E015": "others can write the session directory or a parent of it",
     # Growing up (0.3).
     "serversession.E020": "a SERVERSESSION_* key that no setting has (a typo?)",
+    "serversession.E021": "the session table in the app's database lacks a column it needs",
 }
 
 
