@@ -932,7 +932,7 @@ def test_security_flash_after_destroy_uses_a_new_id(tmp_path: t.Any) -> None:
 
 
 def test_cli_commands(tmp_path: t.Any) -> None:
-    app = new_app(tmp_path, SERVERSESSION_BACKEND="memory")
+    app = new_app(tmp_path, SERVERSESSION_BACKEND="filesystem")
     server_session = ServerSession(app)
     clock = Clock(datetime.now(timezone.utc))
     store_of(app).clock = clock
