@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import email.parser
+import re
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,34 @@ def test_the_metadata_names_authors_and_python_versions(sdist: tuple[str, set[st
     assert not [c for c in classifiers if c.startswith("License ::")]
     assert "Programming Language :: Python :: 3.10" in classifiers
     assert metadata.get("License-Expression", metadata["License"]) == "BSD-3-Clause"
+
+
+def test_one_version_everywhere() -> None:
+    from flask_serversession import __version__
+
+    assert __version__ == "0.3.0"
+    changes = (ROOT / "CHANGES.md").read_text(encoding="utf-8")
+    sections = [line for line in changes.splitlines() if line.startswith("## ")]
+    assert sections[0] == f"## Version {__version__}"
+    assert sections.count(f"## Version {__version__}") == 1
+    assert "Unreleased" not in changes
+    wheel = f"flask_serversession-{__version__}-py3-none-any.whl"
+    for page in ("README.md", "docs/quickstart.rst"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert wheel in text, page
+        assert set(re.findall(r"flask_serversession-[0-9.]+-py3-", text)) == {wheel[:-12]}, page
+        assert f"{__version__[:3]} is not on the package index yet" in text, page
+    # No note announces a version past the one being prepared.
+    notes = {
+        match
+        for path in [*(ROOT / "docs").glob("*.rst"), *(ROOT / "flask_serversession").rglob("*.py")]
+        for match in re.findall(r"version(?:added|changed):: (\S+)", path.read_text("utf-8"))
+    }
+    assert max(notes, key=lambda v: tuple(map(int, v.split(".")))) == __version__[:3]
+
+
+def test_the_upgrade_notes_have_their_own_page() -> None:
+    page = (ROOT / "docs" / "upgrading.rst").read_text(encoding="utf-8")
+    assert "From 0.2 to 0.3" in page and "From 0.1" in page
+    assert "Upgrading from 0.1" not in (ROOT / "docs" / "production.rst").read_text("utf-8")
+    assert "   upgrading\n" in (ROOT / "docs" / "index.rst").read_text(encoding="utf-8")
