@@ -5,6 +5,7 @@ import typing as t
 from datetime import timedelta
 
 from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_serversession import ServerSession
 
@@ -31,14 +32,14 @@ def create_app(
         # long random value (python -c "import secrets; print(secrets.token_hex())"):
         # anyone who knows this key can sign session tokens for this app.
         SECRET_KEY="dev-only-secret-key",
-        # API clients send and receive the token in this header instead of a cookie.
-        SERVERSESSION_HEADER_NAME="X-Session-Token",
         # Sessions are indexed by the signed-in user, for the "Your devices" page.
         SERVERSESSION_USER_KEY="user",
         SERVERSESSION_TRACK_CLIENT=True,
         # The session id changes every 15 minutes with no sign-out; a copy of an
         # old cookie used after that ends the session (docs: rotation.rst).
         SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15),
+        # No session lives longer than "Remember me" keeps it, however often it is used.
+        SERVERSESSION_ABSOLUTE_LIFETIME=timedelta(days=30),
         SESSION_COOKIE_SAMESITE="Lax",
     )
     app.config.from_prefixed_env()
@@ -49,9 +50,13 @@ def create_app(
     server_session.init_app(app)
 
     from . import views
+    from .api import create_api_app
 
     app.register_blueprint(views.bp)
-    app.register_blueprint(views.api)
+    # API clients send and receive the token in a header: an app of its own.
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/api": create_api_app(app)}
+    )
     app.add_template_filter(views.utc, "utc")
     app.add_template_filter(describe_device, "device")
     return app
