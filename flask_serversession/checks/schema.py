@@ -28,13 +28,12 @@ def check_schema(backend: SQLAlchemyBackend) -> t.Iterator[Finding]:
     if not found.columns:
         return
     statements = schema.statements(backend.table, found, backend.engine.dialect)
-    names = ", ".join(repr(c.name) for c in found.columns)
     yield Finding(
         "serversession.E021",
-        f"table {backend.table.name!r}",
-        f"no column {names}",
-        "The session table in the app's database lacks what the settings need, so every"
-        " request that uses the session fails until it is migrated.",
+        f"session table {backend.table.name!r}",
+        None,
+        f"It has no column {schema.missing_columns(found)}: every request that uses the"
+        " session fails until the app migrates the table, which is in its own database.",
         "with Flask-Migrate, 'flask db migrate' then 'flask db upgrade' (the table is in"
         " db.metadata); or run: " + "; ".join(statements) + ";",
     )

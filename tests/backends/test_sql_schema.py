@@ -210,7 +210,8 @@ def test_apps_table_without_owner_is_reported_and_refused(
         assert code == 1
         [line] = [line for line in output.splitlines() if "E021" in line]
         assert line.startswith(
-            f"error serversession.E021 table {table_name!r} = no column 'owner': "
+            f"error serversession.E021 session table {table_name!r}: It has no column 'owner',"
+            " which SERVERSESSION_USER_KEY needs for its user index: every request"
         )
         assert "'flask db migrate' then 'flask db upgrade'" in line
         statements = re.findall(r"((?:ALTER|CREATE) [^;]*);", line)
@@ -222,7 +223,11 @@ def test_apps_table_without_owner_is_reported_and_refused(
         with app.app_context(), pytest.raises(ConfigError) as raised:
             ServerSession().count()
         message = str(raised.value)
-        assert "in the app's own database" in message and "flask db migrate" in message
+        assert message.startswith(
+            f"The session table {table_name!r} has no column 'owner', which"
+            " SERVERSESSION_USER_KEY needs for its user index. The table is in the app's own"
+        )
+        assert "flask db migrate" in message
         assert re.findall(r"^    (.*);$", message, re.MULTILINE) == statements
         assert "owner" not in columns_and_indexes(url, table_name)[0]  # nothing altered
 

@@ -15,8 +15,8 @@ from ...errors import ConfigError
 from ...log import logger
 from .statements import OWNER
 
-# What each column that a later release added is for, to say why it is needed.
-_NEEDED_BY = {OWNER: "SERVERSESSION_USER_KEY needs for its user index"}
+#: What needs each column that a later release added, to say why it is missed.
+NEEDED_BY = {OWNER: "SERVERSESSION_USER_KEY needs for its user index"}
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,19 @@ def statements(table: sa.Table, found: Gaps, dialect: sa.Dialect) -> list[str]:
     ]
 
 
+def missing_columns(found: Gaps) -> str:
+    """The missing columns in words, with what needs them: "'owner', which ... needs"."""
+    names = [c.name for c in found.columns]
+    why = "; ".join(NEEDED_BY[n] for n in names if n in NEEDED_BY)
+    return ", ".join(map(repr, names)) + (f", which {why}" if why else "")
+
+
 def missing_message(table: sa.Table, found: Gaps, dialect: sa.Dialect) -> str:
     """Why the app's table cannot serve, and how to migrate it: the statements one a line."""
-    names = [c.name for c in found.columns]
-    why = "; ".join(f"{n!r} {_NEEDED_BY[n]}" for n in names if n in _NEEDED_BY)
     run = "".join(f"\n    {s};" for s in statements(table, found, dialect))
     return (
-        f"The session table {table.name!r} has no column {', '.join(map(repr, names))}"
-        f"{f', which {why}' if why else ''}. The table is in the app's own database, so"
+        f"The session table {table.name!r} has no column {missing_columns(found)}."
+        " The table is in the app's own database, so"
         " the app migrates it: with Flask-Migrate, 'flask db migrate' finds it in"
         f" db.metadata, then 'flask db upgrade'; or run:{run}"
     )
