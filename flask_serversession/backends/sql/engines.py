@@ -51,8 +51,11 @@ def engine_from_url(url: str | sa.URL) -> sa.Engine:
     elif url.get_backend_name() == "sqlite" and url.database is not None:
         directory = os.path.dirname(os.path.abspath(url.database))
         os.makedirs(directory, exist_ok=True)
-        _create_private(url.database)
     engine = sa.create_engine(url, **engine_options)
+    if url.get_backend_name() == "sqlite" and not memory and url.database is not None:
+        database = url.database
+        # At the first connection, not now: nothing touches the store before first use.
+        event.listen(engine, "do_connect", lambda *args: _create_private(database))
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", sqlite_on_connect(wal=not memory))
     return engine
