@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_serversession import BackendError
 from flask_serversession import ConfigError
 from flask_serversession import ServerSession
 from flask_serversession.backends.base import Record
@@ -281,3 +282,18 @@ def test_the_default_sqlite_file_is_private(tmp_path: Path) -> None:
     assert files and files[0].name == "serversession.sqlite"
     for path in files:
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_a_column_that_cannot_be_added_is_a_backend_error(url: str, table_name: str) -> None:
+    old_table(url, table_name)
+    required = sa.Column("tenant", sa.Integer, nullable=False)
+    backend = SQLAlchemyBackend.from_url(url, table_name=table_name, extra_columns=[required])
+    try:
+        with pytest.raises(BackendError) as raised:
+            backend.load(key_of(1))
+        message = str(raised.value)
+        assert message.startswith(f"Could not set up the session table in table {table_name!r}")
+        assert "tenant" in message.lower() or "not null" in message.lower()
+    finally:
+        backend.close()
+    assert "tenant" not in columns_and_indexes(url, table_name)[0]

@@ -226,7 +226,7 @@ class SQLAlchemyBackend(Backend):
             try:
                 twice(create_table, self.engine, self.table, self.upgrade_table)
             except exc.SQLAlchemyError as e:
-                raise self._error("create the session table", e) from e
+                raise self._error("set up the session table", e) from e
             self._ready = True
 
     def _run(self, action: str, operation: t.Callable[..., _T], *args: t.Any) -> _T:
