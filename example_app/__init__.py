@@ -5,6 +5,7 @@ import typing as t
 from datetime import timedelta
 
 from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_serversession import ServerSession
 
@@ -31,14 +32,14 @@ def create_app(
         # long random value (python -c "import secrets; print(secrets.token_hex())"):
         # anyone who knows this key can sign session tokens for this app.
         SECRET_KEY="dev-only-secret-key",
-        # API clients send and receive the token in this header instead of a cookie.
-        SERVERSESSION_HEADER_NAME="X-Session-Token",
         # Sessions are indexed by the signed-in user, for the "Your devices" page.
         SERVERSESSION_USER_KEY="user",
         SERVERSESSION_TRACK_CLIENT=True,
         # The session id changes every 15 minutes with no sign-out; a copy of an
         # old cookie used after that ends the session (docs: rotation.rst).
         SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15),
+        # No session lives longer than "Remember me" keeps it, however often it is used.
+        SERVERSESSION_ABSOLUTE_LIFETIME=timedelta(days=30),
         SESSION_COOKIE_SAMESITE="Lax",
         # Over HTTPS, a sign-in offers browsers with DBSC to bind the session to a
         # key the device keeps; a copy of the cookie then opens nothing
@@ -48,14 +49,22 @@ def create_app(
     app.config.from_prefixed_env()
     if test_config is not None:
         app.config.update(test_config)
+    if app.config["SESSION_COOKIE_SECURE"] and app.config["SESSION_COOKIE_NAME"] == "session":
+        # Over HTTPS the cookie takes the __Host- prefix: no subdomain and no
+        # plain-HTTP page can plant one of the same name (docs: security.rst).
+        app.config["SESSION_COOKIE_NAME"] = "__Host-session"
     os.makedirs(app.instance_path, exist_ok=True)
 
     server_session.init_app(app)
 
     from . import views
+    from .api import create_api_app
 
     app.register_blueprint(views.bp)
-    app.register_blueprint(views.api)
+    # API clients send and receive the token in a header: an app of its own.
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/api": create_api_app(app)}
+    )
     app.add_template_filter(views.utc, "utc")
     app.add_template_filter(describe_device, "device")
     return app

@@ -3,36 +3,31 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-# Checked in order: Edge and Opera also say "Chrome", Chrome also says "Safari".
-_BROWSERS = (
-    ("Edge", r"\bEdg(?:e|A|iOS)?/"),
-    ("Opera", r"\b(?:OPR|Opera)/"),
-    ("Firefox", r"\b(?:Firefox|FxiOS)/"),
-    ("Chrome", r"\b(?:Headless)?Chrom(?:e|ium)/|\bCriOS/"),
-    ("Safari", r"\bVersion/[\d.]+.*\bSafari/"),
-    ("curl", r"^curl/"),
-    ("Python", r"^(?:python-requests|python-urllib3|Python-urllib)/"),
-)
-_SYSTEMS = (
-    ("Android", r"\bAndroid\b"),
-    ("iOS", r"\b(?:iPhone|iPad|iPod)\b"),
-    ("Windows", r"\bWindows\b"),
-    ("macOS", r"\bMacintosh\b|\bMac OS X\b"),
-    ("ChromeOS", r"\bCrOS\b"),
-    ("Linux", r"\bLinux\b|\bX11\b"),
-)
+import ua_parser
+
+#: Shorter names for the families ua-parser reports.
+_SHORT_NAMES = {"Mac OS X": "macOS", "Chrome OS": "ChromeOS", "Python Requests": "Python"}
+_DECORATION = re.compile(r"^(?:Headless|Mobile )|(?: Mobile| WebView)$")
+
+
+def _short(family: str | None) -> str | None:
+    if family is None or family == "Other":
+        return None
+    family = _DECORATION.sub("", family)
+    return _SHORT_NAMES.get(family, family)
 
 
 def describe_device(user_agent: str | None) -> str:
     """A short name for a User-Agent, such as "Firefox on Linux", for the devices page.
 
-    A few patterns cover the common browsers; anything else is "Unknown
-    browser". The page shows the whole string on hover.
+    ua-parser, which follows the browsers' ever-changing strings, names the
+    browser and the system; the page shows the whole string on hover.
     """
     if not user_agent:
         return "Unknown device"
-    browser = next((name for name, p in _BROWSERS if re.search(p, user_agent)), None)
-    system = next((name for name, p in _SYSTEMS if re.search(p, user_agent)), None)
+    parsed = ua_parser.parse(user_agent)
+    browser = _short(parsed.user_agent.family if parsed.user_agent else None)
+    system = _short(parsed.os.family if parsed.os else None)
     if browser and system:
         return f"{browser} on {system}"
     return browser or (f"Unknown browser on {system}" if system else "Unknown browser")

@@ -21,7 +21,6 @@ from . import server_session
 from .devices import describe_span
 
 bp = Blueprint("pages", __name__)
-api = Blueprint("api", __name__, url_prefix="/api")
 
 #: How long "Remember me" keeps a session, and its cookie, alive.
 REMEMBER_FOR = timedelta(days=30)
@@ -133,9 +132,10 @@ def id_age(given_at: datetime | None) -> str:
 @bp.route("/session")
 def session_info() -> str:
     rotate_every = current_app.config.get("SERVERSESSION_ROTATE_EVERY")
+    renewal_notice(request.args.get("renewed"), session.expires_at)
     return render_template(
         "session.html",
-        renew_time=config_duration("SERVERSESSION_RENEW_TIME"),
+        renew_time=describe_span(config_duration("SERVERSESSION_RENEW_TIME")),
         new=session.new,
         storage_key=session.storage_key,
         created_at=session.created_at,
@@ -145,15 +145,33 @@ def session_info() -> str:
         rotate_every=rotate_every and describe_span(config_duration("SERVERSESSION_ROTATE_EVERY")),
         permanent=session.permanent,
         remembered=session.get("remembered", False),
-        keys=sorted(session.keys()),
+        # Keys starting with "_" are Flask's own (_flashes, _permanent) or an extension's.
+        keys=sorted(key for key in session if not key.startswith("_")),
     )
 
 
 @bp.post("/session/renew")
 def renew() -> t.Any:
+    # The renewal happens when the session is saved, after this view: the
+    # page it redirects to compares the expiry with the one before.
+    before = session.expires_at
     session.renew()
-    flash("Expiry pushed back.")
-    return redirect(url_for("pages.session_info"))
+    return redirect(url_for("pages.session_info", renewed=before and before.timestamp()))
+
+
+def renewal_notice(renewed: str | None, expires_at: datetime | None) -> None:
+    """Say whether the Renew button moved the expiry, which it does only when little is left."""
+    if renewed is None or expires_at is None:
+        return
+    try:
+        before = datetime.fromtimestamp(float(renewed), timezone.utc)
+    except ValueError:
+        return
+    if expires_at > before:
+        flash("Expiry pushed back.")
+    else:
+        renew_time = describe_span(config_duration("SERVERSESSION_RENEW_TIME"))
+        flash(f"Expiry unchanged: more than {renew_time} was left.")
 
 
 @bp.post("/session/permanent")
@@ -205,10 +223,11 @@ def revoke_other_devices() -> t.Any:
 
 
 @bp.route("/admin")
-def admin() -> str:
+def admin() -> t.Any:
     # A real app would check an admin role here, not only a signed-in user.
     if "user" not in session:
-        abort(403)
+        flash("Sign in to see the sessions page.")
+        return redirect(url_for("pages.login"))
     sessions = [
         {"key": key, "user": data.get("user"), "cart": len(data.get("cart", []))}
         for key, data in itertools.islice(server_session.items(), 100)
@@ -229,27 +248,3 @@ def purge() -> t.Any:
     removed = server_session.purge_expired()
     flash(f"Removed {removed} expired session{'' if removed == 1 else 's'}.")
     return redirect(url_for("pages.admin"))
-
-
-@api.post("/login")
-def api_login() -> t.Any:
-    """Sign in and return a token; send it back in the X-Session-Token header."""
-    body = request.get_json(silent=True) or {}
-    username = str(body.get("username", "")).strip()
-    if not username:
-        return {"error": 'Send {"username": ...}.'}, 400
-    token = server_session.create({"user": username, "cart": []})
-    return {"token": token, "header": "X-Session-Token"}
-
-
-@api.route("/cart", methods=["GET", "POST"])
-def api_cart() -> t.Any:
-    if "user" not in session:
-        return {"error": "Sign in at /api/login and send the token in X-Session-Token."}, 401
-    if request.method == "POST":
-        body = request.get_json(silent=True) or {}
-        item = str(body.get("item", "")).strip()
-        if not item:
-            return {"error": 'Send {"item": ...}.'}, 400
-        session.setdefault("cart", []).append(item)
-    return {"user": session["user"], "cart": session.get("cart", [])}

@@ -10,4 +10,4 @@ from .interface import ServerSessionInterface as ServerSessionInterface
 from .session import ServerSideSession as ServerSideSession
 from .users import SessionInfo as SessionInfo
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

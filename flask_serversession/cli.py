@@ -12,6 +12,7 @@ from flask.cli import with_appcontext
 
 from .checks import Finding
 from .checks import run_checks
+from .checks.servers import backend_kind
 from .errors import ServerSessionError
 from .store import SessionStore
 
@@ -26,11 +27,22 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _run(action: t.Callable[[SessionStore], T]) -> T:
-    """Run ``action`` on the app's store; a store failure becomes a one-line error."""
+def _run(action: t.Callable[[SessionStore], T], *, shared: bool = False) -> T:
+    """Run ``action`` on the app's store; a store failure becomes a one-line error.
+
+    :param shared: the command means the sessions the app's servers hold,
+        which a memory backend keeps out of this process's reach.
+    """
     store = current_app.extensions.get("serversession")
     if store is None:
         raise click.ClickException("ServerSession is not set up on this app: call 'init_app'.")
+    if shared and backend_kind(store.backend) == "MemoryBackend":
+        raise click.ClickException(
+            "The memory backend keeps sessions in the memory of each server process, which"
+            " this command, a process of its own, cannot see: it would find none. Use"
+            " SERVERSESSION_PURGE_INTERVAL or server_session.count() inside the app, or a"
+            " store the processes share (SERVERSESSION_BACKEND = 'sqlalchemy' or 'redis')."
+        )
     try:
         return action(store)
     except ServerSessionError as e:
@@ -46,7 +58,7 @@ def cli() -> None:
 @with_appcontext
 def purge() -> None:
     """Remove expired sessions (run it from cron or a timer)."""
-    removed = _run(SessionStore.purge_expired)
+    removed = _run(SessionStore.purge_expired, shared=True)
     click.echo(f"Removed {counted(removed, 'expired session')}.")
 
 
@@ -54,7 +66,7 @@ def purge() -> None:
 @with_appcontext
 def count() -> None:
     """Print the number of live sessions."""
-    click.echo(_run(SessionStore.count))
+    click.echo(_run(SessionStore.count, shared=True))
 
 
 @cli.command("clear")
@@ -64,7 +76,7 @@ def clear(yes: bool) -> None:
     """Remove every session, signing every user out."""
     if not yes:
         click.confirm("Remove all sessions? Every user will be signed out.", abort=True)
-    removed = _run(SessionStore.clear)
+    removed = _run(SessionStore.clear, shared=True)
     click.echo(f"Removed {counted(removed, 'session')}.")
 
 
@@ -133,7 +145,12 @@ def _revoke_one(store: SessionStore, user_id: str | None, key: str) -> int:
 
 @cli.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as a JSON list.")
-@click.option("--ignore", multiple=True, metavar="ID", help="Leave out a check (repeatable).")
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="ID",
+    help="Leave out a check, e.g. serversession.W006 or W006 (repeatable).",
+)
 @with_appcontext
 def check(as_json: bool, ignore: tuple[str, ...]) -> None:
     """Audit the session set-up for production; exit 1 if an error is found.
@@ -142,6 +159,8 @@ def check(as_json: bool, ignore: tuple[str, ...]) -> None:
     """
     if current_app.extensions.get("serversession") is None:
         raise click.ClickException("ServerSession is not set up on this app: call 'init_app'.")
+    # "W006" is short for "serversession.W006", the id that check prints.
+    ignore = tuple(i if "." in i else f"serversession.{i}" for i in ignore)
     try:
         findings = run_checks(current_app, ignore=ignore)
     except ValueError as e:

@@ -11,6 +11,7 @@ from .backends.base import Backend
 from .errors import ConfigError
 from .extras import require
 from .leftover_keys import warn_flask_session_keys
+from .unknown_keys import warn_unknown_keys
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -206,6 +207,8 @@ def read_settings(app: Flask) -> Settings:
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
         warn_flask_session_keys(config)
+    # DEFAULTS is read now, so keys that other modules add to it count as known.
+    warn_unknown_keys(config, DEFAULTS)
     return settings
 
 
@@ -363,10 +366,18 @@ def _filesystem(app: Flask) -> Backend:
     try:
         return FileSystemBackend(directory, fsync=fsync)
     except OSError as e:
-        raise ConfigError(
-            f"SERVERSESSION_FILE_DIR = {os.fspath(directory)!r} cannot be used: {e}."
-            " Point it at a directory the app can create and write."
-        ) from e
+        raise ConfigError(_directory_problem(os.fspath(directory), e)) from e
+
+
+def _directory_problem(directory: str, e: OSError) -> str:
+    """Why the session directory cannot be used: about the directory, never a file in it."""
+    reason = (e.strerror or str(e)).rstrip(".")
+    if isinstance(e.filename, str) and os.path.isabs(e.filename) and e.filename != directory:
+        reason += f" ({e.filename!r})"  # a parent the app could not create
+    elif e.filename is not None and e.filename != directory:
+        reason += " when creating a file in it"
+    fix = "" if "Fix it" in reason else " Point it at a directory the app can create and write."
+    return f"SERVERSESSION_FILE_DIR = {directory!r} cannot be used: {reason}.{fix}"
 
 
 def _redis(app: Flask) -> Backend:

@@ -109,7 +109,12 @@ class ServerSessionInterface(SessionInterface):
 
     def _open(self, token: str | None) -> Opened:
         # Run at the session's first use, when a Socket.IO event is known.
-        return self.store.open(token, connected=in_connected_socketio_event())
+        try:
+            return self.store.open(token, connected=in_connected_socketio_event())
+        except BackendError as e:
+            # The 503 says nothing of why; the log does, as for a failed save.
+            logger.error("Loading the session failed: %s", e)
+            raise
 
     def save_session(
         self,

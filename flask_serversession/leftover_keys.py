@@ -73,11 +73,11 @@ def warn_flask_session_keys(config: t.Mapping[str, t.Any]) -> None:
             f" {instead}. It is read only to adopt Flask-Session's sessions, while"
             " SERVERSESSION_ADOPT_FLASK_SESSION is True.",
             UserWarning,
-            stacklevel=_callers_level(),
+            stacklevel=callers_level(),
         )
 
 
-def _callers_level() -> int:
+def callers_level() -> int:
     """The ``stacklevel`` of the first frame outside this package, the app's own line."""
     level = 2
     frame = sys._getframe(2)

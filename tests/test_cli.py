@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import typing as t
 
+import pytest
 from flask import Flask
 
 from flask_serversession import ServerSession
+from flask_serversession.backends.memory import MemoryBackend
 
 from .conftest import Clock
 from .conftest import store_of
@@ -22,7 +24,15 @@ def fill(app: Flask, live: int, expired: int) -> None:
             extension.create({"n": n})
 
 
+@pytest.fixture
+def app(make_app: t.Callable[..., Flask]) -> Flask:
+    """An app whose store other processes see, as the commands need."""
+    return make_app("filesystem")
+
+
 def test_purge_reports_removed_sessions(backend_app: Flask) -> None:
+    if isinstance(store_of(backend_app).backend, MemoryBackend):
+        pytest.skip("the commands refuse the memory backend (test_memory_backend_is_refused)")
     fill(backend_app, live=2, expired=3)
     result = backend_app.test_cli_runner().invoke(args=["serversession", "purge"])
     assert result.exit_code == 0, result.output
@@ -68,3 +78,30 @@ def test_commands_fail_cleanly_when_the_store_is_down(make_app: t.Callable[..., 
         assert result.exit_code == 1
         assert result.output.startswith("Error: ")
         assert "Traceback" not in result.output
+
+
+def test_memory_backend_is_refused_by_commands_that_need_the_servers_sessions(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    app = make_app("memory")
+    fill(app, live=2, expired=1)
+    for command in (["count"], ["purge"], ["clear", "--yes"]):
+        result = app.test_cli_runner().invoke(args=["serversession", *command])
+        assert result.exit_code == 1, command
+        assert result.output.startswith(
+            "Error: The memory backend keeps sessions in the memory of each server process,"
+            " which this command, a process of its own, cannot see"
+        )
+    assert store_of(app).count() == 2  # nothing was purged or cleared
+
+
+def test_check_ignores_a_short_id(make_app: t.Callable[..., Flask]) -> None:
+    app = make_app("filesystem", SESSION_COOKIE_SECURE=True, SESSION_COOKIE_SAMESITE="Lax")
+    runner = app.test_cli_runner()
+    full = runner.invoke(args=["serversession", "check", "--ignore", "serversession.W006"])
+    short = runner.invoke(args=["serversession", "check", "--ignore", "W006"])
+    assert "W006" in runner.invoke(args=["serversession", "check"]).output
+    assert short.exit_code == full.exit_code and short.output == full.output
+    assert "W006" not in short.output
+    result = runner.invoke(args=["serversession", "check", "--ignore", "W999"])
+    assert result.exit_code == 2 and "'serversession.W999'" in result.output

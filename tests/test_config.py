@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 import typing as t
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -153,3 +155,52 @@ def test_memory_backend_is_lru_bounded(tmp_path: t.Any) -> None:
         tokens = [extension.create({"n": n}) for n in range(5)]
         assert extension.count() == 3
         assert extension.get(tokens[-1]) == {"n": 4}
+
+
+def file_dir_error(tmp_path: t.Any, directory: str) -> str:
+    app = Flask("tests", instance_path=str(tmp_path / "instance"))
+    app.config.update(SERVERSESSION_BACKEND="filesystem", SERVERSESSION_FILE_DIR=directory)
+    with pytest.raises(ConfigError) as raised:
+        ServerSession(app)
+    return str(raised.value)
+
+
+def test_a_session_directory_of_another_user_is_named_once_with_one_period(
+    tmp_path: t.Any,
+) -> None:
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    try:
+        os.chown(directory, 65534, -1)
+    except PermissionError:
+        pytest.skip("only root can give the directory to another user")
+    message = file_dir_error(tmp_path, str(directory))
+    assert message.startswith(f"SERVERSESSION_FILE_DIR = {str(directory)!r} cannot be used: The")
+    assert ".." not in message and "[Errno" not in message
+    assert message.endswith("or use a new directory.")
+
+
+def test_an_unwritable_session_directory_is_named_not_a_file_in_it(tmp_path: t.Any) -> None:
+    directory = tmp_path / "read-only"
+    directory.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        # Root writes anywhere it has permission bits for; a read-only kernel directory does not.
+        directory = Path("/sys/kernel")
+        if not directory.is_dir() or _writable(directory):
+            pytest.skip("no directory that root cannot write")
+    else:
+        directory.chmod(0o500)
+    message = file_dir_error(tmp_path, str(directory))
+    assert message == (
+        f"SERVERSESSION_FILE_DIR = {str(directory)!r} cannot be used: Permission denied when"
+        " creating a file in it. Point it at a directory the app can create and write."
+    )
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        (directory / ".serversession-probe").touch()
+    except OSError:
+        return False
+    (directory / ".serversession-probe").unlink()
+    return True

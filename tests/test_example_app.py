@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import secrets
 import typing as t
 from datetime import timedelta
 
 import pytest
 
 from example_app import create_app
+from example_app.api import create_api_app
 from example_app.devices import describe_device
 from example_app.devices import describe_span
 
@@ -49,7 +51,8 @@ CHROME_ANDROID = (
         (CHROME_ANDROID, "Chrome on Android"),
         ("curl/8.5.0", "curl"),
         ("python-requests/2.32.3", "Python"),
-        ("SomeBot (X11; Linux)", "Unknown browser on Linux"),
+        ("SomeBot (X11; Linux)", "SomeBot on Linux"),
+        ("Mozilla/5.0 (X11; Linux x86_64)", "Unknown browser on Linux"),
         ("?", "Unknown browser"),
         (None, "Unknown device"),
         ("", "Unknown device"),
@@ -158,3 +161,55 @@ def test_devices_page_marks_a_device_bound_session(tmp_path: t.Any) -> None:
     page = bound.client.get("/devices", base_url=HTTPS).get_data(as_text=True)
     marks = [row.split('<td class="bound">')[1].split("</td>")[0] for row in page.split("<tr")[2:]]
     assert sorted(marks) == ["-", '<span title="Bound to this device\'s key">Bound</span>']
+def test_the_admin_page_sends_a_visitor_to_sign_in(tmp_path: t.Any) -> None:
+    _app, client = app_and_client(tmp_path)
+    response = client.get("/admin")
+    assert response.status_code == 302 and response.location == "/login"
+    assert "Sign in to see the sessions page." in client.get("/login").text
+
+
+def test_renew_says_whether_the_expiry_moved(tmp_path: t.Any) -> None:
+    app, client = app_and_client(tmp_path)
+    clock = Clock()
+    store_of(app).clock = clock
+    client.get("/")
+    page = words(client.post("/session/renew", follow_redirects=True).text)
+    assert "Expiry unchanged: more than 1 hour was left." in page
+    assert "Expiry pushed back." not in page
+    clock.advance(hours=23, minutes=30)
+    page = words(client.post("/session/renew", follow_redirects=True).text)
+    assert "Expiry pushed back." in page
+    assert f'id="expires-at">{clock.now + timedelta(hours=1):%Y-%m-%d %H:%M:%S} UTC' in page
+
+
+def test_the_session_page_says_spans_in_words_and_hides_internal_keys(tmp_path: t.Any) -> None:
+    _app, client = app_and_client(tmp_path)
+    client.post("/login", data={"username": "alice"})
+    client.post("/session/permanent", data={"permanent": "on"})
+    page = words(client.get("/session").text)
+    assert "Renew sets the expiry to at least 1 hour from now" in page
+    assert "1:00:00" not in page
+    assert "<th>Keys</th><td>user, visits</td>" in page or "<th>Keys</th><td>user</td>" in page
+    assert "_flashes" not in page and "_permanent" not in page
+
+
+def test_the_example_app_passes_its_own_check(tmp_path: t.Any) -> None:
+    # What the deployment sets from the environment: a real key, HTTPS.
+    production = {"SECRET_KEY": secrets.token_hex(32), "SESSION_COOKIE_SECURE": True}
+    app = create_app(production, instance_path=str(tmp_path / "i"))
+    result = app.test_cli_runner().invoke(args=["serversession", "check"])
+    assert result.output == "No problems found.\n" and result.exit_code == 0
+    # The API, an app of its own under /api, has header mode; the pages do not.
+    api = create_api_app(app)
+    assert api.config["SERVERSESSION_HEADER_NAME"] == "X-Session-Token"
+    assert app.config["SERVERSESSION_HEADER_NAME"] is None
+    assert api.test_cli_runner().invoke(args=["serversession", "check"]).output == (
+        "No problems found.\n"
+    )
+    client = app.test_client()
+    token = client.post("/api/login", json={"username": "ann"}).json["token"]
+    client.set_cookie("session", "", expires=0)
+    cart = client.post("/api/cart", json={"item": "tea"}, headers={"X-Session-Token": token})
+    assert cart.json == {"user": "ann", "cart": ["tea"]}
+    for built in (app, api):
+        built.extensions["serversession"].backend.close()

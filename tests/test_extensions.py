@@ -1,4 +1,5 @@
-"""Testing an app that uses server-side sessions: Flask's test client and pytest-flask.
+"""Testing an app that uses server-side sessions: Flask's test client and pytest-flask
+(docs/testing.rst).
 
 The other extensions of docs/extensions.rst have their own modules:
 test_ext_login.py, test_ext_wtf.py and test_ext_socketio.py.

@@ -11,6 +11,7 @@ from flask import Flask
 from flask_serversession import BackendError
 from flask_serversession import ServerSession
 from flask_serversession.backends.base import Record
+from flask_serversession.backends.memory import MemoryBackend
 
 from .conftest import Clock
 from .conftest import session_cookie
@@ -100,3 +101,31 @@ def test_purge_every_n_requests_runs_in_the_background(make_app: t.Callable[...,
     while stored() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert stored() == 0
+
+
+class FailingLoads(MemoryBackend):
+    """A memory backend whose loads fail as a store that is down does."""
+
+    def load(self, key: str) -> Record | None:
+        raise BackendError("Could not load a session: connection refused by db.internal:5432")
+
+
+def test_failed_load_is_logged_with_the_backends_message_and_no_token(
+    make_app: t.Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(FailingLoads())
+    store = store_of(app)
+    token = store.token_for(store.new_sid())
+    client = app.test_client()
+    client.set_cookie("session", token)
+    with caplog.at_level(logging.ERROR, logger="flask_serversession"):
+        assert client.get("/dump").status_code == 503
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.name == "flask_serversession"
+    assert record.getMessage() == (
+        "Loading the session failed: Could not load a session: connection refused by"
+        " db.internal:5432"
+    )
+    assert token not in caplog.text
+    assert token.split(".")[0] not in caplog.text

@@ -29,6 +29,9 @@ CHECKS: dict[str, str] = {
     "serversession.E015": "others can write the session directory or a parent of it",
     "serversession.E016": "device-bound sessions with SESSION_COOKIE_SECURE off",
     "serversession.W016": "the session cookie could have the __Host- prefix and has not",
+    # Growing up (0.3).
+    "serversession.E020": "a SERVERSESSION_* key that no setting has (a typo?)",
+    "serversession.E021": "the session table in the app's database lacks a column it needs",
 }
 
 
@@ -73,11 +76,12 @@ def run_checks(app: Flask, *, ignore: t.Collection[str] = ()) -> list[Finding]:
     :param ignore: ids of checks to leave out, keys of :data:`CHECKS`.
     :raise ValueError: an id in ``ignore`` names no check.
     """
+    from .keys import check_keys
     from .servers import check_store
     from .settings import check_settings
 
     unknown = sorted(set(ignore) - CHECKS.keys())
     if unknown:
         raise ValueError(f"No check has the id {', '.join(map(repr, unknown))}.")
-    findings = [*check_settings(app), *check_store(app)]
+    findings = [*check_keys(app), *check_settings(app), *check_store(app)]
     return [finding for finding in findings if finding.id not in ignore]

@@ -10,6 +10,7 @@ from .reads import redis_settings
 from .reads import sql_setting
 from .reads import StoreUnreachable
 from .reads import UnreadableSetting
+from .schema import check_schema
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -60,6 +61,7 @@ def check_store(app: Flask) -> t.Iterator[Finding]:
         yield _in_memory("SERVERSESSION_BACKEND", "'memory'")
     elif kind == "SQLAlchemyBackend":
         yield from _sql(app, t.cast("SQLAlchemyBackend", backend))
+        yield from check_schema(t.cast("SQLAlchemyBackend", backend))
     elif kind == "FileSystemBackend":
         yield from _directory(t.cast("FileSystemBackend", backend).directory)
         yield from _one_host("SERVERSESSION_FILE_DIR", "the session directory")

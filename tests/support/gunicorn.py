@@ -43,6 +43,8 @@ class Gunicorn:
     :param workers: number of worker processes.
     :param threads: threads per worker (the ``gthread`` class when above 1).
     :param ready_path: a path that answers 200 once a worker serves.
+    :param worker_class: gunicorn's worker class (``gevent``...); by default
+        ``gthread`` or ``sync`` from ``threads``.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Gunicorn:
         workers: int = 3,
         threads: int = 2,
         ready_path: str = "/health",
+        worker_class: str | None = None,
     ) -> None:
         self.app = app
         self.env = dict(env)
@@ -61,6 +64,7 @@ class Gunicorn:
         self.workers = workers
         self.threads = threads
         self.ready_path = ready_path
+        self.worker_class = worker_class or ("gthread" if threads > 1 else "sync")
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -82,7 +86,7 @@ class Gunicorn:
             sys.executable, "-m", "gunicorn",
             "--bind", f"{HOST}:{self.port}",
             "--workers", str(self.workers),
-            "--worker-class", "gthread" if self.threads > 1 else "sync",
+            "--worker-class", self.worker_class,
             "--threads", str(self.threads),
             "--timeout", "30", "--graceful-timeout", "3",
             "--chdir", str(ROOT),

@@ -87,9 +87,9 @@ class SQLAlchemyBackend(Backend):
     by the same statement as the rest of a save, and indexed (sessions
     without a user left out of the index on SQLite and PostgreSQL), so
     :meth:`user_records` is one indexed ``SELECT``. A table that exists
-    without the column is not altered: every operation raises
-    :class:`~flask_serversession.ConfigError` naming the statements that add
-    it, until they have run.
+    without a column or index of its definition gets it at first use with
+    ``upgrade_table``; else every operation raises
+    :class:`~flask_serversession.ConfigError` naming the statements to run.
 
     :param engine: the engine to connect with.
     :param table_name: the name of the session table.
@@ -107,9 +107,11 @@ class SQLAlchemyBackend(Backend):
         the server's setting.
     :param user_index: keep the user index that ``SERVERSESSION_USER_KEY``
         needs (set from config when that key is set).
+    :param upgrade_table: the table is the backend's own (:meth:`from_url`
+        sets it): add what it lacks at first use, safely from many processes.
 
-    .. versionchanged:: 0.2
-        The ``user_index`` parameter.
+    .. versionchanged:: 0.3
+        The ``upgrade_table`` parameter (``user_index``: 0.2).
     """
 
     #: Most rows deleted per transaction by :meth:`purge_expired`.
@@ -135,6 +137,7 @@ class SQLAlchemyBackend(Backend):
         extras: t.Callable[[t.Mapping[str, t.Any]], t.Mapping[str, t.Any]] | None = None,
         synchronous_commit: bool | None = None,
         user_index: bool = False,
+        upgrade_table: bool = False,
     ) -> None:
         if synchronous_commit is not None and engine.dialect.name != "postgresql":
             raise ConfigError(
@@ -152,6 +155,7 @@ class SQLAlchemyBackend(Backend):
         self.extras = extras
         #: Whether the backend keeps the user index (the ``owner`` column).
         self.user_index = user_index
+        self.upgrade_table = upgrade_table
         self._extra_names = frozenset(c.name for c in extra_columns)
         self._sql = statements_for(self.table, engine.dialect, user_index=user_index)
         self._serial = serializer_for(engine)
@@ -174,13 +178,13 @@ class SQLAlchemyBackend(Backend):
 
         For a SQLite file, the directory is created and connections use WAL
         and a 30 second busy timeout, so several worker processes can share
-        it. Nothing connects until first use.
+        it. Nothing connects until first use; the table is the backend's own.
 
         :param url: a database URL, e.g. ``"postgresql+psycopg://host/db"``.
         :param kwargs: passed to the constructor.
         """
-        engine = engine_from_url(url)
-        backend = cls(engine, **kwargs)
+        kwargs.setdefault("upgrade_table", True)
+        backend = cls(engine_from_url(url), **kwargs)
         backend._owns_engine = True
         return backend
 
@@ -220,9 +224,9 @@ class SQLAlchemyBackend(Backend):
             if self._ready:
                 return
             try:
-                twice(create_table, self.engine, self.table, self.user_index)
+                twice(create_table, self.engine, self.table, self.upgrade_table)
             except exc.SQLAlchemyError as e:
-                raise self._error("create the session table", e) from e
+                raise self._error("set up the session table", e) from e
             self._ready = True
 
     def _run(self, action: str, operation: t.Callable[..., _T], *args: t.Any) -> _T:

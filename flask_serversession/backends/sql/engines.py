@@ -3,6 +3,7 @@ for how the backend shares them between threads and processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import typing as t
@@ -51,9 +52,26 @@ def engine_from_url(url: str | sa.URL) -> sa.Engine:
         directory = os.path.dirname(os.path.abspath(url.database))
         os.makedirs(directory, exist_ok=True)
     engine = sa.create_engine(url, **engine_options)
+    if url.get_backend_name() == "sqlite" and not memory and url.database is not None:
+        database = url.database
+        # At the first connection, not now: nothing touches the store before first use.
+        event.listen(engine, "do_connect", lambda *args: _create_private(database))
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", sqlite_on_connect(wal=not memory))
     return engine
+
+
+def _create_private(path: str) -> None:
+    """Create the SQLite file ``path`` readable by its owner only, unless it exists.
+
+    Sessions are as secret as the session files, which are 0600; SQLite would
+    create the file with the process's umask, usually world-readable. Its
+    ``-wal`` and ``-shm`` files take the database file's mode.
+    """
+    if path.startswith("file:"):
+        return  # a SQLite URI filename; SQLite opens it as it says
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def flask_sqlalchemy_bind(

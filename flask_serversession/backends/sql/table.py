@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from ...errors import ConfigError
+from . import schema
 from .statements import OWNER
 from .users import add_owner
-from .users import check_owner
 
 _COLUMNS = ("key", "data", "created_at", "expires_at")
 #: The ``autovacuum_vacuum_scale_factor`` of a session table created on PostgreSQL.
@@ -79,16 +79,23 @@ def make_table(
     return table
 
 
-def create_table(engine: sa.Engine, table: sa.Table, user_index: bool) -> None:
-    """Create ``table`` unless it exists; with ``user_index``, refuse one without its column.
+def create_table(engine: sa.Engine, table: sa.Table, upgrade: bool) -> None:
+    """Create ``table`` unless it exists; bring an existing one up to its definition.
 
-    :raises ConfigError: see :func:`~.users.check_owner`.
+    :param upgrade: the table is the backend's own: add the columns and
+        indexes it lacks. Otherwise it is the app's to migrate, and one that
+        lacks a column is refused.
+    :raises ConfigError: see :func:`~.schema.require_current`.
     """
-    try:
-        table.create(engine, checkfirst=True)
-    except exc.DatabaseError:
-        # Another process created it between the check and the create.
-        if not sa.inspect(engine).has_table(table.name, table.schema):
-            raise
-    if user_index:
-        check_owner(engine, table)
+    if not sa.inspect(engine).has_table(table.name, table.schema):
+        try:
+            table.create(engine, checkfirst=True)
+            return
+        except exc.DatabaseError:
+            # Another process created it between the check and the create.
+            if not sa.inspect(engine).has_table(table.name, table.schema):
+                raise
+    if upgrade:
+        schema.upgrade(engine, table)
+    else:
+        schema.require_current(engine, table)

@@ -8,7 +8,6 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ...errors import ConfigError
 from ...log import logger
 from ..base import CorruptRecordError
 from ..base import Record
@@ -49,64 +48,6 @@ def add_owner(table: sa.Table) -> None:
     signed_in = owner.is_not(None)
     # Named by the metadata's naming convention, as ``index=True`` would be.
     sa.Index(None, owner, postgresql_where=signed_in, sqlite_where=signed_in)
-
-
-def owner_index(table: sa.Table) -> sa.Index | None:
-    """The index of ``table`` that starts with the owner column, if it defines one."""
-    for index in table.indexes:
-        if [c.name for c in index.columns][:1] == [OWNER]:
-            return index
-    return None
-
-
-def migration(table: sa.Table, dialect: sa.Dialect) -> list[str]:
-    """The statements that add the owner column and its index to ``table`` as it exists."""
-    column = sa.schema.CreateColumn(table.c[OWNER]).compile(dialect=dialect)
-    name = dialect.identifier_preparer.format_table(table)
-    statements = [f"ALTER TABLE {name} ADD COLUMN {column}"]
-    index = owner_index(table)
-    if index is not None:
-        statements.append(_create_index(index, dialect))
-    return statements
-
-
-def _create_index(index: sa.Index, dialect: sa.Dialect) -> str:
-    create = str(sa.schema.CreateIndex(index).compile(dialect=dialect))
-    if dialect.name == "postgresql":
-        # Builds the index without blocking the session writes meanwhile.
-        create = create.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1)
-    return create
-
-
-def check_owner(engine: sa.Engine, table: sa.Table) -> None:
-    """Refuse a session table that exists without the owner column.
-
-    A table that exists is never altered here: altering a table in use takes
-    locks, needs rights that the app's database role may lack, and leaves a
-    schema that the app's migrations did not make.
-
-    :raises ConfigError: naming the statements that add it.
-    """
-    inspector = sa.inspect(engine)
-    columns = {c["name"] for c in inspector.get_columns(table.name, table.schema)}
-    if OWNER not in columns:
-        statements = "".join(f"\n    {s};" for s in migration(table, engine.dialect))
-        raise ConfigError(
-            f"The session table {table.name!r} has no column {OWNER!r}, which"
-            " SERVERSESSION_USER_KEY needs for its user index. Add it with a migration"
-            " (Flask-Migrate: 'flask db migrate' finds it in db.metadata), or run:"
-            f"{statements}"
-        )
-    indexes = inspector.get_indexes(table.name, table.schema)
-    index = owner_index(table)
-    if index is not None and not any(i["column_names"][:1] == [OWNER] for i in indexes):
-        logger.warning(
-            "The session table %r has no index on %r: listing a user's sessions reads"
-            " the whole table. Create it with: %s;",
-            table.name,
-            OWNER,
-            _create_index(index, engine.dialect),
-        )
 
 
 def records_of(
