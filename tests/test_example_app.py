@@ -161,6 +161,8 @@ def test_devices_page_marks_a_device_bound_session(tmp_path: t.Any) -> None:
     page = bound.client.get("/devices", base_url=HTTPS).get_data(as_text=True)
     marks = [row.split('<td class="bound">')[1].split("</td>")[0] for row in page.split("<tr")[2:]]
     assert sorted(marks) == ["-", '<span title="Bound to this device\'s key">Bound</span>']
+
+
 def test_the_admin_page_sends_a_visitor_to_sign_in(tmp_path: t.Any) -> None:
     _app, client = app_and_client(tmp_path)
     response = client.get("/admin")
