@@ -238,13 +238,13 @@ def test_chromium_binds_refreshes_and_a_copied_cookie_opens_nothing(
             wait_for_text(owner, "status", "Signed in as ada")
 
             cookies = {c["name"]: c for c in owner.get_cookies()}
-            stolen = cookies["session"]
+            stolen = cookies["__Host-session"]
             thief = browsers.start("thief")
             thief.get(f"{base}/login")
             thief.delete_all_cookies()
             thief.add_cookie(
                 {
-                    "name": "session",
+                    "name": "__Host-session",
                     "value": stolen["value"],
                     "path": "/",
                     "secure": True,
