@@ -236,6 +236,10 @@ class RedisBackend(Backend):
             changes += (DATA + k, v)
         changes += (DATA + k for k in delta.deleted)
         head = update_numbers(now_us, expires_us, delta, self.keep_expired, deadline)
+        expect: tuple[str, ...] = ()
+        if delta.expect is not None:
+            name, value = delta.expect
+            expect = (DATA + name, "-" if value is None else "=" + value)
         with self._errors("save a session"):
             for _ in range(_ATTEMPTS):
                 keys = [self.key_prefix + key]
@@ -244,7 +248,8 @@ class RedisBackend(Backend):
                         self._users.add(user, key, deadline)
                     else:
                         keys.append(self._users.name(user))
-                result = self._run(scripts.UPDATE, keys, head, packed([op, user, key, *changes]))
+                parts = packed([op, user, key, *changes])
+                result = self._run(scripts.UPDATE, keys, head, parts, *expect)
                 if int(result[0]) != 2:
                     break
                 op, user = "reindex", text(result[1])

@@ -14,6 +14,7 @@ from ..base import check_size
 from ..base import CorruptRecordError
 from ..base import data_size
 from ..base import Delta
+from ..base import expected
 from .statements import EXPIRES
 from .statements import extra_bind
 from .statements import KEY
@@ -78,7 +79,8 @@ def merge(
     name = shape = shape_of(delta, extras)
     build = lambda: sql.merge(shape)  # noqa: E731
     texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
-    if runner.exists(name, build) and plain(texts):
+    # A compare-and-set (a rotation, once an hour or so) is checked in Python.
+    if delta.expect is None and runner.exists(name, build) and plain(texts):
         try:
             values.update(sql.merge_values(delta))
             if runner.execute(name, build, values, False):
@@ -108,7 +110,7 @@ def _merge_locked(
     key = values[KEY]
     with engine.begin() as conn:
         data = _live_data(sql, sql.read_locked(conn, key), values[NOW])
-        if data is None:
+        if data is None or not expected(data, delta):
             return False
         new = merged(data, delta)
         if delta.max_size is not None:
