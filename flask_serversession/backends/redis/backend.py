@@ -177,13 +177,15 @@ class RedisBackend(Backend):
         """Run ``script`` on ``keys`` (full names) by its SHA1: one round trip.
 
         Only a server that does not know the script yet (restarted, flushed,
-        a new cluster node) costs two more, to load it and run it again.
+        a new cluster node) costs one more, which runs it with ``EVAL`` and so
+        loads it: on the node of ``keys`` alone, since a ``SCRIPT LOAD`` on a
+        cluster goes to every primary and fails while any one of them is down.
         """
         command = ("EVALSHA", scripts.sha(script), len(keys), *keys, *args)
         try:
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
         except NoScriptError:
-            self.client.script_load(script)
+            command = ("EVAL", script, len(keys), *keys, *args)
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
 
     def load(self, key: str) -> Record | None:
