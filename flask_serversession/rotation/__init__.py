@@ -36,8 +36,11 @@ from .state import dump
 from .state import fresh
 from .state import new_secret
 from .state import read
+from .state import read_used
 from .state import ROTATION_KEY
 from .state import State
+from .state import USED_KEY
+from .state import used_text
 
 if t.TYPE_CHECKING:
     from ..backends.base import Backend
@@ -45,7 +48,7 @@ if t.TYPE_CHECKING:
     from ..serialization import SessionSerializer
     from ..users import Users
 
-__all__ = ["ROTATION_KEY", "admit", "before_save", "check", "given_at"]
+__all__ = ["ROTATION_KEY", "USED_KEY", "admit", "before_save", "check", "given_at"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # A compare-and-set lost to a request that only marked the secret used is tried again.
@@ -64,14 +67,14 @@ class Host(t.Protocol):
 
 
 def _state(serializer: SessionSerializer, stored: StoredSession) -> State:
-    return read(serializer, stored.meta.get(ROTATION_KEY), stored.created_at)
+    return read(serializer, stored.meta, stored.created_at)
 
 
 def check(serializer: SessionSerializer, data: t.Mapping[str, str]) -> None:
     """Raise ValueError when the stored rotation state is not of the shape written here."""
-    text = data.get(ROTATION_KEY)
-    if text is not None:
-        read(serializer, text, _EPOCH)
+    read(serializer, data, _EPOCH)
+    if USED_KEY in data:
+        read_used(serializer, data[USED_KEY])
 
 
 def given_at(serializer: SessionSerializer, stored: StoredSession) -> datetime:
@@ -136,13 +139,11 @@ def before_save(
     every = store.settings.rotate_every
     if can_set_cookie and every is not None and state.secrets[0].given + every <= now:
         return _rotate(store, stored, changed, deleted, expires_at, values, now)
-    if state.secrets[0].used is None:
-        # The first use of a new secret starts the grace of the one before it.
-        # Its own compare-and-set: this request's changes must not depend on it.
-        text = dump(store.serializer, state.used(now))
-        held = stored.meta.get(ROTATION_KEY)
-        mark = Delta(expires_at, {ROTATION_KEY: text}, expect=(ROTATION_KEY, held))
-        store.backend.update(stored.key, mark, now)
+    current = state.secrets[0]
+    if current.used is None:
+        # The first use of a new secret starts the grace of the one before it:
+        # written with this request's changes, in place of the rotation's blank.
+        changed[USED_KEY] = used_text(store.serializer, current.digest, now)
     return None
 
 
@@ -157,20 +158,27 @@ def _rotate(
 ) -> SaveOutcome:
     """Give the session a new secret and write this request's changes, in one update."""
     sid, secret, key = stored.sid, stored.secret, stored.key
-    held = stored.meta.get(ROTATION_KEY)
+    meta: t.Mapping[str, str] = stored.meta
     # The rotation alone never makes a session too large to be read.
     max_size = store.settings.max_size if changed or deleted else None
     for _ in range(_ATTEMPTS):
-        state = read(store.serializer, held, stored.created_at)
+        try:
+            state = read(store.serializer, meta, stored.created_at)
+        except ValueError:
+            return SaveOutcome()  # damaged meanwhile: the next load says so
         position = state.find(sid, secret)
         if position != 0:
             # Another request rotated it first: hand over the secret it chose.
             current = None if position is None else state.current(sid, secret, position)
             return _write(store, stored, changed, deleted, expires_at, values, now, current)
         new = new_secret()
-        text = dump(store.serializer, state.rotated(sid, secret, new, now))
-        rotation = {**changed, ROTATION_KEY: text}
-        expect = (ROTATION_KEY, held)
+        rotated = state.rotated(sid, secret, new, now)
+        rotation = {
+            **changed,
+            ROTATION_KEY: dump(store.serializer, rotated),
+            USED_KEY: used_text(store.serializer, rotated.secrets[0].digest, None),
+        }
+        expect = (ROTATION_KEY, meta.get(ROTATION_KEY))
         delta = Delta(expires_at, rotation, deleted, values, max_size, expect=expect)
         if store.users.update(stored, values, delta, now):
             send(session_rotated, old_storage_key=key, storage_key=key)
@@ -182,7 +190,7 @@ def _rotate(
         if record is None or record.expires_at <= now:
             # Ended meanwhile (sign-out, revoke, sign-in): nothing to write.
             return SaveOutcome()
-        held = record.data.get(ROTATION_KEY)
+        meta = record.data
     return _write(store, stored, changed, deleted, expires_at, values, now, None)
 
 

@@ -20,6 +20,10 @@ if t.TYPE_CHECKING:
 
 #: The stored key of a session's rotation state (metadata, hidden from the session dict).
 ROTATION_KEY = "_serversession_rotation"
+#: The stored key of when the current secret was first used: a plain write of
+#: its own, so that the first request with a new token pays no compare-and-set.
+#: Of fixed width, so that noting the use never grows the session.
+USED_KEY = "_serversession_rotation_used"
 #: How many secrets a record keeps: the current one and the two before it.
 KEPT = 3
 #: The digest that stands for the bare id: a token from before the first
@@ -32,6 +36,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SECRET_BYTES = 16
 # 16 bytes in base64 without padding: the last character carries four unused bits.
 _SIXTEEN_BYTES = re.compile("[A-Za-z0-9_-]{21}[AQgw]")
+_USED = re.compile(r"([A-Za-z0-9_-]{21}[AQgw])\|(\d{17}|-{17})")
 
 
 def new_secret() -> str:
@@ -138,6 +143,22 @@ class State:
         return State(kept, sealed)
 
 
+def used_text(serializer: SessionSerializer, digest: str, used: datetime | None) -> str:
+    """The stored text of :data:`USED_KEY`: ``digest``'s secret first used at ``used``."""
+    when = "-" * 17 if used is None else f"{round(_timestamp(used) * 1_000_000):017d}"
+    return serializer.dumps(f"{digest}|{when}")
+
+
+def read_used(serializer: SessionSerializer, text: str) -> tuple[str, datetime | None]:
+    """The digest and first use stored as :data:`USED_KEY`; ValueError when malformed."""
+    value = serializer.loads(text)
+    match = _USED.fullmatch(value) if type(value) is str else None
+    if match is None:
+        raise ValueError(f"the first use of a rotating secret is {value!r}")
+    when = match.group(2)
+    return match.group(1), None if when[0] == "-" else _time(int(when) / 1_000_000)
+
+
 def _sixteen_bytes(value: t.Any) -> bool:
     return type(value) is str and _SIXTEEN_BYTES.fullmatch(value) is not None
 
@@ -147,14 +168,25 @@ def fresh(now: datetime) -> State:
     return State((Secret(BARE, now, now),))
 
 
-def read(serializer: SessionSerializer, text: str | None, created_at: datetime) -> State:
-    """The state stored as ``text``; a session without one has had its bare id since it
-    was created, in use.
+def read(serializer: SessionSerializer, meta: t.Mapping[str, str], created_at: datetime) -> State:
+    """The state stored in ``meta`` (:data:`ROTATION_KEY`, with :data:`USED_KEY`); a
+    session without one has had its bare id since it was created, in use.
 
-    :raises ValueError: the text is not of the shape :func:`dump` writes.
+    :raises ValueError: the stored text is not of the shape :func:`dump` writes.
     """
+    text = meta.get(ROTATION_KEY)
     if text is None:
         return fresh(created_at)
+    state = _parse(serializer, text)
+    used = meta.get(USED_KEY)
+    if used is not None and state.secrets[0].used is None:
+        digest, when = read_used(serializer, used)
+        if when is not None and digest == state.secrets[0].digest:
+            state = state.used(when)
+    return state
+
+
+def _parse(serializer: SessionSerializer, text: str) -> State:
     value = serializer.loads(text)
     if type(value) is not list or len(value) != 2:
         raise ValueError(f"the rotation state is {value!r}")
