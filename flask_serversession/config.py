@@ -207,6 +207,14 @@ def read_settings(app: Flask) -> Settings:
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
         warn_flask_session_keys(config)
+    if settings.rotate_every is not None and not settings.rotate_grace:
+        # Rotation: a browser's concurrent requests would end the session as a reuse.
+        raise _bad(
+            "SERVERSESSION_ROTATE_GRACE",
+            config["SERVERSESSION_ROTATE_GRACE"],
+            "a positive span while SERVERSESSION_ROTATE_EVERY is set (30 seconds or more:"
+            " requests in flight, other tabs and lost responses still bring the old token)",
+        )
     # DEFAULTS is read now, so keys that other modules add to it count as known.
     warn_unknown_keys(config, DEFAULTS)
     return settings

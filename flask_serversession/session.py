@@ -199,7 +199,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         if self.stored is None:
             return None
         store: SessionStore = current_app.extensions["serversession"]
-        return rotation.state(store.serializer, self.stored)[0]
+        return rotation.given_at(store.serializer, self.stored)
 
     @property
     def storage_key(self) -> str | None:

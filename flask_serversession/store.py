@@ -90,18 +90,15 @@ class SessionStore:
     def new_sid(self) -> str:
         return new_sid()
 
-    def token_for(self, sid: str) -> str:
-        """Return the token a client holds for ``sid``."""
-        return self.tokens.token_for(sid)
+    def token_for(self, sid: str, secret: str | None = None) -> str:
+        """Return the token a client holds for ``sid`` (and its rotating secret)."""
+        return self.tokens.token_for(sid, secret)
 
     def sid_from(self, token: str | None) -> str | None:
         """Return the id in a well-formed, correctly signed token, or None."""
         return self.tokens.sid_from(token)
 
     storage_key = staticmethod(storage_key)
-
-    def rotation_secret(self) -> bytes:
-        return self.tokens.secret()
 
     def check_meta(self, data: t.Mapping[str, str]) -> None:
         """Raise ValueError when stored metadata is not of the shape written here."""
@@ -116,27 +113,24 @@ class SessionStore:
 
         :param connected: a Socket.IO connection made earlier brought the token.
         """
-        sid, rejected = self.tokens.check(token)
+        sid, secret, rejected = self.tokens.parse(token)
         if sid is None:
             return Opened(rejected=rejected)
         key = self.storage_key(sid)
         try:
             record = self.backend.load(key)
             if record is None:
-                return self._moved(sid, connected=connected)
+                return Opened(verified=True, rejected=UNKNOWN)
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 return Opened(verified=True)
-            return Opened(decode(self.serializer, sid, key, record, self.check_meta), verified=True)
+            stored = decode(self.serializer, sid, key, record, self.check_meta)
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged, starting a new one: %s", key, e)
             return Opened(verified=True)
-
-    def _moved(self, sid: str, *, connected: bool = False) -> Opened:
-        """What a token whose id has no record opens: the session it rotated into, if any."""
-        if self.settings.rotate_every is None:
-            return Opened(verified=True, rejected=UNKNOWN)
-        return rotation.follow(self, sid, self.clock(), connected=connected)
+        if secret is None and rotation.ROTATION_KEY not in stored.meta:
+            return Opened(stored, verified=True)
+        return rotation.admit(self, stored, secret, self.clock(), connected=connected)
 
     def _api_sid(self, token: str) -> str:
         """The id of a token given to the API; a bad one is reported and refused."""
@@ -148,26 +142,31 @@ class SessionStore:
 
     def fetch(self, token: str) -> StoredSession:
         """Load the live session ``token`` names, raising when there is none."""
-        sid = self._api_sid(token)
+        sid, secret, _ = self.tokens.parse(token)
+        sid = self._api_sid(token) if sid is None else sid
         key = self.storage_key(sid)
         try:
             record = self.backend.load(key)
             if record is None:
-                opened = self._moved(sid)
-                if opened.stored is not None:
-                    return opened.stored
-                if opened.rejected is not None:
-                    send(session_token_rejected, reason=opened.rejected)
+                send(session_token_rejected, reason=UNKNOWN)
                 raise SessionNotFoundError("No session is stored for this token.")
             if self.lifetimes.is_expired(record, self.clock()):
                 send(session_expired, storage_key=key)
                 raise SessionExpiredError(
                     f"The session expired at {record.expires_at.isoformat()}."
                 )
-            return decode(self.serializer, sid, key, record, self.check_meta)
+            stored = decode(self.serializer, sid, key, record, self.check_meta)
         except CorruptRecordError as e:
             logger.error("Stored session %s is damaged: %s", key, e)
             raise BackendError(f"The stored session {key} is damaged: {e}") from e
+        if secret is None and rotation.ROTATION_KEY not in stored.meta:
+            return stored
+        opened = rotation.admit(self, stored, secret, self.clock(), connected=False)
+        if opened.stored is None:
+            if opened.rejected is not None:
+                send(session_token_rejected, reason=opened.rejected)
+            raise SessionNotFoundError("No session is stored for this token.")
+        return opened.stored
 
     def serialize(self, key: t.Any, value: t.Any) -> str:
         """Return the stored text of one session value.
@@ -242,7 +241,8 @@ class SessionStore:
         # Opened through a token from before a rotation: hand over the current one.
         keeps_expiry = session.permanent or stored.lifetime is not None
         expires_at = outcome.expires_at or stored.expires_at
-        return SaveOutcome(self.token_for(stored.sid), expires_at, True, persistent=keeps_expiry)
+        token = self.token_for(stored.sid, stored.secret)
+        return SaveOutcome(token, expires_at, True, persistent=keeps_expiry)
 
     def _save(self, session: SessionState, can_set_cookie: bool) -> SaveOutcome:
         if session.destroyed_sid is not None:
@@ -297,12 +297,12 @@ class SessionStore:
             )
             expires_at = self.renewed_expiry(stored, now) if renew else stored.expires_at
 
-        if self.settings.rotate_every is not None:
-            rotating = can_set_cookie and not session.regenerate_requested
-            if rotating and rotation.due(self, stored, now):
-                outcome = rotation.rotate(self, stored, changed, deleted, expires_at, values, now)
-                return replace(outcome, persistent=persistent(session, lifetime))
-            rotation.mark(self.serializer, stored, changed, now, session.regenerate_requested)
+        if self.settings.rotate_every is not None or rotation.ROTATION_KEY in stored.meta:
+            rotated = rotation.before_save(
+                self, session, stored, changed, deleted, expires_at, values, now, can_set_cookie
+            )
+            if rotated is not None:
+                return replace(rotated, persistent=persistent(session, lifetime))
 
         if session.regenerate_requested:
             # Sign-in restarts both timeouts (SP 800-63B-4 5.2); a lifetime set now holds.
@@ -313,12 +313,6 @@ class SessionStore:
         if changed or deleted:
             delta = Delta(expires_at, changed, deleted, values, self.settings.max_size)
             if not self.users.update(stored, values, delta, now):
-                if self.settings.rotate_every is not None:
-                    # Rotated by another request meanwhile: the write goes there.
-                    outcome = rotation.carry(
-                        self, stored, changed, deleted, expires_at, values, now
-                    )
-                    return replace(outcome, persistent=persistent(session, lifetime))
                 return _NOTHING
         elif self.users.seen_due(stored, now):
             # Only the last-seen time: never refused for size, as a read.
@@ -333,7 +327,8 @@ class SessionStore:
         was_persistent = permanent_at_load(session) or stored.lifetime is not None
         now_persistent = persistent(session, lifetime)
         if now_persistent != was_persistent or (now_persistent and expires_at != stored.expires_at):
-            return SaveOutcome(self.token_for(stored.sid), expires_at, persistent=now_persistent)
+            token = self.token_for(stored.sid, stored.secret)
+            return SaveOutcome(token, expires_at, persistent=now_persistent)
         return _NOTHING
 
     def create(self, values: t.Mapping[str, t.Any]) -> str:

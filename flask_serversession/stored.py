@@ -61,6 +61,8 @@ class StoredSession:
     #: Opened through a token the session had before it rotated: the response
     #: hands over the current one.
     handed_over: bool = False
+    #: The rotating secret of the client's current token (None: the bare id).
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)

@@ -17,13 +17,20 @@ BAD_SIGNATURE = "bad_signature"
 UNKNOWN = "unknown"
 
 _ID_LENGTH = 43
-#: An id, a dot and the 43 characters of a base64 sha256 digest without padding.
-_SIGNED_LENGTH = 2 * _ID_LENGTH + 1
+#: The 43 characters of a base64 sha256 digest without padding, and the dot before them.
+_SIGNATURE_LENGTH = 44
 _ID_PATTERN = "[A-Za-z0-9_-]{43}"
-_UNSIGNED_TOKEN = re.compile(_ID_PATTERN)
-# The last of the 43 characters of a base64 sha256 digest carries two unused
-# bits; only the canonical spelling is accepted, so a token has one form.
-_SIGNED_TOKEN = re.compile(rf"{_ID_PATTERN}\.[A-Za-z0-9_-]{{42}}[AEIMQUYcgkosw048]")
+# A rotating secret (rotation.py): 128 bits in 22 characters, whose last one
+# carries four unused bits. As for signatures below, only the canonical
+# spelling is accepted, so a token has one form.
+_SECRET_PATTERN = r"(?:\.[A-Za-z0-9_-]{21}[AQgw])?"
+_UNSIGNED_TOKEN = re.compile(_ID_PATTERN + _SECRET_PATTERN)
+# The last of the 43 characters of a base64 sha256 digest carries two unused bits.
+_SIGNED_TOKEN = re.compile(
+    rf"{_ID_PATTERN}{_SECRET_PATTERN}\.[A-Za-z0-9_-]{{42}}[AEIMQUYcgkosw048]"
+)
+#: The lengths of a signed token without and with a rotating secret.
+_SIGNED_LENGTHS = (_ID_LENGTH + _SIGNATURE_LENGTH, _ID_LENGTH + 23 + _SIGNATURE_LENGTH)
 
 
 def new_sid() -> str:
@@ -77,16 +84,16 @@ class _Signer:
         outer.update(inner.digest())
         return urlsafe_b64encode(outer.digest()).rstrip(b"=").decode("ascii")
 
-    def sign(self, sid: str) -> str:
-        return f"{sid}.{self._signature(self._keys[0], sid)}"
+    def sign(self, value: str) -> str:
+        return f"{value}.{self._signature(self._keys[0], value)}"
 
     def unsign(self, token: str) -> str | None:
-        """The id of a token of the signed length, or None when no key signed it."""
-        sid, signature = token[:_ID_LENGTH], token[_ID_LENGTH + 1 :]
+        """The signed value of a token of a signed length, or None when no key signed it."""
+        value, signature = token[:-_SIGNATURE_LENGTH], token[1 - _SIGNATURE_LENGTH :]
         try:
             for key in self._keys:
-                if hmac.compare_digest(signature, self._signature(key, sid)):
-                    return sid
+                if hmac.compare_digest(signature, self._signature(key, value)):
+                    return value
         except (UnicodeEncodeError, TypeError):
             # Characters that are not ASCII: no key signed these.
             pass
@@ -125,22 +132,13 @@ class Tokens:
         self._cached = (given, signer)
         return signer
 
-    def secret(self) -> bytes:
-        """The signing key (the newest), from which rotated ids are derived."""
-        keys = [k.encode() if isinstance(k, str) else k for k in self._secret_keys() if k]
-        if not keys:
-            raise RuntimeError(
-                "SECRET_KEY is not set: rotated session ids are derived from it."
-                " Set app.secret_key."
-            )
-        return keys[-1]
-
-    def token_for(self, sid: str) -> str:
-        """Return the token a client holds for ``sid``."""
+    def token_for(self, sid: str, secret: str | None = None) -> str:
+        """Return the token a client holds for ``sid`` and its rotating secret, if any."""
+        value = sid if secret is None else f"{sid}.{secret}"
         signer = self._signer()
         if signer is None:
-            return sid
-        return signer.sign(sid)
+            return value
+        return signer.sign(value)
 
     def sid_from(self, token: str | None) -> str | None:
         """Return the id in a well-formed, correctly signed token, or None."""
@@ -152,6 +150,24 @@ class Tokens:
         The reason is :data:`MALFORMED` or :data:`BAD_SIGNATURE`; it is None
         when there is no token at all.
         """
+        value, reason = self.verify(token)
+        return (None, reason) if value is None else (value[:_ID_LENGTH], None)
+
+    def parse(self, token: str | None) -> tuple[str | None, str | None, str | None]:
+        """Return ``(id, rotating secret or None, None)`` for a good token, else
+        ``(None, None, reason)`` as :meth:`check` gives it.
+
+        .. versionadded:: 0.3
+        """
+        value, reason = self.verify(token)
+        if value is None:
+            return None, None, reason
+        if len(value) == _ID_LENGTH:
+            return value, None, None
+        return value[:_ID_LENGTH], value[_ID_LENGTH + 1 :], None
+
+    def verify(self, token: str | None) -> tuple[str | None, str | None]:
+        """Return ``(signed value, None)`` for a good token, else ``(None, reason)``."""
         if not token:
             return None, None
         if not isinstance(token, str):
@@ -159,10 +175,10 @@ class Tokens:
         signer = self._signer()
         if signer is None:
             return (token, None) if _UNSIGNED_TOKEN.fullmatch(token) else (None, MALFORMED)
-        if len(token) == _SIGNED_LENGTH and token[_ID_LENGTH] == ".":
-            sid = signer.unsign(token)
-            if sid is not None:
+        if len(token) in _SIGNED_LENGTHS and token[-_SIGNATURE_LENGTH] == ".":
+            value = signer.unsign(token)
+            if value is not None:
                 # Signed here, so of the right shape: the pattern is checked
                 # only to tell a token refused why.
-                return sid, None
+                return value, None
         return (None, BAD_SIGNATURE) if _SIGNED_TOKEN.fullmatch(token) else (None, MALFORMED)

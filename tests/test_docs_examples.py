@@ -35,6 +35,7 @@ from flask_serversession.backends import Delta
 from flask_serversession.backends import Record
 from flask_serversession.backends.base import check_size
 from flask_serversession.backends.base import data_size
+from flask_serversession.backends.base import expected
 from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.backends.memory import MemoryBackend
 from flask_serversession.backends.sql import make_table
@@ -982,6 +983,8 @@ class DictBackend(Backend):
         with self._lock:
             record = self._records.get(key)
             if record is None or record.expires_at <= now:
+                return False
+            if not expected(record.data, delta):
                 return False
             data = {k: v for k, v in record.data.items() if k not in delta.deleted}
             data.update(delta.set)

@@ -294,3 +294,25 @@ def test_no_repr_log_or_signal_holds_the_id_or_token(
     from flask_serversession.store import SaveOutcome
 
     assert outcome not in repr(SaveOutcome(outcome))
+
+
+def test_a_token_with_a_rotating_secret_has_one_form(make_app: t.Callable[..., Flask]) -> None:
+    from flask_serversession.rotation.state import new_secret
+
+    for sign in (True, False):
+        store = store_of(make_app(SERVERSESSION_SIGN_ID=sign))
+        tokens = store.tokens
+        secret = new_secret()
+        token = tokens.token_for(VALID_ID, secret)
+        assert tokens.parse(token) == (VALID_ID, secret, None)
+        assert tokens.parse(tokens.token_for(VALID_ID)) == (VALID_ID, None, None)
+        assert tokens.sid_from(token) == VALID_ID
+        # A secret of another length, or not in its one spelling, is no token.
+        for bad in (secret[:-1], secret + "A", secret[:-1] + "B"):
+            forged = token.replace(secret, bad)
+            assert tokens.parse(forged)[0] is None
+        if sign:
+            # Signed: the id and the secret together.
+            assert token == signed(f"{VALID_ID}.{secret}", "test secret key")
+            other = tokens.token_for(VALID_ID, new_secret())
+            assert tokens.parse(token[:66] + other[66:]) == (None, None, "bad_signature")

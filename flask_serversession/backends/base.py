@@ -44,6 +44,12 @@ class Delta:
     :param user: the session's user after the change, when ``user_changed``.
     :param user_changed: the session changed hands (sign-in, sign-out, another
         user); the user index moves in the same atomic step.
+    :param expect: ``(key, text)``: apply the delta only if the stored data
+        holds ``text`` under ``key`` (None: holds no such key), checked in the
+        same atomic step; otherwise write nothing. A rotation's compare-and-set.
+
+    .. versionchanged:: 0.3
+        Added ``expect``.
     """
 
     expires_at: datetime
@@ -53,6 +59,12 @@ class Delta:
     max_size: int | None = None
     user: str | None = None
     user_changed: bool = False
+    expect: tuple[str, str | None] | None = None
+
+
+def expected(data: t.Mapping[str, str], delta: Delta) -> bool:
+    """Whether ``data`` holds what ``delta.expect`` asks for (always, when it asks nothing)."""
+    return delta.expect is None or data.get(delta.expect[0]) == delta.expect[1]
 
 
 def data_size(data: t.Mapping[str, str]) -> int:
@@ -127,8 +139,9 @@ class Backend(ABC):
         Keys of the record that the delta does not name keep their stored
         values, so two writers that change different keys both survive.
         Returns False, writing nothing, when there is no record, it expired
-        before ``now`` or it cannot be decoded: a save never brings back a
-        destroyed session. The size limit is checked on the merged result in
+        before ``now``, it cannot be decoded or it does not hold what
+        ``delta.expect`` asks for: a save never brings back a destroyed
+        session. The size limit is checked on the merged result in
         the same atomic step (:func:`check_size`), so concurrent writers
         cannot together pass ``delta.max_size``.
 

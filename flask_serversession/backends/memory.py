@@ -11,6 +11,7 @@ from .base import Backend
 from .base import check_size
 from .base import data_size
 from .base import Delta
+from .base import expected
 from .base import Record
 
 
@@ -78,7 +79,7 @@ class MemoryBackend(Backend):
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         with self._lock:
             record = self._records.get(key)
-            if record is None or record.expires_at <= now:
+            if record is None or record.expires_at <= now or not expected(record.data, delta):
                 return False
             data = record.data
             before = after = self._sizes[key]

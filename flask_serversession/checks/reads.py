@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import threading
 import typing as t
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
 
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
@@ -10,8 +14,56 @@ if t.TYPE_CHECKING:
     from ..backends.redis.clients import Client
 
 
+#: How long the check waits for a server to answer one read, in seconds: a
+#: server that accepts and never answers, or trickles its reply, is unreachable.
+READ_TIMEOUT = 10.0
+# Query parameters that carry a secret (redis-py and libpq both read a
+# password from the query string).
+_SECRET_PARAMETER = re.compile("pass|secret|token|key", re.IGNORECASE)
+
+_T = t.TypeVar("_T")
+
+
 class StoreUnreachable(Exception):
     """The session store did not answer; the message says why, without secrets."""
+
+
+def bounded(read: t.Callable[[], _T]) -> _T:
+    """Run ``read`` and return its result, or raise :class:`StoreUnreachable` when it
+    has not finished within :data:`READ_TIMEOUT`.
+
+    Drivers wait for ever by default; the read runs in a daemon thread, left
+    behind when it does not finish, so ``check`` always ends.
+    """
+    outcome: list[t.Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, read()))
+        except BaseException as e:
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, name="serversession-check-read", daemon=True)
+    thread.start()
+    thread.join(READ_TIMEOUT)
+    if not outcome:
+        raise StoreUnreachable(f"the server did not answer within {READ_TIMEOUT:g} s")
+    finished, value = outcome[0]
+    if not finished:
+        raise value
+    return t.cast(_T, value)
+
+
+def shown_url(url: str) -> str:
+    """``url`` with the password of its user part and secret query parameters masked."""
+    url = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+    url = re.sub(r"//[^/@:]+@", "//***@", url)
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    pairs = parse_qsl(query, keep_blank_values=True)
+    masked = [(k, "***" if _SECRET_PARAMETER.search(k) else v) for k, v in pairs]
+    return f"{base}?{urlencode(masked, safe='*')}"
 
 
 class UnreadableSetting(Exception):

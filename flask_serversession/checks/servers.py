@@ -5,8 +5,10 @@ import re
 import typing as t
 
 from . import Finding
+from .reads import bounded
 from .reads import directory_chain
 from .reads import redis_settings
+from .reads import shown_url
 from .reads import sql_setting
 from .reads import StoreUnreachable
 from .reads import UnreadableSetting
@@ -131,7 +133,7 @@ def _unreadable(setting: str, value: str, problem: UnreadableSetting) -> Finding
 
 def _sql(app: Flask, backend: SQLAlchemyBackend) -> t.Iterator[Finding]:
     url = backend.engine.url
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_url(url.render_as_string(hide_password=True))
     setting = (
         "SERVERSESSION_SQLALCHEMY"
         if app.config.get("SERVERSESSION_SQLALCHEMY") is not None
@@ -145,7 +147,8 @@ def _sql(app: Flask, backend: SQLAlchemyBackend) -> t.Iterator[Finding]:
         return
     postgres = url.get_backend_name() == "postgresql"
     try:
-        server_value = sql_setting(backend.engine, "synchronous_commit" if postgres else None)
+        name = "synchronous_commit" if postgres else None
+        server_value = bounded(lambda: sql_setting(backend.engine, name))
     except StoreUnreachable as e:
         yield _unreachable(setting, repr(shown), e)
         return
@@ -216,12 +219,13 @@ def _redis_where(app: Flask) -> tuple[str, str]:
     if app.config.get("SERVERSESSION_REDIS") is not None:
         return "SERVERSESSION_REDIS", "a client"
     url = str(app.config.get("SERVERSESSION_REDIS_URL"))
-    return "SERVERSESSION_REDIS_URL", repr(re.sub(r"//[^/@]*@", "//***@", url))
+    return "SERVERSESSION_REDIS_URL", repr(shown_url(url))
 
 
 def _redis(app: Flask, backend: RedisBackend) -> t.Iterator[Finding]:
     try:
-        nodes = redis_settings(backend.client, ("maxmemory-policy", "save", "appendonly"))
+        names = ("maxmemory-policy", "save", "appendonly")
+        nodes = bounded(lambda: redis_settings(backend.client, names))
     except StoreUnreachable as e:
         yield _unreachable(*_redis_where(app), e)
         return

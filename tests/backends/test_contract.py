@@ -84,6 +84,27 @@ def test_update_applies_only_the_delta(backend: Backend) -> None:
     assert loaded.created_at == NOW
 
 
+def test_update_with_expect_is_a_compare_and_set(backend: Backend) -> None:
+    # What a rotation writes with (0.3): the delta lands only on the state it was made from.
+    backend.create(key_of("a"), record({"state": '"one"', "k": "1"}))
+    stale = Delta(NOW + 2 * HOUR, {"state": '"two"', "k": "2"}, expect=("state", '"zero"'))
+    assert backend.update(key_of("a"), stale, NOW) is False
+    absent = Delta(NOW + 2 * HOUR, {"k": "2"}, expect=("state", None))
+    assert backend.update(key_of("a"), absent, NOW) is False
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None and loaded.data == {"state": '"one"', "k": "1"}
+    assert loaded.expires_at == NOW + HOUR
+    current = Delta(NOW + 2 * HOUR, {"state": '"two"'}, frozenset({"k"}), expect=("state", '"one"'))
+    assert backend.update(key_of("a"), current, NOW) is True
+    loaded = backend.load(key_of("a"))
+    assert loaded is not None and loaded.data == {"state": '"two"'}
+    assert loaded.expires_at == NOW + 2 * HOUR
+    backend.create(key_of("b"), record({"k": "1"}))
+    first = Delta(NOW + HOUR, {"state": '"one"'}, expect=("state", None))
+    assert backend.update(key_of("b"), first, NOW) is True
+    assert backend.update(key_of("gone"), first, NOW) is False
+
+
 def test_update_of_missing_record_creates_nothing(backend: Backend) -> None:
     assert backend.update(key_of("gone"), Delta(NOW + HOUR, {"k": "1"}), NOW) is False
     assert backend.load(key_of("gone")) is None

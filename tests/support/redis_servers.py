@@ -261,10 +261,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisSe
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisCluster]:
     """A three-primary Redis Cluster shared by the whole test session."""
+    yield from make_cluster(tmp_path_factory.mktemp("redis-cluster"))
+
+
+def make_cluster(root: Path, *args: str) -> t.Iterator[RedisCluster]:
+    """Start a three-primary Redis Cluster under ``root`` (each node given ``args`` too),
+    yield it, and stop it."""
     redis_cli = shutil.which("redis-cli")
     if redis_cli is None:
         _unavailable("redis-cli is not installed")
-    root = tmp_path_factory.mktemp("redis-cluster")
     servers: list[RedisServer] = []
     try:
         for n in range(3):
@@ -276,6 +281,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisC
                     "--cluster-config-file", str(directory / "nodes.conf"),
                     "--cluster-port", str(free_port()),
                     "--cluster-node-timeout", "5000",
+                    *args,
                 ).start()
             )  # fmt: skip
         result = subprocess.run(

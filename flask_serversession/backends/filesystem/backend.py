@@ -17,6 +17,7 @@ from ..base import check_size
 from ..base import CorruptRecordError
 from ..base import data_size
 from ..base import Delta
+from ..base import expected
 from ..base import Record
 from . import files as _files
 from . import format as _format
@@ -248,8 +249,10 @@ class FileSystemBackend(Backend):
                 if expires <= _format.to_us(now):
                     return False
                 user = new_user = None
-                if delta.set or delta.deleted or delta.user_changed:
+                if delta.set or delta.deleted or delta.user_changed or delta.expect:
                     user, old = _format.decode(path, magic, body)
+                    if not expected(old, delta):
+                        return False
                     before = data_size(old)
                     data, after = applied(old, delta, before)
                     check_size(before, after, delta.max_size)

@@ -183,13 +183,15 @@ class RedisBackend(Backend):
         """Run ``script`` on ``keys`` (full names) by its SHA1: one round trip.
 
         Only a server that does not know the script yet (restarted, flushed,
-        a new cluster node) costs two more, to load it and run it again.
+        a new cluster node) costs one more, which runs it with ``EVAL`` and so
+        loads it: on the node of ``keys`` alone, since a ``SCRIPT LOAD`` on a
+        cluster goes to every primary and fails while any one of them is down.
         """
         command = ("EVALSHA", scripts.sha(script), len(keys), *keys, *args)
         try:
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
         except self._library.no_script_error:
-            self.client.script_load(script)
+            command = ("EVAL", script, len(keys), *keys, *args)
             return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
 
     def load(self, key: str) -> Record | None:
@@ -242,6 +244,10 @@ class RedisBackend(Backend):
             changes += (DATA + k, v)
         changes += (DATA + k for k in delta.deleted)
         head = update_numbers(now_us, expires_us, delta, self.keep_expired, deadline)
+        expect: tuple[str, ...] = ()
+        if delta.expect is not None:
+            name, value = delta.expect
+            expect = (DATA + name, "-" if value is None else "=" + value)
         with self._errors("save a session"):
             for _ in range(_ATTEMPTS):
                 keys = [self.key_prefix + key]
@@ -250,7 +256,8 @@ class RedisBackend(Backend):
                         self._users.add(user, key, deadline)
                     else:
                         keys.append(self._users.name(user))
-                result = self._run(scripts.UPDATE, keys, head, packed([op, user, key, *changes]))
+                parts = packed([op, user, key, *changes])
+                result = self._run(scripts.UPDATE, keys, head, parts, *expect)
                 if int(result[0]) != 2:
                     break
                 op, user = "reindex", text(result[1])

@@ -86,7 +86,9 @@ return 1
 # n_set and deadline_ms in one space-separated argument, then a JSON array
 # (see codec.packed) of op, user, member, n_set field/value pairs and the
 # fields to delete. Each argument costs the client more than the script's
-# splitting or decoding.
+# splitting or decoding. A compare-and-set (Delta.expect) adds a field and
+# "=" + the value it must hold, or "-" for no such field; the script returns
+# {3}, writing nothing, when it holds something else.
 UPDATE = (
     _INDEX_FUNCTION
     + """
@@ -101,6 +103,11 @@ local stored = whole(meta[2])
 if not whole(meta[1]) or not stored or stored <= tonumber(now_us) then return {0} end
 local user, indexed = meta[3], whole(meta[4])
 if (user and not indexed) or (meta[4] and not user) then return {0} end
+if ARGV[3] then
+  local held = redis.call('HGET', key, ARGV[3])
+  if held then held = '=' .. held else held = '-' end
+  if held ~= ARGV[4] then return {3} end
+end
 local limit = tonumber(num[4])
 local args = cjson.decode(ARGV[2])
 local first = 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import typing as t
 from datetime import datetime
 from datetime import timezone
@@ -14,6 +15,8 @@ from sqlalchemy.dialects import sqlite
 from ..base import Delta
 from .statements import ADDED
 from .statements import DELETED
+from .statements import EXPECT
+from .statements import EXPECT_KEY
 from .statements import KEY
 from .statements import MAX_SIZE
 from .statements import OWNER
@@ -24,6 +27,8 @@ from .statements import Statements
 # Timestamps that every driver turns into a datetime, whatever the session's time zone.
 _EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
 _LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
+# Keys that a JSON path names without escapes.
+_PLAIN_NAME = re.compile("[A-Za-z0-9_]+")
 # Finds the members of a JSON object that are not strings.
 _NOT_A_STRING = sa.cast(sa.literal('$.* ? (@.type() != "string")'), postgresql.JSONPATH)
 
@@ -67,8 +72,13 @@ class SQLiteStatements(Statements):
             values[MAX_SIZE] = delta.max_size
         return values
 
+    def expect_values(self, delta: Delta) -> dict[str, t.Any] | None:
+        if delta.expect is None or not _PLAIN_NAME.fullmatch(delta.expect[0]):
+            return None
+        return {EXPECT_KEY: f'$."{delta.expect[0]}"', EXPECT: delta.expect[1]}
+
     def merge(self, shape: Shape) -> sa.Update | None:
-        _, _set, _deleted, limited, extras = shape  # one patch sets and deletes
+        _, _set, _deleted, limited, extras, expecting = shape  # one patch sets and deletes
         c = self.table.c
         patch = sa.bindparam(PATCH, type_=sa.Text)
         new = sa.func.json_patch(c.data, patch, type_=sa.Text)
@@ -95,10 +105,16 @@ class SQLiteStatements(Statements):
             (sa.func.json_type(c.data) != "object", sa.false()),
             (not_text, sa.false()),
             (~typed, sa.false()),
-            else_=fits,
+            else_=sa.and_(fits, self._holds(expecting)),
         )
         update = self.set_if_live(extras).where(readable)
         return update.values(data=new)
+
+    def _holds(self, expecting: bool) -> sa.ColumnElement[bool]:
+        if not expecting:
+            return sa.true()
+        held = sa.func.json_extract(self.table.c.data, sa.bindparam(EXPECT_KEY, type_=sa.Text))
+        return held.is_(sa.bindparam(EXPECT, type_=sa.Text))
 
     @staticmethod
     def _is_time(column: sa.Column[t.Any]) -> sa.ColumnElement[bool]:
@@ -148,8 +164,13 @@ class PostgreSQLStatements(Statements):
             values[DELETED] = sorted(delta.deleted)
         return values
 
+    def expect_values(self, delta: Delta) -> dict[str, t.Any] | None:
+        if delta.expect is None:
+            return None
+        return {EXPECT_KEY: delta.expect[0], EXPECT: delta.expect[1]}
+
     def merge(self, shape: Shape) -> sa.Update | None:
-        _, has_set, has_deleted, limited, extras = shape
+        _, has_set, has_deleted, limited, extras, expecting = shape
         c = self.table.c
         # Stored text that jsonb cannot hold (not JSON, a NUL) raises DataError.
         stored: t.Any = sa.cast(c.data, postgresql.JSONB)
@@ -171,10 +192,19 @@ class PostgreSQLStatements(Statements):
             (sa.func.jsonb_path_exists(stored, _NOT_A_STRING), sa.false()),
             (~c.created_at.between(_EARLIEST, _LATEST), sa.false()),
             (c.expires_at > _LATEST, sa.false()),
-            else_=fits,
+            else_=sa.and_(fits, self._holds(stored, expecting)),
         )
         update = self.set_if_live(extras).where(readable)
         return update.values(data=sa.cast(new, sa.Text))
+
+    @staticmethod
+    def _holds(stored: t.Any, expecting: bool) -> sa.ColumnElement[bool]:
+        if not expecting:
+            return sa.true()
+        held = stored.op("->>", return_type=sa.Text)(sa.bindparam(EXPECT_KEY, type_=sa.Text))
+        return t.cast(
+            "sa.ColumnElement[bool]", held.is_not_distinct_from(sa.bindparam(EXPECT, type_=sa.Text))
+        )
 
     @staticmethod
     def _size(document: sa.ColumnElement[t.Any]) -> sa.ScalarSelect[t.Any]:

@@ -14,6 +14,7 @@ from ..base import check_size
 from ..base import CorruptRecordError
 from ..base import data_size
 from ..base import Delta
+from ..base import expected
 from .statements import EXPIRES
 from .statements import extra_bind
 from .statements import KEY
@@ -78,9 +79,15 @@ def merge(
     name = shape = shape_of(delta, extras)
     build = lambda: sql.merge(shape)  # noqa: E731
     texts = "".join([*delta.set, *delta.set.values(), *delta.deleted])
-    if runner.exists(name, build) and plain(texts):
+    expecting = sql.expect_values(delta)
+    if delta.expect is not None:
+        texts += delta.expect[1] or ""
+    # A compare-and-set the statement cannot test is tested under the row lock.
+    one_statement = delta.expect is None or expecting is not None
+    if one_statement and runner.exists(name, build) and plain(texts):
         try:
             values.update(sql.merge_values(delta))
+            values.update(expecting or {})
             if runner.execute(name, build, values, False):
                 return True
         except exc.DataError:
@@ -90,7 +97,7 @@ def merge(
         else:
             # No row matched: only now find out why, with one more read.
             data = _live_data(sql, _read(runner, sql, values[KEY]), values[NOW])
-            if data is None:
+            if data is None or not expected(data, delta):
                 return False
             check_size(data_size(data), data_size(merged(data, delta)), delta.max_size)
             # It fits now: the row changed since the UPDATE.
@@ -108,7 +115,7 @@ def _merge_locked(
     key = values[KEY]
     with engine.begin() as conn:
         data = _live_data(sql, sql.read_locked(conn, key), values[NOW])
-        if data is None:
+        if data is None or not expected(data, delta):
             return False
         new = merged(data, delta)
         if delta.max_size is not None:

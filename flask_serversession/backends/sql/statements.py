@@ -25,6 +25,8 @@ ADDED = "p_added"
 DELETED = "p_deleted"
 MAX_SIZE = "p_max_size"
 USER = "p_user"
+EXPECT_KEY = "p_expect_key"
+EXPECT = "p_expect"
 
 #: The column naming the user a session belongs to (``SERVERSESSION_USER_KEY``),
 #: NULL for a session without one. Not ``user_id``: that is the name the docs
@@ -81,14 +83,16 @@ def extra_bind(column: str) -> str:
 
 #: What the statement of a delta save depends on, besides parameter values:
 #: "merge", whether it sets keys, deletes keys, checks the size limit; the
-#: extra columns. The statement's name in the backend's cache.
-Shape = tuple[str, bool, bool, bool, tuple[str, ...]]
+#: extra columns; whether it compares and sets (``Delta.expect``). The
+#: statement's name in the backend's cache.
+Shape = tuple[str, bool, bool, bool, tuple[str, ...], bool]
 
 
 def shape_of(delta: Delta, extras: tuple[str, ...]) -> Shape:
     """The :data:`Shape` of a delta save."""
     limited = delta.max_size is not None and bool(delta.set)
-    return ("merge", bool(delta.set), bool(delta.deleted), limited, extras)
+    expecting = delta.expect is not None
+    return ("merge", bool(delta.set), bool(delta.deleted), limited, extras, expecting)
 
 
 def merged(data: t.Mapping[str, str], delta: Delta) -> dict[str, str]:
@@ -238,15 +242,21 @@ class Statements:
         """The parameters of :meth:`merge` that carry ``delta``'s keys and size limit."""
         return {}
 
+    def expect_values(self, delta: Delta) -> dict[str, t.Any] | None:
+        """The parameters of :meth:`merge` that carry ``delta.expect``; None where the
+        merge cannot test it (it is then tested under a row lock)."""
+        return None
+
     def merge(self, shape: Shape) -> sa.Update | None:
         """Return one UPDATE that applies a delta to the live row and checks its size.
 
         ``shape`` is :func:`shape_of` the delta; its keys and limit come in the
         parameters of :meth:`merge_values`, its expiry in EXPIRES. It matches no row where
         :meth:`record` would fail or the merged data would pass MAX_SIZE
-        (:func:`~.base.check_size`); it may also miss a row whose size SQL
-        cannot measure as Python does. None where the database cannot do this
-        in one statement.
+        (:func:`~.base.check_size`), or that does not hold what ``Delta.expect``
+        asks for (its parameters from :meth:`expect_values`); it may also miss
+        a row whose size SQL cannot measure as Python does. None where the
+        database cannot do this in one statement.
         """
         return None
 
