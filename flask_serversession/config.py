@@ -52,6 +52,8 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_ROTATE_EVERY": None,
     "SERVERSESSION_ROTATE_GRACE": timedelta(seconds=60),
     "SERVERSESSION_REVOKE_ON_REUSE": True,
+    # Moving between stores (flask_serversession.migration).
+    "SERVERSESSION_MIGRATE_FROM": None,
 }
 
 

@@ -1,0 +1,238 @@
+"""Moving between stores (docs: migrating.rst, "Moving between stores"):
+``SERVERSESSION_MIGRATE_FROM`` moves a session from the old store at its first
+use, keeping its key, times, user and data, so no one is signed out."""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+from datetime import datetime
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_serversession import ConfigError
+from flask_serversession import ServerSession
+from flask_serversession.backends.base import Backend
+from flask_serversession.backends.base import Record
+from flask_serversession.backends.memory import MemoryBackend
+from flask_serversession.backends.moving import MovingBackend
+
+from .conftest import session_cookie
+from .conftest import store_of
+
+#: (old store, new store): every backend is a source and a target at least once.
+PAIRS = [
+    ("sqlite", "postgres"),
+    ("sqlite", "redis"),
+    ("redis", "postgres"),
+    ("filesystem", "redis"),
+    ("memory", "sqlite"),
+    ("postgres", "filesystem"),
+    ("redis", "memory"),
+]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def key_of(app: Flask, token: str) -> str:
+    store = store_of(app)
+    sid = store.sid_from(token)
+    assert sid is not None
+    return store.storage_key(sid)
+
+
+def signed_in(app: Flask, **data: t.Any) -> tuple[str, dict[str, t.Any]]:
+    """A session made through a request of ``app``: its token and what /meta says of it."""
+    client = app.test_client()
+    client.post("/set", json=data)
+    token = session_cookie(client)
+    assert token is not None
+    return token, client.get("/meta").get_json()
+
+
+@pytest.mark.parametrize(("old_name", "new_name"), PAIRS)
+def test_a_session_moves_at_its_first_use_and_keeps_everything(
+    request: pytest.FixtureRequest,
+    make_app: t.Callable[..., Flask],
+    old_name: str,
+    new_name: str,
+) -> None:
+    old: Backend = request.getfixturevalue(f"{old_name}_backend")
+    new: Backend = request.getfixturevalue(f"{new_name}_backend")
+    before = make_app(old)
+    token, meta = signed_in(before, user="alice", cart=[1, 2])
+    other, _ = signed_in(before, n=1)
+
+    after = make_app(new, SERVERSESSION_MIGRATE_FROM=old)
+    client = after.test_client()
+    client.set_cookie("session", token)
+    response = client.get("/dump")
+    assert response.get_json() == {"user": "alice", "cart": [1, 2]}
+    assert "Set-Cookie" not in response.headers, "the token stays as it was"
+    assert client.get("/meta").get_json() == meta, "created_at and expires_at are kept"
+    key = key_of(after, token)
+    assert new.load(key) is not None
+    assert old.load(key) is None
+
+    # A write to a session still in the old store moves it first, then lands.
+    client.set_cookie("session", other)
+    assert client.post("/set", json={"n": 2}).status_code == 200
+    assert store_of(after).get(other) == {"n": 2}
+    assert old.count(now()) == 0
+    assert new.count(now()) == 2
+
+
+def test_a_store_named_by_its_settings(
+    tmp_path: Path, make_app: t.Callable[..., Flask], redis_backend: Backend
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    before = make_app("sqlalchemy", SERVERSESSION_SQLALCHEMY_URI=uri)
+    token, meta = signed_in(before, user="alice")
+    settings = {"SERVERSESSION_BACKEND": "sqlalchemy", "SERVERSESSION_SQLALCHEMY_URI": uri}
+    after = make_app(redis_backend, SERVERSESSION_MIGRATE_FROM=settings)
+    client = after.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/meta").get_json() == meta
+    assert client.get("/dump").get_json() == {"user": "alice"}
+    assert redis_backend.count(now()) == 1
+    assert store_of(before).backend.count(now()) == 0
+
+
+def test_without_the_key_the_backend_is_not_wrapped(make_app: t.Callable[..., Flask]) -> None:
+    backend = MemoryBackend()
+    assert store_of(make_app(backend)).backend is backend
+
+
+def test_unknown_tokens_wait_for_nothing_but_missing_ones(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    old, new = MemoryBackend(), MemoryBackend()
+    app = make_app(new, SERVERSESSION_MIGRATE_FROM=old)
+    token, _ = signed_in(app, n=1)
+    moving = t.cast(MovingBackend, store_of(app).backend)
+    moving.settle_time = 3600.0
+    # A session of the current store never looks in the old one.
+    calls: list[str] = []
+    old.load = lambda key: calls.append(key)  # type: ignore[assignment,method-assign,return-value]
+    old.take = lambda key, now: calls.append(key)  # type: ignore[assignment,method-assign,return-value]
+    client = app.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/dump").get_json() == {"n": 1}
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("sqlite:///old.sqlite", "is not valid: expected a Backend instance, or a dict"),
+        ({"SERVERSESSION_SQLALCHEMY_URL": "x"}, "Did you mean 'SERVERSESSION_SQLALCHEMY_URI'"),
+        ({"SERVERSESSION_EXPIRE_TIME": 10}, "is not a setting of a store"),
+        ({"SERVERSESSION_BACKEND": "memory"}, "Pass that MemoryBackend instance"),
+        ({"SERVERSESSION_BACKEND": "filesystem"}, "names the store the app uses now"),
+        ({"SERVERSESSION_BACKEND": "redis", "SERVERSESSION_REDIS_URL": "http://x"}, "REDIS_URL"),
+    ],
+)
+def test_a_bad_value_is_refused_by_name(
+    make_app: t.Callable[..., Flask], value: t.Any, message: str
+) -> None:
+    with pytest.raises(ConfigError, match="SERVERSESSION_MIGRATE_FROM") as info:
+        make_app("filesystem", SERVERSESSION_MIGRATE_FROM=value)
+    assert message in str(info.value)
+
+
+def test_the_current_backend_is_refused(make_app: t.Callable[..., Flask]) -> None:
+    backend = MemoryBackend()
+    with pytest.raises(ConfigError, match="SERVERSESSION_MIGRATE_FROM is the backend"):
+        make_app(backend, SERVERSESSION_MIGRATE_FROM=backend)
+
+
+def test_a_users_sessions_are_listed_and_revoked_in_both_stores(
+    make_app: t.Callable[..., Flask], sqlite_backend: Backend, redis_backend: Backend
+) -> None:
+    before = make_app(sqlite_backend, SERVERSESSION_USER_KEY="user")
+    in_old = [signed_in(before, user="alice")[0] for _ in range(2)]
+    signed_in(before, user="bob")
+    after = make_app(
+        redis_backend, SERVERSESSION_USER_KEY="user", SERVERSESSION_MIGRATE_FROM=sqlite_backend
+    )
+    moved = in_old.pop()
+    client = after.test_client()
+    client.set_cookie("session", moved)
+    client.get("/dump")
+    in_new = signed_in(after, user="alice")[0]
+    extension = ServerSession()
+    with after.app_context():
+        listed = {info.storage_key for info in extension.user_sessions("alice")}
+        assert listed == {key_of(after, token) for token in [*in_old, moved, in_new]}
+        assert extension.revoke_user("alice") == 3
+        assert extension.user_sessions("alice") == []
+        assert [info.user_id for info in extension.user_sessions("bob")] == ["bob"]
+    assert sqlite_backend.count(now()) == 1
+    assert redis_backend.count(now()) == 0
+
+
+class BlockedCreate(MemoryBackend):
+    """A memory store whose ``create`` waits for ``release``, and which counts loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.creating = threading.Event()
+        self.release = threading.Event()
+        self.loads = 0
+        self.polled = threading.Event()
+
+    def create(self, key: str, record: Record) -> None:
+        self.creating.set()
+        assert self.release.wait(10)
+        super().create(key, record)
+
+    def load(self, key: str) -> Record | None:
+        self.loads += 1
+        if self.creating.is_set() and self.loads >= 3:
+            # The second request missed it once, in both stores, and looks again.
+            self.polled.set()
+        return super().load(key)
+
+
+def test_a_request_during_another_ones_move_waits_for_it(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    old = MemoryBackend()
+    token, _ = signed_in(make_app(old), user="alice")
+    new = BlockedCreate()
+    app = make_app(new, SERVERSESSION_MIGRATE_FROM=old)
+    t.cast(MovingBackend, store_of(app).backend).settle_time = 30.0
+    first = threading.Thread(target=lambda: store_of(app).get(token))
+    first.start()
+    assert new.creating.wait(10), "the first request took the session and is creating it"
+    found: list[t.Any] = []
+    second = threading.Thread(target=lambda: found.append(store_of(app).get(token)))
+    second.start()
+    assert new.polled.wait(10)
+    new.release.set()
+    first.join(10)
+    second.join(10)
+    assert found == [{"user": "alice"}], "the second request found the moved session"
+    assert new.count(now()) == 1
+    assert old.count(now()) == 0
+
+
+def test_a_failed_create_puts_the_session_back(make_app: t.Callable[..., Flask]) -> None:
+    from flask_serversession import BackendError
+
+    class Failing(MemoryBackend):
+        def create(self, key: str, record: Record) -> None:
+            raise BackendError("the new store is down")
+
+    old = MemoryBackend()
+    token, _ = signed_in(make_app(old), user="alice")
+    app = make_app(Failing(), SERVERSESSION_MIGRATE_FROM=old)
+    client = app.test_client()
+    client.set_cookie("session", token)
+    assert client.get("/dump").status_code == 503
+    assert old.count(now()) == 1, "the session is back in the old store"
