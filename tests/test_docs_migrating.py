@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import typing as t
+from datetime import datetime
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from flask import Flask
@@ -11,7 +14,9 @@ from flask import Flask
 from flask_serversession import ServerSession
 
 from .conftest import add_views
+from .conftest import Clock
 from .conftest import session_cookie
+from .conftest import store_of
 from .support.redis_servers import RedisServer
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "migrating.rst"
@@ -73,3 +78,27 @@ def test_moving_between_stores_example(tmp_path: Path, redis_server: RedisServer
         assert client.get("/dump").get_json() is not None
     with app.app_context():
         assert ServerSession().count() == 3
+
+
+def test_settings_that_keep_flask_sessions_lifetime(tmp_path: Path) -> None:
+    text = section("From Flask-Session")
+    app = Flask("kept", instance_path=str(tmp_path))
+    app.config.update(SECRET_KEY="k", SERVERSESSION_BACKEND="memory")
+    exec(python_block(text), {"app": app})
+    ServerSession(app)
+    add_views(app)
+    clock = Clock()
+    store_of(app).clock = clock
+    client = app.test_client()
+    client.post("/set", json={"user": "alice"})
+    assert client.get("/meta").get_json()["permanent"] is True
+    # Ten days later a request that only reads pushes the expiry to 31 days
+    # from then, as Flask-Session's refresh on every request does, and the
+    # cookie follows.
+    clock.advance(days=10)
+    response = client.get("/dump")
+    [cookie] = response.headers.getlist("Set-Cookie")
+    expires = parsedate_to_datetime(cookie.split("Expires=")[1].split(";")[0])
+    assert expires == clock.now + timedelta(days=31)
+    meta = client.get("/meta").get_json()
+    assert datetime.fromisoformat(meta["expires_at"]) == clock.now + timedelta(days=31)
