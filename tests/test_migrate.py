@@ -108,7 +108,7 @@ def test_without_the_key_the_backend_is_not_wrapped(make_app: t.Callable[..., Fl
     assert store_of(make_app(backend)).backend is backend
 
 
-def test_unknown_tokens_wait_for_nothing_but_missing_ones(
+def test_sessions_of_the_current_store_never_look_in_the_old_one(
     make_app: t.Callable[..., Flask],
 ) -> None:
     old, new = MemoryBackend(), MemoryBackend()
@@ -236,3 +236,38 @@ def test_a_failed_create_puts_the_session_back(make_app: t.Callable[..., Flask])
     client.set_cookie("session", token)
     assert client.get("/dump").status_code == 503
     assert old.count(now()) == 1, "the session is back in the old store"
+
+
+def test_every_operation_sees_both_stores() -> None:
+    from datetime import timedelta
+
+    from flask_serversession.backends.base import Delta
+
+    old, new = MemoryBackend(), MemoryBackend()
+    moving = MovingBackend(new, old)
+    moving.settle_time = 0.0
+    at = now()
+
+    def record(**data: str) -> Record:
+        return Record(dict(data), at, at + timedelta(hours=1))
+
+    for key in "abcf":
+        old.create(key, record(n=f'"{key}"'))
+    old.create("d", Record({}, at - timedelta(days=2), at - timedelta(days=1)))
+    new.create("e", record(n='"e"'))
+    assert moving.count(at) == 5
+    assert sorted(key for key, _ in moving.items(at)) == ["a", "b", "c", "e", "f"]
+
+    later = at + timedelta(hours=5)
+    assert moving.touch("a", later, at)
+    assert new.load("a") == Record({"n": '"a"'}, at, later) and old.load("a") is None
+    assert moving.update("b", Delta(later, {"x": "1"}), at)
+    assert new.load("b") == Record({"n": '"b"', "x": "1"}, at, later) and old.load("b") is None
+    assert moving.take("c", at) == record(n='"c"')
+    assert new.load("c") is None and old.load("c") is None
+    moving.delete("f")
+    assert old.load("f") is None and moving.load("f") is None
+    assert not moving.touch("gone", later, at)
+    assert moving.purge_expired(at) == 1
+    assert moving.clear() == 3
+    assert moving.count(at) == 0
