@@ -271,3 +271,40 @@ def test_every_operation_sees_both_stores() -> None:
     assert moving.purge_expired(at) == 1
     assert moving.clear() == 3
     assert moving.count(at) == 0
+
+
+def test_an_old_store_in_the_apps_flask_sqlalchemy_database(
+    tmp_path: Path, make_app: t.Callable[..., Flask]
+) -> None:
+    from flask_sqlalchemy import SQLAlchemy
+
+    uri = f"sqlite:///{tmp_path / 'app.sqlite'}"
+    old_db = SQLAlchemy()
+    before = Flask("before", instance_path=str(tmp_path))
+    before.config.update(
+        SECRET_KEY="k", SQLALCHEMY_DATABASE_URI=uri, SERVERSESSION_SQLALCHEMY=old_db
+    )
+    old_db.init_app(before)
+    ServerSession(before)
+    token = store_of(before).create({"user": "alice"})
+
+    db = SQLAlchemy()
+    new = MemoryBackend()
+    after = Flask("after", instance_path=str(tmp_path))
+    after.config.update(
+        SECRET_KEY="k",
+        SQLALCHEMY_DATABASE_URI=uri,
+        SERVERSESSION_BACKEND=new,
+        SERVERSESSION_MIGRATE_FROM={
+            "SERVERSESSION_BACKEND": "sqlalchemy",
+            "SERVERSESSION_SQLALCHEMY": db,
+        },
+    )
+    db.init_app(after)
+    ServerSession(after)
+    with after.app_context():
+        assert store_of(after).get(token) == {"user": "alice"}
+    assert new.count(now()) == 1
+    for app, each in ((before, old_db), (after, db)):
+        with app.app_context():
+            each.engine.dispose()
