@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +62,17 @@ def _store_settings(value: Mapping[t.Any, t.Any]) -> dict[str, t.Any]:
     return {key: value.get(key, DEFAULTS[key]) for key in STORE_KEYS}
 
 
+def _resolved(app: Flask, settings: dict[str, t.Any]) -> dict[str, t.Any]:
+    """``settings`` with the default SQLite file and session directory spelled out."""
+    default_file = "sqlite:///" + os.path.join(app.instance_path, "serversession.sqlite")
+    default_dir = os.path.join(app.instance_path, "serversession")
+    return {
+        **settings,
+        "SERVERSESSION_SQLALCHEMY_URI": settings["SERVERSESSION_SQLALCHEMY_URI"] or default_file,
+        "SERVERSESSION_FILE_DIR": os.fspath(settings["SERVERSESSION_FILE_DIR"] or default_dir),
+    }
+
+
 def build_old_backend(app: Flask) -> Backend:
     """Return the old store that ``SERVERSESSION_MIGRATE_FROM`` names.
 
@@ -74,7 +86,7 @@ def build_old_backend(app: Flask) -> Backend:
         raise ConfigError(f"{KEY} = {value!r} is not valid: expected {_ACCEPTED}.")
     settings = _store_settings(value)
     current = {key: app.config.get(key, DEFAULTS[key]) for key in STORE_KEYS}
-    if settings == current:
+    if _resolved(app, settings) == _resolved(app, current):
         raise ConfigError(
             f"{KEY} names the store the app uses now, so there is nothing to move: set it"
             " to the settings of the old store, or remove it once the move is done."

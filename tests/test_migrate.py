@@ -134,14 +134,25 @@ def test_sessions_of_the_current_store_never_look_in_the_old_one(
         ({"SERVERSESSION_EXPIRE_TIME": 10}, "is not a setting of a store"),
         ({"SERVERSESSION_BACKEND": "memory"}, "Pass that MemoryBackend instance"),
         ({"SERVERSESSION_BACKEND": "filesystem"}, "names the store the app uses now"),
+        (
+            {
+                "SERVERSESSION_BACKEND": "filesystem",
+                "SERVERSESSION_FILE_DIR": "{instance}/serversession",
+            },
+            "names the store the app uses now",
+        ),
         ({"SERVERSESSION_BACKEND": "redis", "SERVERSESSION_REDIS_URL": "http://x"}, "REDIS_URL"),
     ],
 )
-def test_a_bad_value_is_refused_by_name(
-    make_app: t.Callable[..., Flask], value: t.Any, message: str
-) -> None:
+def test_a_bad_value_is_refused_by_name(tmp_path: Path, value: t.Any, message: str) -> None:
+    app = Flask("tests", instance_path=str(tmp_path))
+    if isinstance(value, dict):
+        value = {k: str(v).format(instance=tmp_path) for k, v in value.items()}
+    app.config.update(
+        SECRET_KEY="k", SERVERSESSION_BACKEND="filesystem", SERVERSESSION_MIGRATE_FROM=value
+    )
     with pytest.raises(ConfigError, match="SERVERSESSION_MIGRATE_FROM") as info:
-        make_app("filesystem", SERVERSESSION_MIGRATE_FROM=value)
+        ServerSession(app)
     assert message in str(info.value)
 
 
