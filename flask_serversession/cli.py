@@ -181,3 +181,57 @@ def _summary(findings: list[Finding]) -> str:
     if not findings:
         return "No problems found."
     return f"{counted(errors, 'error')}, {counted(warnings, 'warning')}."
+
+
+@cli.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Count the sessions to move; change nothing.")
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sessions moved between two updates of the progress bar.",
+)
+@with_appcontext
+def migrate(dry_run: bool, batch_size: int) -> None:
+    """Move every session of SERVERSESSION_MIGRATE_FROM's store into the current one.
+
+    Safe while the app serves, and to run again: a session a request moved
+    meanwhile is skipped, never copied twice.
+    """
+    from .backends.moving import MovingBackend
+    from .migration import move_all
+
+    def run(store: SessionStore) -> tuple[int, int, int]:
+        backend = store.backend
+        if not isinstance(backend, MovingBackend):
+            raise click.ClickException(
+                "SERVERSESSION_MIGRATE_FROM is not set: set it to the store the sessions live"
+                " in today (see the Migrating page), then run this command again."
+            )
+        keys = backend.old_keys(store.clock())
+        label = "Counting" if dry_run else "Moving"
+        with click.progressbar(length=len(keys), label=f"{label} sessions") as bar:
+            result = move_all(
+                backend,
+                keys,
+                store.clock,
+                batch_size=batch_size,
+                dry_run=dry_run,
+                progress=bar.update,
+            )
+        left = 0 if dry_run else backend.old.count(store.clock())
+        return result.moved, result.skipped, left
+
+    moved, skipped, left = _run(run)
+    if dry_run:
+        click.echo(f"Would move {counted(moved, 'session')}; nothing was changed.")
+        return
+    click.echo(
+        f"Moved {counted(moved, 'session')}; skipped {skipped} (moved by a request meanwhile,"
+        " expired or ended)."
+    )
+    if left:
+        click.echo(f"{counted(left, 'session')} arrived in the old store meanwhile: run it again.")
+    else:
+        click.echo("The old store holds no live session: SERVERSESSION_MIGRATE_FROM can go.")

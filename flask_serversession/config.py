@@ -57,6 +57,8 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_DEVICE_BOUND": False,
     "SERVERSESSION_DEVICE_BOUND_PATH": "/_serversession/dbsc",
     "SERVERSESSION_DEVICE_BOUND_REFRESH": timedelta(minutes=10),
+    # Moving between stores (flask_serversession.migration).
+    "SERVERSESSION_MIGRATE_FROM": None,
 }
 
 

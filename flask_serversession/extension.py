@@ -75,6 +75,10 @@ class ServerSession:
         check_cookie_prefix(app)
         adopter = _adopter(app, settings)
         backend = build_backend(app)
+        if app.config["SERVERSESSION_MIGRATE_FROM"] is not None:
+            from .migration import with_old_store
+
+            backend = with_old_store(app, backend, settings.user_key)
         require_index(backend, settings.user_key)
         store = SessionStore(backend, settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store

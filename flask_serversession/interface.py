@@ -137,12 +137,12 @@ class ServerSessionInterface(SessionInterface):
             # A session never loaded has nothing to save, wherever it runs.
             can_set_cookie = not session.loaded or not in_socketio_event()
             outcome = self.store.save(session, can_set_cookie=can_set_cookie)
+            if session.adoption is not None:
+                outcome = session.adoption.finish(outcome, lifetime_set=session.lifetime_set)
         except BackendError as e:
             logger.error("Saving the session failed: %s", e)
             self._replace_with_error(response, e)
             return
-        if session.adoption is not None:
-            session.adoption.finish()
         name = self.get_cookie_name(app)
         if outcome.delete_cookie:
             response.delete_cookie(name, **self._cookie_attributes(app))

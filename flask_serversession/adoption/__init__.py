@@ -2,14 +2,19 @@ from __future__ import annotations
 
 import typing as t
 from dataclasses import dataclass
+from dataclasses import replace
+from datetime import datetime
+from datetime import timedelta
 
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadData
 
 from ..extras import require
+from ..lifetime import LONGEST_LIFETIME
 from ..log import logger
 from ..stored import is_meta
 from ..stored import PERMANENT_KEY
+from ..stored import SaveOutcome
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -25,10 +30,16 @@ class Found:
     :param values: its data, as that mechanism handed it to the app.
     :param discard: removes it from the old store once its data is saved
         here; None when nothing is stored (a cookie session).
+    :param expires_at: when it would have expired under the old mechanism,
+        aware UTC; None when that is not known.
+
+    .. versionchanged:: 0.3
+        The ``expires_at`` parameter.
     """
 
     values: t.Mapping[t.Any, t.Any]
     discard: t.Callable[[], None] | None = None
+    expires_at: datetime | None = None
 
 
 class Source(t.Protocol):
@@ -54,12 +65,15 @@ class CookieSessionSource:
         serializer = self.interface.get_signing_serializer(app)
         if serializer is None:
             return None
-        max_age = int(app.permanent_session_lifetime.total_seconds())
+        lifetime = app.permanent_session_lifetime
         try:
-            data = serializer.loads(cookie, max_age=max_age)
+            data, signed_at = serializer.loads(
+                cookie, max_age=int(lifetime.total_seconds()), return_timestamp=True
+            )
         except BadData:
             return None
-        return Found(data) if isinstance(data, dict) else None
+        # Flask accepts the cookie until its signature is this old.
+        return Found(data, expires_at=signed_at + lifetime) if isinstance(data, dict) else None
 
 
 class Adoption:
@@ -93,11 +107,24 @@ class Adoption:
             return values
         return {}
 
-    def finish(self) -> None:
-        """Remove the adopted session from the old store; call it once the save succeeded."""
+    def finish(self, outcome: SaveOutcome, *, lifetime_set: bool = False) -> SaveOutcome:
+        """Give the new session the adopted one's expiry, then remove the adopted one.
+
+        Call it once the save succeeded, with what the save means for the
+        cookie; returns it with the expiry kept. A lifetime the request set
+        (``session.set_lifetime``) is left as it is.
+
+        .. versionchanged:: 0.3
+            Keeps the adopted session's expiry: adoption never shortens a session.
+        """
         found, self._found = self._found, None
-        if found is not None and found.discard is not None:
+        if found is None:
+            return outcome
+        if not lifetime_set and found.expires_at is not None:
+            outcome = kept_expiry(self._store, outcome, found.expires_at)
+        if found.discard is not None:
             found.discard()
+        return outcome
 
 
 class Adopter:
@@ -163,6 +190,24 @@ def adoptable(
     if kept and permanent != store.settings.permanent:
         kept[PERMANENT_KEY] = permanent
     return kept
+
+
+def kept_expiry(store: SessionStore, outcome: SaveOutcome, expires_at: datetime) -> SaveOutcome:
+    """Move a newly adopted session's expiry to ``expires_at`` when that is later.
+
+    The old expiry is kept up to the absolute cap and 400 days from now (the
+    longest a browser keeps a cookie), so switching never shortens a session.
+    """
+    if outcome.token is None or not outcome.id_changed or outcome.expires_at is None:
+        return outcome
+    now = store.clock()
+    kept = store.lifetimes.capped(min(expires_at, now + LONGEST_LIFETIME), now)
+    sid = store.sid_from(outcome.token)
+    if kept <= outcome.expires_at + timedelta(seconds=1) or sid is None:
+        return outcome
+    if not store.backend.touch(store.storage_key(sid), kept, now):
+        return outcome
+    return replace(outcome, expires_at=kept)
 
 
 def build_adopter(app: Flask, *, cookie_sessions: bool, flask_session: bool) -> Adopter | None:

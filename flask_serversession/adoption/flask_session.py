@@ -9,6 +9,7 @@ import struct
 import time
 import typing as t
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 from functools import partial
 
@@ -30,6 +31,10 @@ _DECODERS = (msgspec.msgpack.Decoder(), msgspec.json.Decoder())
 # cachelib's FileSystemCache: a native unsigned int (expiry, 0 for never), then the value.
 _EXPIRY = struct.Struct("I")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class UnreadableRecord(Exception):
@@ -54,14 +59,18 @@ def decode_record(raw: bytes) -> dict[t.Any, t.Any]:
     )
 
 
+#: A live record's data, and when it expires (aware UTC; None for never).
+Loaded = tuple[dict[t.Any, t.Any], "datetime | None"]
+
+
 class Records(t.Protocol):
     """Flask-Session's store, as adoption needs it: read one record, delete one."""
 
     #: What the store raises when it is down or failing.
     errors: tuple[type[Exception], ...]
 
-    def load(self, key: str) -> dict[t.Any, t.Any] | None:
-        """Return the live record stored under ``key``, or None."""
+    def load(self, key: str) -> Loaded | None:
+        """Return the live record stored under ``key`` and its expiry, or None."""
 
     def delete(self, key: str) -> None:
         """Delete the record stored under ``key``, if any."""
@@ -80,9 +89,13 @@ class RedisRecords:
         self.client = client
         self.errors: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
-    def load(self, key: str) -> dict[t.Any, t.Any] | None:
-        raw = self.client.get(key)
-        return None if raw is None else decode_record(raw)
+    def load(self, key: str) -> Loaded | None:
+        # One round trip: the value and its time to live (ms; negative for none).
+        raw, ttl = self.client.pipeline(transaction=False).get(key).pttl(key).execute()
+        if raw is None:
+            return None
+        expires_at = None if ttl < 0 else _utcnow() + timedelta(milliseconds=ttl)
+        return decode_record(raw), expires_at
 
     def delete(self, key: str) -> None:
         self.client.delete(key)
@@ -127,7 +140,7 @@ class SQLRecords:
                 " SESSION_SQLALCHEMY."
             ) from None
 
-    def load(self, key: str) -> dict[t.Any, t.Any] | None:
+    def load(self, key: str) -> Loaded | None:
         import sqlalchemy as sa
 
         columns = self.table.c
@@ -140,12 +153,12 @@ class SQLRecords:
         # As Flask-Session: naive UTC, and a row without an expiry is expired.
         if expiry is None:
             return None
-        now = datetime.now(timezone.utc)
-        if expiry <= (now if expiry.tzinfo else now.replace(tzinfo=None)):
+        expiry = expiry if expiry.tzinfo else expiry.replace(tzinfo=timezone.utc)
+        if expiry <= _utcnow():
             return None
         if data is None:
             raise UnreadableRecord("its data is NULL")
-        return decode_record(bytes(data))
+        return decode_record(bytes(data)), expiry
 
     def delete(self, key: str) -> None:
         import sqlalchemy as sa
@@ -169,7 +182,7 @@ class FileRecords:
         self.filename = filename
         self.errors: tuple[type[Exception], ...] = (OSError,)
 
-    def load(self, key: str) -> dict[t.Any, t.Any] | None:
+    def load(self, key: str) -> Loaded | None:
         try:
             fd = os.open(self.filename(key), os.O_RDONLY | _NOFOLLOW)
         except FileNotFoundError:
@@ -182,19 +195,21 @@ class FileRecords:
         (expires,) = _EXPIRY.unpack(header)
         if expires and expires < time.time():
             return None
+        expires_at = datetime.fromtimestamp(expires, timezone.utc) if expires else None
         if not body.startswith(b"\x80"):
             # A FileSystemCache given a JSON serializer.
-            return decode_record(body)
+            return decode_record(body), expires_at
         try:
             value = plain_pickle.loads(body)
         except plain_pickle.Unreadable as e:
             raise UnreadableRecord(f"the pickle is not plain data: {e}") from None
         if type(value) is not dict:
             raise UnreadableRecord("the pickle does not hold a dict")
-        return {
+        values = {
             k: plain_pickle.PickledObject() if plain_pickle.holds_pickled_object(v) else v
             for k, v in value.items()
         }
+        return values, expires_at
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -243,7 +258,7 @@ class FlaskSessionSource:
             return None
         key = self.key_prefix + sid
         try:
-            values = self.records.load(key)
+            loaded = self.records.load(key)
         except UnreadableRecord as e:
             logger.warning("A Flask-Session record is not adopted: %s.", e)
             return None
@@ -252,9 +267,10 @@ class FlaskSessionSource:
                 "Flask-Session's store failed, so its session is not adopted: %s", _describe(e)
             )
             return None
-        if values is None:
+        if loaded is None:
             return None
-        return Found(values, partial(self._discard, key))
+        values, expires_at = loaded
+        return Found(values, partial(self._discard, key), expires_at)
 
     def _discard(self, key: str) -> None:
         try:
