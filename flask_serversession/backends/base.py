@@ -185,6 +185,19 @@ class Backend(ABC):
         """Release connections or handles held by the backend."""
         return None
 
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        """Apply ``delta`` as :meth:`update` does, only while the live record under
+        ``key`` still holds ``expected``'s data and expiry, in one atomic step.
+
+        Returns False, writing nothing, when the record changed since it was
+        read, is gone or expired: the caller reads it again. It rewrites
+        stored values as they are (``flask serversession reencrypt``) without
+        undoing a save that landed meanwhile.
+
+        .. versionadded:: 0.3
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot rewrite a record in place.")
+
     def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
         """Return ``(key, record)`` for every live record of ``user``.
 

@@ -76,9 +76,19 @@ class MemoryBackend(Backend):
                 self._pop(next(iter(self._records)))
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        return self._update(key, delta, now, None)
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        return self._update(key, delta, now, expected)
+
+    def _update(self, key: str, delta: Delta, now: datetime, expected: Record | None) -> bool:
         with self._lock:
             record = self._records.get(key)
             if record is None or record.expires_at <= now:
+                return False
+            if expected is not None and (
+                record.data != expected.data or record.expires_at != expected.expires_at
+            ):
                 return False
             data = record.data
             before = after = self._sizes[key]

@@ -234,6 +234,12 @@ class FileSystemBackend(Backend):
                 self._unmark(root, old_user, key)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        return self._update(key, delta, now, None)
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        return self._update(key, delta, now, expected)
+
+    def _update(self, key: str, delta: Delta, now: datetime, expected: Record | None) -> bool:
         if not _is_key(key):
             return False
         path = self._where(key[:2], key)
@@ -248,6 +254,10 @@ class FileSystemBackend(Backend):
                 if expires <= _format.to_us(now):
                     return False
                 user = new_user = None
+                if expected is not None:
+                    user, old = _format.decode(path, magic, body)
+                    if old != expected.data or expires != _format.to_us(expected.expires_at):
+                        return False
                 if delta.set or delta.deleted or delta.user_changed:
                     user, old = _format.decode(path, magic, body)
                     before = data_size(old)

@@ -226,6 +226,15 @@ class RedisBackend(Backend):
         the session past the TTL its user's set is sure to have (once a day
         or so of use) pushes the set's TTL forward first, then runs again.
         """
+        return self._update(key, delta, now, scripts.UPDATE)
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        """:meth:`update`'s script, which first checks the hash against ``expected``."""
+        fields = [v for k, text in expected.data.items() for v in (DATA + k, text)]
+        guard = packed([str(micros(expected.expires_at)), *fields])
+        return self._update(key, delta, now, scripts.REWRITE, guard)
+
+    def _update(self, key: str, delta: Delta, now: datetime, script: str, *guard: str) -> bool:
         op, user = "keep", ""
         if delta.user_changed:
             op, user = ("clear", "") if delta.user is None else ("set", delta.user)
@@ -244,7 +253,7 @@ class RedisBackend(Backend):
                         self._users.add(user, key, deadline)
                     else:
                         keys.append(self._users.name(user))
-                result = self._run(scripts.UPDATE, keys, head, packed([op, user, key, *changes]))
+                result = self._run(script, keys, head, packed([op, user, key, *changes]), *guard)
                 if int(result[0]) != 2:
                     break
                 op, user = "reindex", text(result[1])

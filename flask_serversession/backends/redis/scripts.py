@@ -144,6 +144,26 @@ return {1}
 """
 )
 
+# UPDATE, run only while the hash still holds what the caller read: ARGV[3]
+# is a JSON array of expires_us then each data field and its value. Returns
+# {0} when it holds anything else (Backend.rewrite).
+REWRITE = UPDATE.replace(
+    "local num = {}\n",
+    """local want = cjson.decode(ARGV[3])
+if redis.call('HGET', key, 'expires_us') ~= want[1] then return {0} end
+local held = 0
+for _, f in ipairs(redis.call('HKEYS', key)) do
+  if string.sub(f, 1, 2) == 'd:' then held = held + 1 end
+end
+if held ~= (#want - 1) / 2 then return {0} end
+for i = 2, #want, 2 do
+  if redis.call('HGET', key, want[i]) ~= want[i + 1] then return {0} end
+end
+local num = {}
+""",
+    1,
+)
+
 # Removes the key and returns {type, fields}: the fields (flat name/value
 # list) of a hash, none for another type; returns nil when there is no key.
 TAKE = """
