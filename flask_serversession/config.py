@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .backends.base import Backend
+from .ciphers import Keyring
+from .ciphers import read_key
 from .errors import ConfigError
 from .extras import require
 from .leftover_keys import warn_flask_session_keys
@@ -52,6 +54,9 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_ROTATE_EVERY": None,
     "SERVERSESSION_ROTATE_GRACE": timedelta(seconds=60),
     "SERVERSESSION_REVOKE_ON_REUSE": True,
+    # Encryption at rest (encryption.rst).
+    "SERVERSESSION_ENCRYPTION_KEY": None,
+    "SERVERSESSION_ENCRYPTION_KEY_FALLBACKS": (),
 }
 
 
@@ -84,6 +89,8 @@ class Settings:
     rotate_grace: timedelta = timedelta(seconds=60)
     #: End the session when a rotated-out token comes back after its grace.
     revoke_on_reuse: bool = True
+    #: The keys that seal stored values (``SERVERSESSION_ENCRYPTION_KEY``); None: plaintext.
+    encryption: Keyring | None = None
 
 
 def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
@@ -192,6 +199,7 @@ def read_settings(app: Flask) -> Settings:
         rotate_grace=duration(config, "SERVERSESSION_ROTATE_GRACE", zero=True),  # type: ignore[arg-type]
         revoke_on_reuse=boolean(config, "SERVERSESSION_REVOKE_ON_REUSE"),
         **_user_settings(config),
+        encryption=encryption_keys(config),
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
         warn_flask_session_keys(config)
@@ -218,6 +226,29 @@ def _user_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         "track_client": track_client,
         "last_seen_every": duration(config, "SERVERSESSION_LAST_SEEN_EVERY", zero=True),
     }
+
+
+def encryption_keys(config: t.Mapping[str, t.Any]) -> Keyring | None:
+    """The keyring of ``SERVERSESSION_ENCRYPTION_KEY`` and its fallbacks; None when unset."""
+    value = config["SERVERSESSION_ENCRYPTION_KEY"]
+    fallbacks = config["SERVERSESSION_ENCRYPTION_KEY_FALLBACKS"]
+    name = "SERVERSESSION_ENCRYPTION_KEY_FALLBACKS"
+    if isinstance(fallbacks, (str, bytes)) or not isinstance(fallbacks, (list, tuple)):
+        raise ConfigError(
+            f"{name} is not valid: it is a {type(fallbacks).__name__}, and it is a list of"
+            " older keys (the newest first), [] when there are none."
+        )
+    if value is None:
+        if fallbacks:
+            raise ConfigError(
+                f"{name} is set but SERVERSESSION_ENCRYPTION_KEY is not: fallbacks only open"
+                " values, and the key seals them. Set the key, or leave both unset."
+            )
+        return None
+    require("cryptography", key="SERVERSESSION_ENCRYPTION_KEY", value="<a key>")
+    key = read_key(value, "SERVERSESSION_ENCRYPTION_KEY")
+    older = [read_key(v, f"{name}[{i}]") for i, v in enumerate(fallbacks)]
+    return Keyring(key, older)
 
 
 def build_backend(app: Flask) -> Backend:

@@ -11,6 +11,7 @@ EXTRAS = {
     "flask_sqlalchemy": "flask-sqlalchemy",
     "psycopg": "postgres",
     "msgspec": "adopt",
+    "cryptography": "encryption",
 }
 
 

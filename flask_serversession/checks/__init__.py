@@ -27,6 +27,9 @@ CHECKS: dict[str, str] = {
     "serversession.W013": "Redis keeps no copy on disk (no RDB save, no AOF)",
     "serversession.W014": "PostgreSQL synchronous_commit is off for session writes",
     "serversession.E015": "others can write the session directory or a parent of it",
+    # Encryption at rest.
+    "serversession.W033": "SERVERSESSION_SQLALCHEMY_EXTRAS copies values into clear columns"
+    " while encryption is on",
 }
 
 

@@ -61,6 +61,8 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
             "set SERVERSESSION_ABSOLUTE_LIFETIME, e.g. timedelta(days=30), no shorter than the"
             " longest session.set_lifetime() the app grants.",
         )
+    if settings.encryption is not None and config.get("SERVERSESSION_SQLALCHEMY_EXTRAS"):
+        yield _clear_extras(config["SERVERSESSION_SQLALCHEMY_EXTRAS"])
     if settings.header_name is not None and _serves_pages(app):
         yield Finding(
             "serversession.W007",
@@ -74,6 +76,19 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
             " can keep a cookie jar, or get an app of their own); if no page script ever reads"
             " or sets the header, pass --ignore serversession.W007.",
         )
+
+
+def _clear_extras(extras: t.Any) -> Finding:
+    return Finding(
+        "serversession.W033",
+        "SERVERSESSION_SQLALCHEMY_EXTRAS",
+        getattr(extras, "__qualname__", type(extras).__name__),
+        "Encryption is on, but the extras callback copies session values into columns of"
+        " their own, which hold them in the clear: a dump of the table shows them.",
+        "fill the extra columns with what may be read in the clear (a flag, a tenant id),"
+        " never secrets or personal data, or leave SERVERSESSION_SQLALCHEMY_EXTRAS unset; then"
+        " pass --ignore serversession.W033.",
+    )
 
 
 def _cookie(config: t.Mapping[str, t.Any]) -> t.Iterator[Finding]:
