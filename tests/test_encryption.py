@@ -20,6 +20,7 @@ from flask_serversession import ServerSession
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.encrypted import EncryptedBackend
 from flask_serversession.backends.memory import MemoryBackend
+from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
 from flask_serversession.ciphers import Keyring
 from flask_serversession.ciphers import read_key
 from flask_serversession.ciphers import SealError
@@ -279,6 +280,12 @@ def test_check_warns_of_extras_in_clear_columns(make_app: MakeApp, tmp_path: t.A
     assert finding.setting == "SERVERSESSION_SQLALCHEMY_EXTRAS"
     plain = make_app("memory", SERVERSESSION_SQLALCHEMY_EXTRAS=extras)
     assert not [f for f in run_checks(plain) if f.id == "serversession.W033"]
+    # A SQL backend built by the app, with its own callback.
+    backend = SQLAlchemyBackend.from_url(f"sqlite:///{tmp_path}/s.sqlite", extras=extras)
+    built = encrypted(make_app, backend)
+    [finding] = [f for f in run_checks(built) if f.id == "serversession.W033"]
+    assert finding.value == "test_check_warns_of_extras_in_clear_columns.<locals>.extras"
+    backend.close()
 
 
 @settings(max_examples=150, deadline=None)

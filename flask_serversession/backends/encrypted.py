@@ -87,7 +87,7 @@ class EncryptedBackend(Backend):
         self.inner.create(key, replace(record, data=data, user=self._user(record.user)))
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
-        if delta.set or delta.user_changed:
+        if delta.set or delta.user is not None:
             delta = replace(delta, set=self.seal_data(key, delta.set), user=self._user(delta.user))
         return self.inner.update(key, delta, now)
 

@@ -61,8 +61,10 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
             "set SERVERSESSION_ABSOLUTE_LIFETIME, e.g. timedelta(days=30), no shorter than the"
             " longest session.set_lifetime() the app grants.",
         )
-    if settings.encryption is not None and config.get("SERVERSESSION_SQLALCHEMY_EXTRAS"):
-        yield _clear_extras(config["SERVERSESSION_SQLALCHEMY_EXTRAS"])
+    # The callback of the setting, or of a SQL backend the app built itself.
+    extras = config.get("SERVERSESSION_SQLALCHEMY_EXTRAS") or getattr(store.backend, "extras", None)
+    if settings.encryption is not None and extras is not None:
+        yield _clear_extras(extras)
     if settings.header_name is not None and _serves_pages(app):
         yield Finding(
             "serversession.W007",
