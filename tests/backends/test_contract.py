@@ -358,6 +358,11 @@ def test_a_thousand_sessions_of_one_user_are_listed(backend: Backend) -> None:
 
 
 def test_rewrite_applies_only_while_the_record_is_as_read(backend: Backend) -> None:
+    if type(backend).rewrite is Backend.rewrite:
+        import pytest
+
+        # Optional: only ``flask serversession reencrypt`` needs it.
+        pytest.skip(f"{type(backend).__name__} does not rewrite (no rewrite)")
     key = key_of("rewrite")
     backend.create(key, record({"a": '"1"', "b": '"2"'}))
     read = backend.load(key)
