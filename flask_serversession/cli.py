@@ -146,11 +146,11 @@ def reencrypt_command() -> None:
         f"Re-encrypted {counted(done['rewritten'], 'session')};"
         f" {done['current']} already current, {done['gone']} ended meanwhile."
     )
-    problems = [(done["damaged"], "do not decrypt with any key (left as they are)")]
-    problems.append((done["busy"], "changed at every attempt: run the command again"))
+    problems = [(done["damaged"], "Left as stored, since no key decrypts them")]
+    problems.append((done["busy"], "Changed at every attempt (run the command again)"))
     for n, what in problems:
         if n:
-            click.echo(f"{counted(n, 'session')} {what}.", err=True)
+            click.echo(f"{what}: {counted(n, 'session')}.", err=True)
     if done["damaged"] or done["busy"]:
         raise SystemExit(1)
 

@@ -16,6 +16,7 @@ from flask_serversession.backends.base import Backend
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.encrypted import EncryptedBackend
+from flask_serversession.backends.memory import MemoryBackend
 from flask_serversession.ciphers import Keyring
 from flask_serversession.ciphers import read_key
 from flask_serversession.reencryption import reencrypt
@@ -164,3 +165,19 @@ def test_a_save_that_lands_during_reencrypt_is_kept(make_app: MakeApp, backend: 
     alone = make_app(backend, SERVERSESSION_ENCRYPTION_KEY=NEW)
     with alone.app_context():
         assert ServerSession().get(token or "") == {"a": "during", "b": "untouched"}
+
+
+def test_reencrypt_reports_a_session_no_key_opens(make_app: MakeApp) -> None:
+    backend = MemoryBackend()
+    lost = make_app(backend, SERVERSESSION_ENCRYPTION_KEY=secrets.token_bytes(32))
+    lost.test_client().post("/set", json={"a": 1})
+    old = make_app(backend, SERVERSESSION_ENCRYPTION_KEY=OLD)
+    old.test_client().post("/set", json={"a": 2})
+    app = make_app(
+        backend, SERVERSESSION_ENCRYPTION_KEY=NEW, SERVERSESSION_ENCRYPTION_KEY_FALLBACKS=[OLD]
+    )
+    result = command(app)
+    assert result.exit_code == 1
+    assert "Re-encrypted 1 session; 0 already current, 0 ended meanwhile." in result.output
+    assert "Left as stored, since no key decrypts them: 1 session." in result.output
+    assert len(backend._records) == 2
