@@ -71,9 +71,11 @@ class Spec:
         return f"{name} ({self.extra['n']:,})" if "n" in self.extra else name
 
     def to_json(self) -> str:
+        # Settings in ``extra`` travel too (encryption.py's key); other extras stay here.
+        settings = {k: v for k, v in self.extra.items() if k.startswith("SERVERSESSION_")}
         return json.dumps(
             {"family": self.family, "backend": self.backend, "location": self.location,
-             "table": self.table}
+             "table": self.table, **({"extra": settings} if settings else {})}
         )  # fmt: skip
 
     @classmethod

@@ -143,6 +143,30 @@ def _revoke_one(store: SessionStore, user_id: str | None, key: str) -> int:
     return 1
 
 
+@cli.command("reencrypt")
+@with_appcontext
+def reencrypt_command() -> None:
+    """Seal every live session with SERVERSESSION_ENCRYPTION_KEY now (safe while serving)."""
+    from .reencryption import reencrypt
+
+    def run(store: SessionStore) -> t.Counter[str]:
+        with click.progressbar(length=store.count(), label="Re-encrypting sessions") as bar:
+            return reencrypt(store, progress=bar.update)  # type: ignore[return-value]
+
+    done = _run(run)
+    click.echo(
+        f"Re-encrypted {counted(done['rewritten'], 'session')};"
+        f" {done['current']} already current, {done['gone']} ended meanwhile."
+    )
+    problems = [(done["damaged"], "Left as stored, since no key decrypts them")]
+    problems.append((done["busy"], "Changed at every attempt (run the command again)"))
+    for n, what in problems:
+        if n:
+            click.echo(f"{what}: {counted(n, 'session')}.", err=True)
+    if done["damaged"] or done["busy"]:
+        raise SystemExit(1)
+
+
 @cli.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as a JSON list.")
 @click.option(

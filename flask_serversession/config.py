@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .backends.base import Backend
+from .ciphers import Keyring
+from .ciphers import read_key
 from .errors import ConfigError
 from .extras import require
 from .leftover_keys import warn_flask_session_keys
@@ -59,6 +61,9 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_DEVICE_BOUND_REFRESH": timedelta(minutes=10),
     # Moving between stores (flask_serversession.migration).
     "SERVERSESSION_MIGRATE_FROM": None,
+    # Encryption at rest (encryption.rst).
+    "SERVERSESSION_ENCRYPTION_KEY": None,
+    "SERVERSESSION_ENCRYPTION_KEY_FALLBACKS": (),
 }
 
 
@@ -97,6 +102,8 @@ class Settings:
     device_bound_path: str = "/_serversession/dbsc"
     #: How long a bound cookie lasts before the browser proves its key again.
     device_bound_refresh: timedelta = timedelta(minutes=10)
+    #: The keys that seal stored values (``SERVERSESSION_ENCRYPTION_KEY``); None: plaintext.
+    encryption: Keyring | None = None
 
 
 def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
@@ -206,6 +213,7 @@ def read_settings(app: Flask) -> Settings:
         revoke_on_reuse=boolean(config, "SERVERSESSION_REVOKE_ON_REUSE"),
         **_user_settings(config),
         **_device_bound_settings(config),
+        encryption=encryption_keys(config),
     )
     if not config["SERVERSESSION_ADOPT_FLASK_SESSION"]:
         warn_flask_session_keys(config)
@@ -259,6 +267,27 @@ def _device_bound_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         "device_bound_path": path,
         "device_bound_refresh": duration(config, "SERVERSESSION_DEVICE_BOUND_REFRESH"),
     }
+def encryption_keys(config: t.Mapping[str, t.Any]) -> Keyring | None:
+    """The keyring of ``SERVERSESSION_ENCRYPTION_KEY`` and its fallbacks; None when unset."""
+    value = config["SERVERSESSION_ENCRYPTION_KEY"]
+    fallbacks = config["SERVERSESSION_ENCRYPTION_KEY_FALLBACKS"]
+    name = "SERVERSESSION_ENCRYPTION_KEY_FALLBACKS"
+    if isinstance(fallbacks, (str, bytes)) or not isinstance(fallbacks, (list, tuple)):
+        raise ConfigError(
+            f"{name} is not valid: it is a {type(fallbacks).__name__}, and it is a list of"
+            " older keys (the newest first), [] when there are none."
+        )
+    if value is None:
+        if fallbacks:
+            raise ConfigError(
+                f"{name} is set but SERVERSESSION_ENCRYPTION_KEY is not: fallbacks only open"
+                " values, and the key seals them. Set the key, or leave both unset."
+            )
+        return None
+    require("cryptography", key="SERVERSESSION_ENCRYPTION_KEY", value="<a key>")
+    key = read_key(value, "SERVERSESSION_ENCRYPTION_KEY")
+    older = [read_key(v, f"{name}[{i}]") for i, v in enumerate(fallbacks)]
+    return Keyring(key, older)
 
 
 def build_backend(app: Flask) -> Backend:

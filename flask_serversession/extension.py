@@ -9,6 +9,7 @@ from flask import current_app
 from flask import Flask
 
 from .backends.base import Backend
+from .backends.encrypted import EncryptedBackend
 from .cli import cli
 from .config import build_backend
 from .config import read_settings
@@ -80,6 +81,8 @@ class ServerSession:
 
             backend = with_old_store(app, backend, settings.user_key)
         require_index(backend, settings.user_key)
+        if settings.encryption is not None:
+            backend = EncryptedBackend(backend, settings.encryption, settings.max_size)
         store = SessionStore(backend, settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store
         app.session_interface = ServerSessionInterface(store, adopter=adopter)

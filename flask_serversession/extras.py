@@ -13,6 +13,7 @@ EXTRAS = {
     "psycopg": "postgres",
     "msgspec": "adopt",
     "jwt": "device-bound",
+    "cryptography": "encryption",
 }
 
 

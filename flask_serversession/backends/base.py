@@ -213,6 +213,18 @@ class Backend(ABC):
             f"{type(self).__name__} has no atomic add, which a store that sessions"
             " move into (SERVERSESSION_MIGRATE_FROM) needs: implement Backend.add."
         )
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        """Apply ``delta`` as :meth:`update` does, only while the live record under
+        ``key`` still holds ``expected``'s data and expiry, in one atomic step.
+
+        Returns False, writing nothing, when the record changed since it was
+        read, is gone or expired: the caller reads it again. It rewrites
+        stored values as they are (``flask serversession reencrypt``) without
+        undoing a save that landed meanwhile.
+
+        .. versionadded:: 0.3
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot rewrite a record in place.")
 
     def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
         """Return ``(key, record)`` for every live record of ``user``.

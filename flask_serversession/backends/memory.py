@@ -35,7 +35,7 @@ class MemoryBackend(Backend):
         # limit by what it changes rather than by the whole record.
         self._sizes: dict[str, int] = {}
         self._users: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _index(self, key: str, old: Record | None, new: Record | None) -> None:
         """Move ``key`` in the user index from ``old``'s user to ``new``'s; lock held."""
@@ -86,6 +86,17 @@ class MemoryBackend(Backend):
             while len(self._records) > self.max_entries:
                 self._pop(next(iter(self._records)))
             return True
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        # The lock is reentrant: the check and the update are one step.
+        with self._lock:
+            record = self._records.get(key)
+            if record is None or (record.data, record.expires_at) != (
+                expected.data,
+                expected.expires_at,
+            ):
+                return False
+            return self.update(key, delta, now)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         with self._lock:

@@ -32,6 +32,9 @@ CHECKS: dict[str, str] = {
     # Growing up (0.3).
     "serversession.E020": "a SERVERSESSION_* key that no setting has (a typo?)",
     "serversession.E021": "the session table in the app's database lacks a column it needs",
+    # Encryption at rest.
+    "serversession.W033": "SERVERSESSION_SQLALCHEMY_EXTRAS copies values into clear columns"
+    " while encryption is on",
 }
 
 

@@ -58,6 +58,8 @@ def check_store(app: Flask) -> t.Iterator[Finding]:
     """Findings about the app's backend and what its server says."""
     store: SessionStore = app.extensions["serversession"]
     backend = store.backend
+    # A wrapper (encryption at rest) keeps the backend it serves as ``inner``.
+    backend = getattr(backend, "inner", backend)
     kind = backend_kind(backend)
     if kind == "MemoryBackend":
         yield _in_memory("SERVERSESSION_BACKEND", "'memory'")

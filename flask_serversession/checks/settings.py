@@ -71,6 +71,10 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
             "set SERVERSESSION_ABSOLUTE_LIFETIME, e.g. timedelta(days=30), no shorter than the"
             " longest session.set_lifetime() the app grants.",
         )
+    # The callback of the setting, or of a SQL backend the app built itself.
+    extras = config.get("SERVERSESSION_SQLALCHEMY_EXTRAS") or getattr(store.backend, "extras", None)
+    if settings.encryption is not None and extras is not None:
+        yield _clear_extras(extras)
     if settings.header_name is not None and _serves_pages(app):
         yield Finding(
             "serversession.W007",
@@ -84,6 +88,19 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
             " can keep a cookie jar, or get an app of their own); if no page script ever reads"
             " or sets the header, pass --ignore serversession.W007.",
         )
+
+
+def _clear_extras(extras: t.Any) -> Finding:
+    return Finding(
+        "serversession.W033",
+        "SERVERSESSION_SQLALCHEMY_EXTRAS",
+        getattr(extras, "__qualname__", type(extras).__name__),
+        "Encryption is on, but the extras callback copies session values into columns of"
+        " their own, which hold them in the clear: a dump of the table shows them.",
+        "fill the extra columns with what may be read in the clear (a flag, a tenant id),"
+        " never secrets or personal data, or leave SERVERSESSION_SQLALCHEMY_EXTRAS unset; then"
+        " pass --ignore serversession.W033.",
+    )
 
 
 def _cookie(config: t.Mapping[str, t.Any]) -> t.Iterator[Finding]:

@@ -435,3 +435,31 @@ def test_user_index_follows_an_add(backend: Backend) -> None:
     assert listed(backend, "bob") == {ended}
     assert backend.add(key_of("anonymous"), record({"cart": "[]"}), NOW)
     assert listed(backend, "alice") == {key}
+def test_rewrite_applies_only_while_the_record_is_as_read(backend: Backend) -> None:
+    if type(backend).rewrite is Backend.rewrite:
+        import pytest
+
+        # Optional: only ``flask serversession reencrypt`` needs it.
+        pytest.skip(f"{type(backend).__name__} does not rewrite (no rewrite)")
+    key = key_of("rewrite")
+    backend.create(key, record({"a": '"1"', "b": '"2"'}))
+    read = backend.load(key)
+    assert read is not None
+    # Another save lands after the read: the rewrite writes nothing.
+    assert backend.update(key, Delta(read.expires_at, {"b": '"3"'}), NOW)
+    assert not backend.rewrite(key, read, Delta(read.expires_at, {"a": '"x"'}), NOW)
+    again = backend.load(key)
+    assert again is not None and again.data == {"a": '"1"', "b": '"3"'}
+    # A renewal alone changes the record too.
+    later = again.expires_at + HOUR
+    assert backend.update(key, Delta(later), NOW)
+    assert not backend.rewrite(key, again, Delta(again.expires_at, {"a": '"x"'}), NOW)
+    current = backend.load(key)
+    assert current is not None and current.expires_at == later
+    assert backend.rewrite(key, current, Delta(current.expires_at, {"a": '"x"'}), NOW)
+    final = backend.load(key)
+    assert final is not None and final.data == {"a": '"x"', "b": '"3"'}
+    assert final.expires_at == later
+    backend.delete(key)
+    assert not backend.rewrite(key, final, Delta(final.expires_at, {"a": '"y"'}), NOW)
+    assert backend.load(key) is None

@@ -245,6 +245,12 @@ class FileSystemBackend(Backend):
             return True
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        return self._update(key, delta, now, None)
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        return self._update(key, delta, now, expected)
+
+    def _update(self, key: str, delta: Delta, now: datetime, as_read: Record | None) -> bool:
         if not _is_key(key):
             return False
         path = self._where(key[:2], key)
@@ -259,6 +265,10 @@ class FileSystemBackend(Backend):
                 if expires <= _format.to_us(now):
                     return False
                 user = new_user = None
+                if as_read is not None:
+                    user, old = _format.decode(path, magic, body)
+                    if old != as_read.data or expires != _format.to_us(as_read.expires_at):
+                        return False
                 if delta.set or delta.deleted or delta.user_changed or delta.expect:
                     user, old = _format.decode(path, magic, body)
                     if not expected(old, delta):

@@ -244,6 +244,15 @@ class RedisBackend(Backend):
         the session past the TTL its user's set is sure to have (once a day
         or so of use) pushes the set's TTL forward first, then runs again.
         """
+        return self._update(key, delta, now, scripts.UPDATE)
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        """:meth:`update`'s script, which first checks the hash against ``expected``."""
+        fields = [v for k, text in expected.data.items() for v in (DATA + k, text)]
+        guard = packed([str(micros(expected.expires_at)), *fields])
+        return self._update(key, delta, now, scripts.REWRITE, guard)
+
+    def _update(self, key: str, delta: Delta, now: datetime, script: str, *guard: str) -> bool:
         op, user = "keep", ""
         if delta.user_changed:
             op, user = ("clear", "") if delta.user is None else ("set", delta.user)
@@ -254,7 +263,8 @@ class RedisBackend(Backend):
             changes += (DATA + k, v)
         changes += (DATA + k for k in delta.deleted)
         head = update_numbers(now_us, expires_us, delta, self.keep_expired, deadline)
-        expect: tuple[str, ...] = ()
+        # The compare-and-set's field and value; empty ones when only a guard follows.
+        expect: tuple[str, ...] = ("", "") if guard else ()
         if delta.expect is not None:
             name, value = delta.expect
             expect = (DATA + name, "-" if value is None else "=" + value)
@@ -267,7 +277,7 @@ class RedisBackend(Backend):
                     else:
                         keys.append(self._users.name(user))
                 parts = packed([op, user, key, *changes])
-                result = self._run(scripts.UPDATE, keys, head, parts, *expect)
+                result = self._run(script, keys, head, parts, *expect, *guard)
                 if int(result[0]) != 2:
                     break
                 op, user = "reindex", text(result[1])

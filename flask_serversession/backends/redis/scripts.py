@@ -136,7 +136,7 @@ local stored = whole(meta[2])
 if not whole(meta[1]) or not stored or stored <= tonumber(now_us) then return {0} end
 local user, indexed = meta[3], whole(meta[4])
 if (user and not indexed) or (meta[4] and not user) then return {0} end
-if ARGV[3] then
+if ARGV[3] and ARGV[3] ~= '' then
   local held = redis.call('HGET', key, ARGV[3])
   if held then held = '=' .. held else held = '-' end
   if held ~= ARGV[4] then return {3} end
@@ -182,6 +182,26 @@ redis.call('PEXPIREAT', key, drop_at)
 if user and (op == 'clear' or (op == 'set' and user ~= new_user)) then return {1, user} end
 return {1}
 """
+)
+
+# UPDATE, run only while the hash still holds what the caller read: ARGV[5]
+# (after the compare-and-set's two, empty when it has none) is a JSON array of expires_us then each data field and its value. Returns
+# {0} when it holds anything else (Backend.rewrite).
+REWRITE = UPDATE.replace(
+    "local num = {}\n",
+    """local want = cjson.decode(ARGV[5])
+if redis.call('HGET', key, 'expires_us') ~= want[1] then return {0} end
+local held = 0
+for _, f in ipairs(redis.call('HKEYS', key)) do
+  if string.sub(f, 1, 2) == 'd:' then held = held + 1 end
+end
+if held ~= (#want - 1) / 2 then return {0} end
+for i = 2, #want, 2 do
+  if redis.call('HGET', key, want[i]) ~= want[i + 1] then return {0} end
+end
+local num = {}
+""",
+    1,
 )
 
 # Removes the key and returns {type, fields}: the fields (flat name/value

@@ -302,9 +302,7 @@ class SQLAlchemyBackend(Backend):
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         extras, values = self._extras_of(delta.values, delta.user_changed, delta.user)
-        values[KEY] = key
-        values[NOW] = utc(now)
-        values[EXPIRES] = utc(delta.expires_at)
+        values.update({KEY: key, NOW: utc(now), EXPIRES: utc(delta.expires_at)})
         if delta.set or delta.deleted:
             return self._run(
                 "save a session", saves.merge, self._runner, self._sql, delta, values, extras
@@ -314,6 +312,12 @@ class SQLAlchemyBackend(Backend):
                 "save a session", saves.set_if_live, self._runner, self._sql, values, extras
             )
         return self._run("save a session", saves.touch, self._runner, self._sql, values)
+
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        extras, values = self._extras_of(delta.values, delta.user_changed, delta.user)
+        values.update({KEY: key, NOW: utc(now), EXPIRES: utc(delta.expires_at)})
+        rewrite = functools.partial(saves.merge_locked, self._runner.engine, self._sql)
+        return self._run("rewrite a session", rewrite, delta, values, extras, expected)
 
     def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
         values = {KEY: key, NOW: utc(now), EXPIRES: utc(expires_at)}

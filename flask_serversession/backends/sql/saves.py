@@ -16,6 +16,7 @@ from ..base import CorruptRecordError
 from ..base import data_size
 from ..base import Delta
 from ..base import expected
+from ..base import Record
 from .statements import EXPIRES
 from .statements import extra_bind
 from .statements import KEY
@@ -102,22 +103,29 @@ def merge(
                 return False
             check_size(data_size(data), data_size(merged(data, delta)), delta.max_size)
             # It fits now: the row changed since the UPDATE.
-    return _merge_locked(runner.engine, sql, delta, values, extras)
+    return merge_locked(runner.engine, sql, delta, values, extras)
 
 
-def _merge_locked(
+def merge_locked(
     engine: sa.Engine,
     sql: Statements,
     delta: Delta,
     values: dict[str, t.Any],
     extras: tuple[str, ...],
+    as_read: Record | None = None,
 ) -> bool:
-    """:func:`merge` in Python, under a row lock."""
+    """:func:`merge` in Python, under a row lock; with ``as_read``, only while the
+    row still holds its data and expiry (``Backend.rewrite``)."""
     key = values[KEY]
     with engine.begin() as conn:
-        data = _live_data(sql, sql.read_locked(conn, key), values[NOW])
+        row = sql.read_locked(conn, key)
+        data = _live_data(sql, row, values[NOW])
         if data is None or not expected(data, delta):
             return False
+        if as_read is not None:
+            held = sql.record(row) if row is not None else None
+            if held is None or (held.data, held.expires_at) != (as_read.data, as_read.expires_at):
+                return False
         new = merged(data, delta)
         if delta.max_size is not None:
             check_size(data_size(data), data_size(new), delta.max_size)
