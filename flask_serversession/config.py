@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import os
 import re
 import typing as t
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .backends.base import Backend
 from .ciphers import Keyring
 from .ciphers import read_key
 from .errors import ConfigError
@@ -106,7 +104,7 @@ class Settings:
     encryption: Keyring | None = None
 
 
-def _bad(key: str, value: t.Any, accepted: str) -> ConfigError:
+def bad_value(key: str, value: t.Any, accepted: str) -> ConfigError:
     return ConfigError(f"{key} = {value!r} is not valid: expected {accepted}.")
 
 
@@ -126,35 +124,35 @@ def duration(
     if result is None or result < timedelta(0) or (not zero and not result):
         what = "a non-negative" if zero else "a positive"
         none = " or None" if optional else ""
-        raise _bad(key, value, f"{what} timedelta or number of seconds{none}")
+        raise bad_value(key, value, f"{what} timedelta or number of seconds{none}")
     return result
 
 
 def integer(config: t.Mapping[str, t.Any], key: str, *, minimum: int) -> int:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(key, value, f"an integer of at least {minimum}")
+        raise bad_value(key, value, f"an integer of at least {minimum}")
     return value
 
 
 def boolean(config: t.Mapping[str, t.Any], key: str) -> bool:
     value = config[key]
     if not isinstance(value, bool):
-        raise _bad(key, value, "True or False")
+        raise bad_value(key, value, "True or False")
     return value
 
 
 def optional_string(config: t.Mapping[str, t.Any], key: str) -> str | None:
     value: str | None = config[key]
     if value is not None and (not isinstance(value, str) or not value):
-        raise _bad(key, value, "a non-empty string or None")
+        raise bad_value(key, value, "a non-empty string or None")
     return value
 
 
 def string(config: t.Mapping[str, t.Any], key: str) -> str:
     value = optional_string(config, key)
     if value is None:
-        raise _bad(key, value, "a non-empty string")
+        raise bad_value(key, value, "a non-empty string")
     return value
 
 
@@ -191,7 +189,9 @@ def read_settings(app: Flask) -> Settings:
 
     renew_on = config["SERVERSESSION_RENEW_ON"]
     if renew_on not in RENEW_ON_CHOICES:
-        raise _bad("SERVERSESSION_RENEW_ON", renew_on, " or ".join(map(repr, RENEW_ON_CHOICES)))
+        raise bad_value(
+            "SERVERSESSION_RENEW_ON", renew_on, " or ".join(map(repr, RENEW_ON_CHOICES))
+        )
 
     sign_id = boolean(config, "SERVERSESSION_SIGN_ID")
 
@@ -219,7 +219,7 @@ def read_settings(app: Flask) -> Settings:
         warn_flask_session_keys(config)
     if settings.rotate_every is not None and not settings.rotate_grace:
         # Rotation: a browser's concurrent requests would end the session as a reuse.
-        raise _bad(
+        raise bad_value(
             "SERVERSESSION_ROTATE_GRACE",
             config["SERVERSESSION_ROTATE_GRACE"],
             "a positive span while SERVERSESSION_ROTATE_EVERY is set (30 seconds or more:"
@@ -233,7 +233,9 @@ def read_settings(app: Flask) -> Settings:
 def _user_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     user_key = optional_string(config, "SERVERSESSION_USER_KEY")
     if user_key is not None and user_key.startswith("_serversession_"):
-        raise _bad("SERVERSESSION_USER_KEY", user_key, "a key not starting with '_serversession_'")
+        raise bad_value(
+            "SERVERSESSION_USER_KEY", user_key, "a key not starting with '_serversession_'"
+        )
     limit = config["SERVERSESSION_MAX_SESSIONS_PER_USER"]
     if limit is not None:
         limit = integer(config, "SERVERSESSION_MAX_SESSIONS_PER_USER", minimum=1)
@@ -256,7 +258,7 @@ def _device_bound_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     """The ``SERVERSESSION_DEVICE_BOUND*`` settings (DBSC)."""
     path = config["SERVERSESSION_DEVICE_BOUND_PATH"]
     if not isinstance(path, str) or not re.fullmatch(r"(/[\w.~-]+)+", path, re.ASCII):
-        raise _bad(
+        raise bad_value(
             "SERVERSESSION_DEVICE_BOUND_PATH",
             path,
             "a URL path such as '/_serversession/dbsc': segments of letters, digits"
@@ -267,6 +269,8 @@ def _device_bound_settings(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         "device_bound_path": path,
         "device_bound_refresh": duration(config, "SERVERSESSION_DEVICE_BOUND_REFRESH"),
     }
+
+
 def encryption_keys(config: t.Mapping[str, t.Any]) -> Keyring | None:
     """The keyring of ``SERVERSESSION_ENCRYPTION_KEY`` and its fallbacks; None when unset."""
     value = config["SERVERSESSION_ENCRYPTION_KEY"]
@@ -288,171 +292,3 @@ def encryption_keys(config: t.Mapping[str, t.Any]) -> Keyring | None:
     key = read_key(value, "SERVERSESSION_ENCRYPTION_KEY")
     older = [read_key(v, f"{name}[{i}]") for i, v in enumerate(fallbacks)]
     return Keyring(key, older)
-
-
-def build_backend(app: Flask) -> Backend:
-    """Return the backend named by ``SERVERSESSION_BACKEND``, built from config."""
-    value = app.config["SERVERSESSION_BACKEND"]
-    if isinstance(value, Backend):
-        return value
-    builder = _BUILDERS.get(value) if isinstance(value, str) else None
-    if builder is None:
-        names = ", ".join(map(repr, BACKEND_NAMES))
-        raise _bad("SERVERSESSION_BACKEND", value, f"one of {names}, or a Backend instance")
-    return builder(app)
-
-
-def _memory(app: Flask) -> Backend:
-    from .backends.memory import MemoryBackend
-
-    max_entries = integer(app.config, "SERVERSESSION_MEMORY_MAX_ENTRIES", minimum=1)
-    return MemoryBackend(max_entries=max_entries)
-
-
-def _sqlalchemy(app: Flask) -> Backend:
-    import sqlalchemy as sa
-
-    from .backends.sql import SQLAlchemyBackend
-
-    config = app.config
-    columns = config["SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS"]
-    if not isinstance(columns, (list, tuple)) or not all(isinstance(c, sa.Column) for c in columns):
-        raise _bad("SERVERSESSION_SQLALCHEMY_EXTRA_COLUMNS", columns, "a list of sqlalchemy.Column")
-    extras = config["SERVERSESSION_SQLALCHEMY_EXTRAS"]
-    if extras is not None and not callable(extras):
-        raise _bad(
-            "SERVERSESSION_SQLALCHEMY_EXTRAS",
-            extras,
-            "None or a function taking the session dict and returning values by column name",
-        )
-    synchronous_commit = config["SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT"]
-    if synchronous_commit is not None and not isinstance(synchronous_commit, bool):
-        raise _bad(
-            "SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT",
-            synchronous_commit,
-            "None (the server's setting), True or False",
-        )
-    options: dict[str, t.Any] = {
-        "synchronous_commit": synchronous_commit,
-        "table_name": string(config, "SERVERSESSION_SQLALCHEMY_TABLE"),
-        "extra_columns": columns,
-        "extras": extras,
-        "user_index": config["SERVERSESSION_USER_KEY"] is not None,
-    }
-    bind_key = config["SERVERSESSION_SQLALCHEMY_BIND_KEY"]
-    db = config["SERVERSESSION_SQLALCHEMY"]
-    if db is not None:
-        accepted = "a flask_sqlalchemy.SQLAlchemy (the app's db) or None"
-        flask_sqlalchemy = require("flask_sqlalchemy", key="SERVERSESSION_SQLALCHEMY", value=db)
-        if not isinstance(db, flask_sqlalchemy.SQLAlchemy):
-            raise _bad("SERVERSESSION_SQLALCHEMY", db, accepted)
-        if bind_key is not None and not isinstance(bind_key, str):
-            raise _bad("SERVERSESSION_SQLALCHEMY_BIND_KEY", bind_key, "None or a bind name")
-        try:
-            return SQLAlchemyBackend.from_flask_sqlalchemy(
-                db, bind_key=bind_key, app=app, **options
-            )
-        except ConfigError as e:
-            raise ConfigError(f"SERVERSESSION_SQLALCHEMY: {e}") from e
-    if bind_key is not None:
-        raise _bad(
-            "SERVERSESSION_SQLALCHEMY_BIND_KEY",
-            bind_key,
-            "None when SERVERSESSION_SQLALCHEMY is None",
-        )
-
-    key = "SERVERSESSION_SQLALCHEMY_URI"
-    uri = config[key]
-    if uri is None:
-        uri = "sqlite:///" + os.path.join(app.instance_path, "serversession.sqlite")
-    accepted = (
-        "a database URL such as 'sqlite:////path/sessions.sqlite'"
-        " or 'postgresql+psycopg://user@host/db'"
-    )
-    try:
-        url = sa.make_url(uri)
-    except (TypeError, ValueError, sa.exc.ArgumentError) as e:
-        shown = re.sub(r"//[^/@]*@", "//***@", uri) if isinstance(uri, str) else uri
-        raise ConfigError(f"{key} = {shown!r} is not valid: expected {accepted}.") from e
-    shown = url.render_as_string(hide_password=True)
-    if synchronous_commit is not None and url.get_backend_name() != "postgresql":
-        raise _bad(
-            "SERVERSESSION_SQLALCHEMY_SYNCHRONOUS_COMMIT",
-            synchronous_commit,
-            f"None: it is a PostgreSQL setting and {key} is {url.get_backend_name()}",
-        )
-    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
-        require("psycopg", key=key, value=shown)
-    try:
-        return SQLAlchemyBackend.from_url(url, **options)
-    except (ImportError, sa.exc.ArgumentError) as e:
-        raise ConfigError(
-            f"{key} = {shown!r} cannot be used: {e}. Install its driver or fix the URL."
-        ) from e
-    except OSError as e:
-        raise ConfigError(f"{key} = {shown!r} cannot be used: {e}.") from e
-
-
-def _filesystem(app: Flask) -> Backend:
-    from .backends.filesystem import FileSystemBackend
-
-    directory = app.config["SERVERSESSION_FILE_DIR"]
-    if directory is None:
-        directory = os.path.join(app.instance_path, "serversession")
-    elif not isinstance(directory, (str, os.PathLike)):
-        raise _bad("SERVERSESSION_FILE_DIR", directory, "a directory path")
-    fsync = boolean(app.config, "SERVERSESSION_FILE_FSYNC")
-    try:
-        return FileSystemBackend(directory, fsync=fsync)
-    except OSError as e:
-        raise ConfigError(_directory_problem(os.fspath(directory), e)) from e
-
-
-def _directory_problem(directory: str, e: OSError) -> str:
-    """Why the session directory cannot be used: about the directory, never a file in it."""
-    reason = (e.strerror or str(e)).rstrip(".")
-    if isinstance(e.filename, str) and os.path.isabs(e.filename) and e.filename != directory:
-        reason += f" ({e.filename!r})"  # a parent the app could not create
-    elif e.filename is not None and e.filename != directory:
-        reason += " when creating a file in it"
-    fix = "" if "Fix it" in reason else " Point it at a directory the app can create and write."
-    return f"SERVERSESSION_FILE_DIR = {directory!r} cannot be used: {reason}.{fix}"
-
-
-def _redis(app: Flask) -> Backend:
-    from .backends.redis.clients import library_name_for_url
-
-    client = app.config["SERVERSESSION_REDIS"]
-    url = app.config["SERVERSESSION_REDIS_URL"]
-    if client is None and isinstance(url, str) and library_name_for_url(url) == "valkey":
-        require("valkey", key="SERVERSESSION_REDIS_URL", value=re.sub("//[^/@]*@", "//***@", url))
-    elif client is None:
-        require("redis", key="SERVERSESSION_BACKEND", value="redis")
-    from .backends.redis import RedisBackend
-
-    prefix = string(app.config, "SERVERSESSION_KEY_PREFIX")
-    if client is not None:
-        try:
-            return RedisBackend(client, key_prefix=prefix)
-        except TypeError as e:
-            raise _bad(
-                "SERVERSESSION_REDIS", client, f"a redis-py or valkey-py client ({e})"
-            ) from e
-    try:
-        return RedisBackend.from_url(
-            string(app.config, "SERVERSESSION_REDIS_URL"), key_prefix=prefix
-        )
-    except ValueError as e:
-        raise _bad(
-            "SERVERSESSION_REDIS_URL",
-            url,
-            f"a redis://, rediss://, valkey://, valkeys:// or unix:// URL ({e})",
-        ) from e
-
-
-_BUILDERS: dict[str, t.Callable[[Flask], Backend]] = {
-    "memory": _memory,
-    "sqlalchemy": _sqlalchemy,
-    "filesystem": _filesystem,
-    "redis": _redis,
-}

@@ -8,10 +8,10 @@ from functools import partial
 from flask import current_app
 from flask import Flask
 
+from .backend_config import build_backend
 from .backends.base import Backend
 from .backends.encrypted import EncryptedBackend
 from .cli import cli
-from .config import build_backend
 from .config import read_settings
 from .config import Settings
 from .interface import ServerSessionInterface

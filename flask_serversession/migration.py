@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from .backend_config import build_backend
 from .backends.base import Backend
 from .backends.moving import MovingBackend
-from .config import build_backend
 from .config import DEFAULTS
 from .errors import ConfigError
 from .serialization import SessionSerializer

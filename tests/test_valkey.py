@@ -12,8 +12,8 @@ import valkey.cluster
 from flask import Flask
 
 from benchmarks.servers import server_version
+from flask_serversession.backend_config import build_backend
 from flask_serversession.backends.redis import RedisBackend
-from flask_serversession.config import build_backend
 from flask_serversession.config import DEFAULTS
 
 from .support.redis_servers import free_port

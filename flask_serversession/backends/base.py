@@ -213,6 +213,7 @@ class Backend(ABC):
             f"{type(self).__name__} has no atomic add, which a store that sessions"
             " move into (SERVERSESSION_MIGRATE_FROM) needs: implement Backend.add."
         )
+
     def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
         """Apply ``delta`` as :meth:`update` does, only while the live record under
         ``key`` still holds ``expected``'s data and expiry, in one atomic step.

@@ -435,6 +435,8 @@ def test_user_index_follows_an_add(backend: Backend) -> None:
     assert listed(backend, "bob") == {ended}
     assert backend.add(key_of("anonymous"), record({"cart": "[]"}), NOW)
     assert listed(backend, "alice") == {key}
+
+
 def test_rewrite_applies_only_while_the_record_is_as_read(backend: Backend) -> None:
     if type(backend).rewrite is Backend.rewrite:
         import pytest

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from flask_serversession.backend_config import build_backend
 from flask_serversession.backends.base import CorruptRecordError
 from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.filesystem import FileSystemBackend
-from flask_serversession.config import build_backend
 from flask_serversession.config import read_settings
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError

@@ -17,13 +17,13 @@ import valkey
 import valkey.asyncio
 from flask import Flask
 
+from flask_serversession.backend_config import build_backend
 from flask_serversession.backends.base import CorruptRecordError
 from flask_serversession.backends.base import data_size
 from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.redis import RedisBackend
 from flask_serversession.backends.redis import scripts
-from flask_serversession.config import build_backend
 from flask_serversession.config import DEFAULTS
 from flask_serversession.errors import BackendError
 from flask_serversession.errors import ConfigError

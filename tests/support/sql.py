@@ -8,8 +8,8 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
+from flask_serversession.backend_config import build_backend
 from flask_serversession.backends.sqlalchemy import SQLAlchemyBackend
-from flask_serversession.config import build_backend
 from flask_serversession.config import DEFAULTS
 
 

@@ -53,27 +53,21 @@ class FileSystemBackend(Backend):
     entries that no longer match.
 
     Durability: a save writes a temporary file and renames it over the
-    session file, and writes the user index entry first, whatever ``fsync``
-    says. So a process crash (or a killed worker) never loses a save that
-    returned, never leaves a torn file and never leaves a session missing
-    from its user's index. Only a power loss or an operating system crash
-    can: by default nothing is flushed with ``os.fsync``, as in cachelib's
-    ``FileSystemCache`` (which Flask-Session uses) and Django's file
-    sessions, and the last saves may then be lost, come back as an older
-    version, or be reported as corrupt records and skipped; an index entry
-    may be lost while its session file survived. ``fsync=True`` flushes each
-    session file before its rename and each new index entry and directory,
-    which closes these gaps except that the last rename may still be undone
-    (the previous version of that session comes back), at roughly twice the
-    time per save.
+    session file, after the user index entry. A crashed or killed process
+    never loses a save that returned, tears a file or drops a session from
+    its user's index. By default nothing is flushed with ``os.fsync`` (as in
+    cachelib's ``FileSystemCache`` and Django's file sessions), so a power
+    loss may lose the last saves or leave them as older versions or corrupt
+    records; ``fsync=True`` flushes files, index entries and directories,
+    leaving only the last rename to be undone, at about twice the time per
+    save.
 
     Only this process's user may own or write the directory, and nothing in
     it is followed through a symbolic link: a shard that is not a trusted
-    directory holds no sessions (reading it raises
-    :class:`~flask_serversession.backends.base.CorruptRecordError`), a
-    non-directory planted where a shard belongs is replaced by a new one when
-    a session is created there, and any entry that is not a regular file of
-    this user is a corrupt record.
+    directory holds no sessions (reading it raises ``CorruptRecordError``), a
+    non-directory planted where a shard belongs is replaced when a session is
+    created there, and any entry that is not a regular file of this user is a
+    corrupt record.
 
     :param directory: where sessions are stored; created (0700) if missing.
     :param fsync: flush every write to the disk before a save returns, so

@@ -5,7 +5,6 @@ import typing as t
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
-from urllib.parse import urlsplit
 
 from ...log import logger
 from ..base import Backend
@@ -15,9 +14,7 @@ from ..base import Delta
 from ..base import Record
 from . import scripts
 from .clients import client_from_url
-from .clients import library
-from .clients import library_name_for_url
-from .clients import library_of
+from .clients import client_library
 from .codec import create_numbers
 from .codec import DATA
 from .codec import decode
@@ -74,10 +71,8 @@ class RedisBackend(Backend):
         the memory of the sessions that expired in the last hour.
 
     .. versionchanged:: 0.3
-        ``keep_expired``: hashes outlive their expiry by an hour.
-
-    .. versionchanged:: 0.3
-        valkey-py clients, and ``valkey://`` and ``valkeys://`` URLs.
+        ``keep_expired``: hashes outlive their expiry by an hour; valkey-py
+        clients, and ``valkey://`` and ``valkeys://`` URLs.
     """
 
     def __init__(
@@ -87,13 +82,7 @@ class RedisBackend(Backend):
         key_prefix: str = "serversession:",
         keep_expired: timedelta = timedelta(hours=1),
     ) -> None:
-        lib = library_of(client)
-        if lib is None:
-            kind = f"{type(client).__module__}.{type(client).__qualname__}"
-            raise TypeError(
-                "RedisBackend needs a redis.Redis, redis.cluster.RedisCluster, valkey.Valkey,"
-                f" valkey.cluster.ValkeyCluster or Sentinel master_for() client, not {kind}"
-            )
+        lib = client_library(client)
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ValueError(f"key_prefix must be a non-empty string, not {key_prefix!r}")
         if not isinstance(keep_expired, timedelta) or keep_expired < timedelta(0):
@@ -120,27 +109,13 @@ class RedisBackend(Backend):
         """Build a backend on a new single-server client for ``url``.
 
         The client is a ``valkey.Valkey`` for a ``valkey://`` or ``valkeys://``
-        URL, otherwise a ``redis.Redis``. Socket timeouts default to a few
-        seconds and a command that hits a connection error is retried once;
-        options in the URL's query string and ``kwargs`` override these.
-        Raises ValueError for a URL that does not name a server.
-        ``key_prefix`` and ``keep_expired`` are as for the constructor.
+        URL, otherwise a ``redis.Redis``, made by ``clients.client_from_url``
+        (its defaults give way to the URL's query string and ``kwargs``).
 
         :param url: a ``redis://``, ``rediss://``, ``valkey://``,
             ``valkeys://`` or ``unix://`` URL.
         :param kwargs: more arguments for the client.
         """
-        options = library(library_name_for_url(url)).parse_url(url)
-        if url.startswith("unix://") and not options.get("path"):
-            raise ValueError("the unix:// URL names no socket path")
-        if not url.startswith("unix://"):
-            if not options.get("host"):
-                raise ValueError("the URL names no host")
-            path = urlsplit(url).path.strip("/")
-            if path and not path.isdigit():
-                raise ValueError(f"database {path!r} in the URL is not a number")
-        kwargs.setdefault("socket_timeout", 5.0)
-        kwargs.setdefault("socket_connect_timeout", 3.0)
         client = client_from_url(url, **kwargs)
         backend = cls(client, key_prefix=key_prefix, keep_expired=keep_expired)
         backend._owns_client = True

@@ -104,6 +104,18 @@ def library_of(client: object) -> Library | None:
     return None
 
 
+def client_library(client: object) -> Library:
+    """The library of a client the Redis backend was given; TypeError for any other object."""
+    lib = library_of(client)
+    if lib is None:
+        kind = f"{type(client).__module__}.{type(client).__qualname__}"
+        raise TypeError(
+            "RedisBackend needs a redis.Redis, redis.cluster.RedisCluster, valkey.Valkey,"
+            f" valkey.cluster.ValkeyCluster or Sentinel master_for() client, not {kind}"
+        )
+    return lib
+
+
 def library_name_for_url(url: str) -> str:
     """The library that opens ``url``: ``"valkey"`` for ``valkey://`` and
     ``valkeys://``, ``"redis"`` for the others (which valkey-py opens as well,
@@ -113,7 +125,23 @@ def library_name_for_url(url: str) -> str:
 
 
 def client_from_url(url: str, **kwargs: t.Any) -> t.Any:
-    """A new single-server client for ``url``, of the library that opens it."""
+    """A new single-server client for ``url``, of the library that opens it.
+
+    Socket timeouts default to a few seconds and a command that hits a
+    connection error is retried once. Raises ValueError for a URL that does
+    not name a server.
+    """
     lib = library(library_name_for_url(url))
+    options = lib.parse_url(url)
+    if url.startswith("unix://") and not options.get("path"):
+        raise ValueError("the unix:// URL names no socket path")
+    if not url.startswith("unix://"):
+        if not options.get("host"):
+            raise ValueError("the URL names no host")
+        path = urlsplit(url).path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"database {path!r} in the URL is not a number")
+    kwargs.setdefault("socket_timeout", 5.0)
+    kwargs.setdefault("socket_connect_timeout", 3.0)
     kwargs.setdefault("retry", lib.retry_once())
     return lib.client.from_url(url, **kwargs)

@@ -185,7 +185,8 @@ return {1}
 )
 
 # UPDATE, run only while the hash still holds what the caller read: ARGV[5]
-# (after the compare-and-set's two, empty when it has none) is a JSON array of expires_us then each data field and its value. Returns
+# (after the compare-and-set's two, empty when it has none) is a JSON array of
+# expires_us then each data field and its value. Returns
 # {0} when it holds anything else (Backend.rewrite).
 REWRITE = UPDATE.replace(
     "local num = {}\n",

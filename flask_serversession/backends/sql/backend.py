@@ -59,12 +59,10 @@ class SQLAlchemyBackend(Backend):
     (``json_patch``) and PostgreSQL (``jsonb``) that also checks the size
     limit on the merged data, and under a row lock elsewhere, so concurrent
     requests changing different keys of one session both survive and cannot
-    together pass the limit. A row that no save could have written (data that
-    is not a JSON object of strings, timestamps that do not read, such as
-    PostgreSQL's ``'infinity'``) raises
-    :class:`~flask_serversession.backends.base.CorruptRecordError` on load.
-    Connections come from ``engine`` and are committed on their own; the
-    application's ``db.session`` is never used. An operation whose pooled
+    together pass the limit. A row that no save could have written (such as
+    PostgreSQL's ``'infinity'`` timestamps) is a ``CorruptRecordError`` on
+    load. Connections come from ``engine`` and are committed on their own;
+    the application's ``db.session`` is never used. An operation whose pooled
     connection died while idle (a database restart) runs once more on a new
     one. Where the pool shares one connection between threads (in-memory
     SQLite), operations run one at a time.
@@ -74,10 +72,9 @@ class SQLAlchemyBackend(Backend):
     connections that the backend makes through ``engine`` (its URL,
     ``connect_args`` and ``connect`` listeners apply) and keeps outside its
     pool: at most one per operation in progress, replaced after
-    ``pool_recycle``, closed by :meth:`close`. psycopg prepares a statement
-    after its fifth run on a connection, as it does for SQLAlchemy; behind a
-    pgbouncer older than 1.21 in transaction mode, turn that off with
-    ``connect_args={"prepare_threshold": None}``. Engines whose statements are
+    ``pool_recycle``, closed by :meth:`close` (behind a pgbouncer older than
+    1.21 in transaction mode, pass ``connect_args={"prepare_threshold":
+    None}``: psycopg prepares statements). Engines whose statements are
     observed (``before_cursor_execute`` or ``after_cursor_execute``
     listeners, as tracing tools add) or whose pool pings connections
     (``pool_pre_ping``) run everything through SQLAlchemy.
