@@ -110,3 +110,29 @@ def test_plaintext_sessions_survive_turning_encryption_on(
     client.post("/set", json={"cart": SECRET + "-2"})
     assert client.get("/dump").json == {"cart": SECRET + "-2", "other": "kept"}
     assert not shows(raw_dump(backend), SECRET)
+
+
+def test_a_sealed_session_rotates_and_races_rotate_once(
+    make_app: t.Callable[..., Flask], backend: Backend
+) -> None:
+    # Rotation writes with a compare-and-set on its stored state, which the
+    # store holds sealed: the old token opens the session within its grace
+    # and the new token opens it after, on every backend.
+    from .test_rotation import clock_of
+    from .test_rotation import holder
+    from .test_rotation import rotating_app
+    from .test_rotation import signed_in
+
+    app = rotating_app(make_app, backend, SERVERSESSION_ENCRYPTION_KEY=KEY)
+    client, old = signed_in(app)
+    clock_of(app).advance(minutes=61)
+    assert client.get("/dump").json == {"user": "alice"}
+    new = session_cookie(client)
+    assert new not in (None, old)
+    assert holder(app, old).get("/dump").json == {"user": "alice"}
+    assert holder(app, t.cast(str, new)).get("/dump").json == {"user": "alice"}
+    # Two tabs that rotate one session at once hand out the same token.
+    clock_of(app).advance(minutes=61)
+    first, second = holder(app, t.cast(str, new)), holder(app, t.cast(str, new))
+    assert first.get("/dump").json == second.get("/dump").json == {"user": "alice"}
+    assert session_cookie(first) == session_cookie(second) not in (None, new)

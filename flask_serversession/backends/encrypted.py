@@ -87,9 +87,35 @@ class EncryptedBackend(Backend):
         self.inner.create(key, replace(record, data=data, user=self._user(record.user)))
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
+        if delta.expect is not None:
+            sealed = self._sealed_expect(key, delta.expect)
+            if sealed is False:
+                return False
+            delta = replace(delta, expect=sealed)
         if delta.set or delta.user is not None:
             delta = replace(delta, set=self.seal_data(key, delta.set), user=self._user(delta.user))
         return self.inner.update(key, delta, now)
+
+    def _sealed_expect(
+        self, key: str, expect: tuple[str, str | None]
+    ) -> tuple[str, str | None] | t.Literal[False]:
+        """Turn a compare-and-set on a value into one on its stored, sealed text.
+
+        The caller names the value it read; the store holds it sealed, and a
+        sealed text is never written twice (each seal has a fresh nonce), so
+        the stored text that opens to that value stands for it. False when
+        the stored value is something else already.
+        """
+        name, wanted = expect
+        record = self.inner.load(key)
+        if record is None:
+            return False
+        stored = record.data.get(name)
+        try:
+            opened = None if stored is None else self.open_data(key, {name: stored})[name]
+        except CorruptRecordError:
+            return False
+        return (name, stored) if opened == wanted else False
 
     def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
         return self.inner.touch(key, expires_at, now)
