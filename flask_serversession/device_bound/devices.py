@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import threading
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -24,9 +23,6 @@ if t.TYPE_CHECKING:
 
     from ..store import SessionStore
 
-# Accepting a proof reads the record, compares and writes: one at a time in
-# a process, so two copies of one proof arriving together are not both taken.
-_ACCEPTING = threading.Lock()
 
 
 def _origin() -> str:
@@ -138,11 +134,10 @@ class Devices:
 
     def bind(self, stored: StoredSession, binding: Binding) -> bool:
         """Keep ``binding`` in the session's record; False when it ended or is bound already."""
-        with _ACCEPTING:
-            current = self.store.backend.load(stored.key)
-            if current is None or BINDING_KEY in current.data:
-                return False
-            return self._write(stored, current.expires_at, binding)
+        current = self.store.backend.load(stored.key)
+        if current is None or BINDING_KEY in current.data:
+            return False
+        return self._write(stored, current.expires_at, binding, None)
 
     def prove(self, stored: StoredSession, binding: Binding, issued: int) -> bool:
         """Accept a refresh over a challenge issued at ``issued``, once.
@@ -150,25 +145,32 @@ class Devices:
         False when the session ended, its binding changed, or a challenge
         issued at or after this one was accepted already.
         """
-        with _ACCEPTING:
-            current = self.store.backend.load(stored.key)
-            if current is None:
-                return False
-            try:
-                kept = read(self.store.serializer, current.data)
-            except ValueError:
-                return False
-            if kept is None or kept.id != binding.id or issued <= kept.proved:
-                return False
-            updated = Binding(kept.id, kept.jwk, kept.alg, issued)
-            return self._write(stored, current.expires_at, updated)
+        current = self.store.backend.load(stored.key)
+        if current is None:
+            return False
+        try:
+            kept = read(self.store.serializer, current.data)
+        except ValueError:
+            return False
+        if kept is None or kept.id != binding.id or issued <= kept.proved:
+            return False
+        updated = Binding(kept.id, kept.jwk, kept.alg, issued)
+        return self._write(stored, current.expires_at, updated, current.data[BINDING_KEY])
 
-    def _write(self, stored: StoredSession, expires_at: datetime, binding: Binding) -> bool:
+    def _write(
+        self, stored: StoredSession, expires_at: datetime, binding: Binding, held: str | None
+    ) -> bool:
+        """Write ``binding`` only while the record still holds the binding text ``held``.
+
+        A compare-and-set in the backend: of two copies of one proof, on any
+        workers, one is accepted and the other finds the binding changed.
+        """
         settings = self.store.settings
         delta = Delta(
             expires_at,
             {BINDING_KEY: text(self.store.serializer, binding)},
             values=stored.values,
             max_size=settings.max_size,
+            expect=(BINDING_KEY, held),
         )
         return self.store.users.update(stored, stored.values, delta, self.store.clock())
