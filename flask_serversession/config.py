@@ -52,6 +52,9 @@ DEFAULTS: dict[str, t.Any] = {
     "SERVERSESSION_ROTATE_EVERY": None,
     "SERVERSESSION_ROTATE_GRACE": timedelta(seconds=60),
     "SERVERSESSION_REVOKE_ON_REUSE": True,
+    # Metrics (0.3)
+    "SERVERSESSION_METRICS": None,
+    "SERVERSESSION_METRICS_REGISTRY": None,
 }
 
 
@@ -367,3 +370,24 @@ _BUILDERS: dict[str, t.Callable[[Flask], Backend]] = {
     "filesystem": _filesystem,
     "redis": _redis,
 }
+
+
+def read_metrics(config: t.Mapping[str, t.Any]) -> tuple[str, t.Any] | None:
+    """Return ``(kind, registry)`` when ``SERVERSESSION_METRICS`` turns metrics on (0.3)."""
+    kind, registry = config["SERVERSESSION_METRICS"], config["SERVERSESSION_METRICS_REGISTRY"]
+    if kind is None:
+        if registry is not None:
+            raise _bad("SERVERSESSION_METRICS", kind, "'prometheus' or 'opentelemetry' (a"
+                       " SERVERSESSION_METRICS_REGISTRY is set)")  # fmt: skip
+        return None
+    if kind not in ("prometheus", "opentelemetry"):
+        raise _bad("SERVERSESSION_METRICS", kind, "None, 'prometheus' or 'opentelemetry'")
+    module, cls, wanted = {
+        "prometheus": ("prometheus_client", "CollectorRegistry", "a prometheus_client"),
+        "opentelemetry": ("opentelemetry.metrics", "MeterProvider", "an OpenTelemetry"),
+    }[kind]
+    expected = getattr(require(module, key="SERVERSESSION_METRICS", value=kind), cls)
+    if registry is not None and not isinstance(registry, expected):
+        what = f"{wanted} {cls}, or None for the global one"
+        raise _bad("SERVERSESSION_METRICS_REGISTRY", registry, what)
+    return kind, registry

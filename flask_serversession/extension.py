@@ -11,6 +11,7 @@ from flask import Flask
 from .backends.base import Backend
 from .cli import cli
 from .config import build_backend
+from .config import read_metrics
 from .config import read_settings
 from .config import Settings
 from .interface import ServerSessionInterface
@@ -74,6 +75,11 @@ class ServerSession:
         adopter = _adopter(app, settings)
         backend = build_backend(app)
         require_index(backend, settings.user_key)
+        metrics = read_metrics(app.config)
+        if metrics is not None:
+            from .metrics import install
+
+            backend = install(app, backend, *metrics, revoke_on_reuse=settings.revoke_on_reuse)
         store = SessionStore(backend, settings, secret_keys=partial(_secret_keys, app))
         app.extensions["serversession"] = store
         app.session_interface = ServerSessionInterface(store, adopter=adopter)

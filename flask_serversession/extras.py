@@ -11,6 +11,8 @@ EXTRAS = {
     "flask_sqlalchemy": "flask-sqlalchemy",
     "psycopg": "postgres",
     "msgspec": "adopt",
+    "prometheus_client": "prometheus",
+    "opentelemetry.metrics": "opentelemetry",
 }
 
 

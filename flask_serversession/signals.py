@@ -29,6 +29,12 @@ session_rotated = _signals.signal("session-rotated")
 #: copy of the cookie. Receives ``storage_key`` (the session's) and
 #: ``reused_storage_key`` (the rotated-out id's).
 session_token_reused = _signals.signal("session-token-reused")
+#: The per-user limit (``SERVERSESSION_MAX_SESSIONS_PER_USER``) is ending a
+#: session; :data:`session_revoked` follows for it. Receives ``storage_key``
+#: and ``user_id``.
+#:
+#: .. versionadded:: 0.3
+session_capped = _signals.signal("session-capped")
 
 
 def send(signal: t.Any, **kwargs: t.Any) -> None:

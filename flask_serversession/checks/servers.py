@@ -4,6 +4,7 @@ import os
 import re
 import typing as t
 
+from ..backends.base import innermost
 from . import Finding
 from .reads import directory_chain
 from .reads import redis_settings
@@ -45,7 +46,7 @@ def backend_kind(backend: Backend) -> str | None:
     Found by the class's ancestry, so no backend module (nor the driver it
     needs) is imported, wherever in the package the class lives.
     """
-    for cls in type(backend).__mro__:
+    for cls in type(innermost(backend)).__mro__:
         if cls.__module__.startswith("flask_serversession.") and cls.__name__ in KNOWN_BACKENDS:
             return cls.__name__
     return None
@@ -54,7 +55,7 @@ def backend_kind(backend: Backend) -> str | None:
 def check_store(app: Flask) -> t.Iterator[Finding]:
     """Findings about the app's backend and what its server says."""
     store: SessionStore = app.extensions["serversession"]
-    backend = store.backend
+    backend = innermost(store.backend)
     kind = backend_kind(backend)
     if kind == "MemoryBackend":
         yield _in_memory("SERVERSESSION_BACKEND", "'memory'")
