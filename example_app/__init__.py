@@ -5,6 +5,7 @@ import typing as t
 from datetime import timedelta
 
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
 from flask_serversession import ServerSession
 
@@ -40,6 +41,10 @@ def create_app(
         # old cookie used after that ends the session (docs: rotation.rst).
         SERVERSESSION_ROTATE_EVERY=timedelta(minutes=15),
         SESSION_COOKIE_SAMESITE="Lax",
+        # Session metrics on a registry of this app's own, served at /metrics
+        # and shown on the admin page (docs: monitoring.rst).
+        SERVERSESSION_METRICS="prometheus",
+        SERVERSESSION_METRICS_REGISTRY=CollectorRegistry(),
     )
     app.config.from_prefixed_env()
     if test_config is not None:
