@@ -4,6 +4,8 @@ dashboard reads series and labels that exist."""
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import re
 import typing as t
@@ -51,9 +53,7 @@ def check_query(query: str, series: dict[str, set[str]]) -> None:
             assert label in series[name], (label, name)
 
 
-def test_the_python_examples_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from opentelemetry import metrics
 
     setup, multiprocess, gunicorn_conf, opentelemetry = blocks("python")
@@ -73,16 +73,25 @@ def test_the_python_examples_run(
     exec(gunicorn_conf, namespace)
     namespace["child_exit"](None, type("Worker", (), {"pid": 999999})())
 
+    # The global meter provider can be set once per process: the example's is
+    # taken as it is set, and handed to the extension as the global one.
+    from opentelemetry.sdk.metrics import export
+
+    from flask_serversession.metrics import opentelemetry as recorder_module
+
+    exported = io.StringIO()
+    console = functools.partial(export.ConsoleMetricExporter, out=exported)
+    monkeypatch.setattr(export, "ConsoleMetricExporter", console)
+    provided: list[t.Any] = []
+    monkeypatch.setattr(metrics, "set_meter_provider", provided.append)
+    monkeypatch.setattr(recorder_module, "get_meter_provider", lambda: provided[0])
     second = Flask("second")
     second.secret_key = "change me"
     exec(opentelemetry, {**namespace, "app": second})
-    provider = metrics.get_meter_provider()
     second.add_url_rule("/visit", "visit", lambda: __import__("flask").session.update(n=1) or "ok")
     assert second.test_client().get("/visit").status_code == 200
-    shutdown = getattr(provider, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
-        assert "serversession.sessions.created" in capsys.readouterr().out
+    provided[0].shutdown()
+    assert "serversession.sessions.created" in exported.getvalue()
 
 
 def test_the_table_names_every_metric_as_the_code_does() -> None:

@@ -42,7 +42,7 @@ def install(
     label = backend_label(backend)
     recorder = _recorder(kind, registry, label)
     metered = MeteredBackend(backend, recorder)
-    Receivers(recorder, revoke_on_reuse=revoke_on_reuse).connect(app)
+    Receivers(recorder, revoke_on_reuse=revoke_on_reuse, settle=metered.settle).connect(app)
     if label in COUNTED:
         refresh = recorder.live(lambda: metered.count(datetime.now(timezone.utc)))
         if refresh is not None:

@@ -9,8 +9,8 @@ from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import values
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics import MetricWrapperBase
 
+from .fast import Family
 from .names import DURATION
 from .names import DURATION_BUCKETS
 from .names import labelled
@@ -23,7 +23,7 @@ from .recorder import Instrument
 from .recorder import Recorder
 
 # Apps that share a registry share its metrics: a name can be registered once.
-_families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, MetricWrapperBase]] = (
+_families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, t.Any]] = (
     weakref.WeakKeyDictionary()
 )
 _live: weakref.WeakKeyDictionary[CollectorRegistry, _LiveCollector] = weakref.WeakKeyDictionary()
@@ -37,23 +37,27 @@ def multiprocess() -> bool:
     return values.ValueClass is not values.MutexValue
 
 
-def _family(registry: CollectorRegistry, metric: Metric) -> MetricWrapperBase:
+def _family(registry: CollectorRegistry, metric: Metric) -> t.Any:
     families = _families.setdefault(registry, {})
-    if metric.name not in families:
-        kwargs: dict[str, t.Any] = {"labelnames": metric.labels, "registry": registry}
-        if metric.kind == "counter":
-            families[metric.name] = Counter(metric.name, metric.doc, **kwargs)
-        elif metric.kind == "histogram":
-            buckets = DURATION_BUCKETS if metric is DURATION else SIZE_BUCKETS
-            families[metric.name] = Histogram(metric.name, metric.doc, buckets=buckets, **kwargs)
-        else:
-            # Every worker counts the same store: the newest reading of a
-            # live worker is the right one, where a sum would multiply it
-            # and a max would keep a stale peak.
-            families[metric.name] = Gauge(
-                metric.name, metric.doc, multiprocess_mode="livemostrecent", **kwargs
-            )
-    return families[metric.name]
+    if metric.name in families:
+        return families[metric.name]
+    buckets = DURATION_BUCKETS if metric is DURATION else SIZE_BUCKETS
+    kwargs: dict[str, t.Any] = {"labelnames": metric.labels, "registry": registry}
+    made: t.Any
+    if metric.kind == "gauge":
+        # Every worker counts the same store: the newest reading of a live
+        # worker is the right one, where a sum would multiply it and a max
+        # would keep a stale peak.
+        made = Gauge(metric.name, metric.doc, multiprocess_mode="livemostrecent", **kwargs)
+    elif not multiprocess():
+        made = Family(metric, buckets if metric.kind == "histogram" else ())
+        registry.register(made)
+    elif metric.kind == "counter":
+        made = Counter(metric.name, metric.doc, **kwargs)
+    else:
+        made = Histogram(metric.name, metric.doc, buckets=buckets, **kwargs)
+    families[metric.name] = made
+    return made
 
 
 class _LiveCollector:
@@ -89,14 +93,13 @@ class PrometheusRecorder(Recorder):
                 _family(registry, metric)
 
     def instrument(self, metric: Metric, **labels: str) -> Instrument:
-        family: t.Any = _family(self.registry, metric)
-        child = family.labels(**labelled(metric, self.backend, labels))
+        child = _family(self.registry, metric).labels(**labelled(metric, self.backend, labels))
         return child.inc if metric.kind == "counter" else child.observe  # type: ignore[no-any-return]
 
     def live(self, count: t.Callable[[], int]) -> t.Callable[[], None] | None:
         every = Every(count)
         if multiprocess():
-            gauge: t.Any = _family(self.registry, LIVE).labels(backend=self.backend)
+            gauge = _family(self.registry, LIVE).labels(backend=self.backend)
 
             def refresh() -> None:
                 if every.due():

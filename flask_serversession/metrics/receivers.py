@@ -6,7 +6,6 @@ import typing as t
 from flask import Flask
 
 from .. import signals
-from .names import CREATED
 from .names import END_REASONS
 from .names import ENDED
 from .names import REJECT_REASONS
@@ -16,15 +15,19 @@ from .recorder import Recorder
 
 
 class Receivers:
-    """Counts what the signals of one app report: sessions created, ended, rotated, tokens rejected.
+    """Counts what the signals of one app report: sessions ended, rotated, tokens rejected.
 
     :param recorder: where the counts go.
+    :param settle: called when a taken record ends rather than moves (see
+        :class:`~flask_serversession.metrics.wrapper.MeteredBackend`).
     :param revoke_on_reuse: a reused token ends its session
         (``SERVERSESSION_REVOKE_ON_REUSE``).
     """
 
-    def __init__(self, recorder: Recorder, *, revoke_on_reuse: bool) -> None:
-        self._created = recorder.instrument(CREATED)
+    def __init__(
+        self, recorder: Recorder, *, revoke_on_reuse: bool, settle: t.Callable[[], None]
+    ) -> None:
+        self._settle = settle
         self._rotated = recorder.instrument(ROTATIONS)
         self._ended = {reason: recorder.instrument(ENDED, reason=reason) for reason in END_REASONS}
         self._rejected = {r: recorder.instrument(REJECTED, reason=r) for r in REJECT_REASONS}
@@ -36,7 +39,6 @@ class Receivers:
     def connect(self, app: Flask) -> None:
         """Listen to the signals ``app`` sends (and no other app's)."""
         for signal, receiver in (
-            (signals.session_created, self.created),
             (signals.session_destroyed, self.destroyed),
             (signals.session_regenerated, self.regenerated),
             (signals.session_expired, self.expired),
@@ -48,10 +50,8 @@ class Receivers:
         ):
             signal.connect(receiver, sender=app, weak=False)
 
-    def created(self, sender: Flask, **extra: t.Any) -> None:
-        self._created(1)
-
     def destroyed(self, sender: Flask, **extra: t.Any) -> None:
+        self._settle()
         self._ended["destroyed"](1)
 
     def regenerated(self, sender: Flask, **extra: t.Any) -> None:
@@ -76,6 +76,7 @@ class Receivers:
         self._cause.pending = (storage_key, "capped")
 
     def revoked(self, sender: Flask, *, storage_key: str, **extra: t.Any) -> None:
+        self._settle()
         pending = getattr(self._cause, "pending", None)
         self._cause.pending = None
         reason = pending[1] if pending is not None and pending[0] == storage_key else "revoked"

@@ -7,10 +7,10 @@ from datetime import timedelta
 from time import perf_counter
 
 from ..backends.base import Backend
-from ..backends.base import data_size
 from ..backends.base import Delta
 from ..backends.base import Record
 from ..errors import BackendError
+from .names import CREATED
 from .names import DURATION
 from .names import ERRORS
 from .names import OPERATIONS
@@ -21,9 +21,14 @@ from .recorder import Recorder
 _T = t.TypeVar("_T")
 
 
+def _size(data: t.Mapping[str, str]) -> int:
+    """:func:`~flask_serversession.backends.base.data_size`, from two joins rather than a loop."""
+    return len("".join(data).encode()) + len("".join(data.values()).encode())
+
+
 def _size_after(data: t.Mapping[str, str], delta: Delta) -> int:
-    """The :func:`data_size` of ``data`` once ``delta`` is applied, without building it."""
-    size = data_size(data)
+    """The stored size of ``data`` once ``delta`` is applied, without building it."""
+    size = _size(data)
     for name in delta.deleted:
         old = data.get(name)
         if old is not None and name not in delta.set:
@@ -37,9 +42,13 @@ def _size_after(data: t.Mapping[str, str], delta: Delta) -> int:
 
 
 class MeteredBackend(Backend):
-    """Times every call of ``wrapped`` by operation, counts its failures and its sizes.
+    """Times every call of ``wrapped`` by operation, counts its failures, sizes and new sessions.
 
-    It changes no result: each call goes to ``wrapped`` as it came, and what
+    A record created right after one was taken in the same thread is a
+    session moving to a new id (regenerated, rotated), not a new session;
+    :meth:`settle` ends a take that no create follows (a revoke). So new
+    sessions are counted here, without a signal receiver on every new
+    session's path. It changes no result: each call goes to ``wrapped`` as it came, and what
     it returns or raises comes back unchanged. Attributes it does not have
     (``table``, ``client`` ...) are read from ``wrapped``.
 
@@ -54,9 +63,12 @@ class MeteredBackend(Backend):
         self._timed = {op: recorder.instrument(DURATION, operation=op) for op in OPERATIONS}
         self._failed = {op: recorder.instrument(ERRORS, operation=op) for op in OPERATIONS}
         self._size = recorder.instrument(SIZE)
+        self._created = recorder.instrument(CREATED)
         self._purged = recorder.instrument(PURGED)
         # The record a thread loaded last: an update's size is reckoned from it.
         self._loaded = threading.local()
+        # Whether a thread took a record that a create is about to move.
+        self._moving = threading.local()
 
     def __getattr__(self, name: str) -> t.Any:
         if name == "wrapped":
@@ -86,6 +98,9 @@ class MeteredBackend(Backend):
         return record
 
     def create(self, key: str, record: Record) -> None:
+        moving = getattr(self._moving, "now", False)
+        if moving:
+            self._moving.now = False
         start = perf_counter()
         try:
             self.wrapped.create(key, record)
@@ -94,7 +109,9 @@ class MeteredBackend(Backend):
             raise
         finally:
             self._timed["create"](perf_counter() - start)
-        self._size(data_size(record.data))
+        self._size(_size(record.data))
+        if not moving:
+            self._created(1)
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         start = perf_counter()
@@ -122,7 +139,14 @@ class MeteredBackend(Backend):
             self._timed["touch"](perf_counter() - start)
 
     def take(self, key: str, now: datetime) -> Record | None:
-        return self._call("take", self.wrapped.take, key, now)
+        taken = self._call("take", self.wrapped.take, key, now)
+        if taken is not None:
+            self._moving.now = True
+        return taken
+
+    def settle(self) -> None:
+        """A record this thread took is not moving: a create that follows is a new session."""
+        self._moving.now = False
 
     def delete(self, key: str) -> None:
         self._call("delete", self.wrapped.delete, key)
