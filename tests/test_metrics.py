@@ -277,3 +277,12 @@ def test_bad_settings_name_the_key_and_the_fix(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("{", r"\{")):
         make_app(**config)
+
+
+def test_the_checks_see_the_backend_under_the_wrapper(make_app: t.Callable[..., Flask]) -> None:
+    from flask_serversession.checks import run_checks
+
+    app = make_app("memory", **PrometheusReadings().config)
+    assert store_of(app).backend is not innermost(store_of(app).backend)
+    with app.app_context():
+        assert "serversession.E008" in {finding.id for finding in run_checks(app)}

@@ -46,7 +46,7 @@ def backend_kind(backend: Backend) -> str | None:
     Found by the class's ancestry, so no backend module (nor the driver it
     needs) is imported, wherever in the package the class lives.
     """
-    for cls in type(innermost(backend)).__mro__:
+    for cls in type(backend).__mro__:
         if cls.__module__.startswith("flask_serversession.") and cls.__name__ in KNOWN_BACKENDS:
             return cls.__name__
     return None
