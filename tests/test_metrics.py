@@ -4,6 +4,7 @@ OpenTelemetry SDK; a Redis outage; safe, bounded labels; the live gauge's pace."
 
 from __future__ import annotations
 
+import gc
 import typing as t
 
 import pytest
@@ -12,6 +13,7 @@ from flask.testing import FlaskClient
 
 from flask_serversession import ConfigError
 from flask_serversession import ServerSession
+from flask_serversession import signals
 from flask_serversession.backends.base import Backend
 from flask_serversession.backends.base import innermost
 from flask_serversession.backends.memory import MemoryBackend
@@ -286,3 +288,13 @@ def test_the_checks_see_the_backend_under_the_wrapper(make_app: t.Callable[..., 
     assert store_of(app).backend is not innermost(store_of(app).backend)
     with app.app_context():
         assert "serversession.E008" in {finding.id for finding in run_checks(app)}
+
+
+def test_the_receivers_go_with_the_app(make_app: t.Callable[..., Flask]) -> None:
+    gc.collect()
+    before = len(signals.session_expired.receivers)
+    app = make_app("memory", **PrometheusReadings().config)
+    assert len(signals.session_expired.receivers) == before + 1
+    del app
+    gc.collect()
+    assert len(signals.session_expired.receivers) == before

@@ -14,8 +14,8 @@ from .receivers import Receivers
 from .recorder import Recorder
 from .wrapper import MeteredBackend
 
-#: The values of ``SERVERSESSION_METRICS`` that turn metrics on.
-KINDS = ("prometheus", "opentelemetry")
+#: Where an app keeps its metrics' signal receivers alive.
+EXTENSION_KEY = "serversession.metrics"
 
 
 def _recorder(kind: str, registry: t.Any, backend: str) -> Recorder:
@@ -42,9 +42,18 @@ def install(
     label = backend_label(backend)
     recorder = _recorder(kind, registry, label)
     metered = MeteredBackend(backend, recorder)
-    Receivers(recorder, revoke_on_reuse=revoke_on_reuse, settle=metered.settle).connect(app)
+    receivers = Receivers(recorder, revoke_on_reuse=revoke_on_reuse, settle=metered.settle)
+    receivers.connect(app)
+    # Signals hold receivers weakly: the app keeps them, and they end with it.
+    kept: list[object] = [receivers]
     if label in COUNTED:
         refresh = recorder.live(lambda: metered.count(datetime.now(timezone.utc)))
         if refresh is not None:
-            request_finished.connect(lambda sender, **extra: refresh(), app, weak=False)
+
+            def refresh_after(sender: Flask, **extra: t.Any) -> None:
+                refresh()
+
+            request_finished.connect(refresh_after, app)
+            kept.append(refresh_after)
+    app.extensions[EXTENSION_KEY] = kept
     return metered

@@ -37,7 +37,11 @@ class Receivers:
         self._cause = threading.local()
 
     def connect(self, app: Flask) -> None:
-        """Listen to the signals ``app`` sends (and no other app's)."""
+        """Listen to the signals ``app`` sends (and no other app's).
+
+        The receivers are held weakly: whoever keeps this object alive (the
+        app's extensions) keeps them connected, and they go with the app.
+        """
         for signal, receiver in (
             (signals.session_destroyed, self.destroyed),
             (signals.session_regenerated, self.regenerated),
@@ -48,7 +52,7 @@ class Receivers:
             (signals.session_capped, self.capped),
             (signals.session_revoked, self.revoked),
         ):
-            signal.connect(receiver, sender=app, weak=False)
+            signal.connect(receiver, sender=app)
 
     def destroyed(self, sender: Flask, **extra: t.Any) -> None:
         self._settle()
