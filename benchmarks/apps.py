@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
 import time
 import typing as t
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ def _configure_serversession(app: Flask, spec: Spec) -> None:
     elif spec.backend == "memory":
         config["SERVERSESSION_MEMORY_MAX_ENTRIES"] = 1_000_000
     config.update(spec.extra)
+    # BENCH_METRICS=prometheus (or opentelemetry) counts a request with metrics on.
+    if os.environ.get("BENCH_METRICS"):
+        config["SERVERSESSION_METRICS"] = os.environ["BENCH_METRICS"]
     ServerSession(app)
 
 

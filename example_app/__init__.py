@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from prometheus_client import CollectorRegistry
 
 from flask_serversession import ServerSession
 
@@ -45,6 +46,10 @@ def create_app(
         # key the device keeps; a copy of the cookie then opens nothing
         # (docs: device_bound.rst). Over plain HTTP nothing changes.
         SERVERSESSION_DEVICE_BOUND=True,
+        # Session metrics on a registry of this app's own, served at /metrics
+        # and shown on the admin page (docs: monitoring.rst).
+        SERVERSESSION_METRICS="prometheus",
+        SERVERSESSION_METRICS_REGISTRY=CollectorRegistry(),
     )
     app.config.from_prefixed_env()
     if test_config is not None:

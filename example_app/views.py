@@ -16,7 +16,10 @@ from flask import render_template
 from flask import request
 from flask import session
 from flask import url_for
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import generate_latest
 
+from . import figures
 from . import server_session
 from .devices import describe_span
 
@@ -234,11 +237,19 @@ def admin() -> t.Any:
     ]
     return render_template(
         "admin.html",
+        figures=figures.read(current_app.config["SERVERSESSION_METRICS_REGISTRY"]),
         count=server_session.count(),
         sessions=sessions,
         expire_time=describe_span(config_duration("SERVERSESSION_EXPIRE_TIME")),
         renew_time=describe_span(config_duration("SERVERSESSION_RENEW_TIME")),
     )
+
+
+@bp.get("/metrics")
+def metrics() -> t.Any:
+    # Open to all here, as Prometheus scrapes it; a real app serves it on an internal port.
+    registry = current_app.config["SERVERSESSION_METRICS_REGISTRY"]
+    return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 @bp.post("/admin/purge")

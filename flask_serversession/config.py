@@ -62,6 +62,9 @@ DEFAULTS: dict[str, t.Any] = {
     # Encryption at rest (encryption.rst).
     "SERVERSESSION_ENCRYPTION_KEY": None,
     "SERVERSESSION_ENCRYPTION_KEY_FALLBACKS": (),
+    # Metrics (0.3)
+    "SERVERSESSION_METRICS": None,
+    "SERVERSESSION_METRICS_REGISTRY": None,
 }
 
 
@@ -292,3 +295,24 @@ def encryption_keys(config: t.Mapping[str, t.Any]) -> Keyring | None:
     key = read_key(value, "SERVERSESSION_ENCRYPTION_KEY")
     older = [read_key(v, f"{name}[{i}]") for i, v in enumerate(fallbacks)]
     return Keyring(key, older)
+
+
+def read_metrics(config: t.Mapping[str, t.Any]) -> tuple[str, t.Any] | None:
+    """Return ``(kind, registry)`` when ``SERVERSESSION_METRICS`` turns metrics on (0.3)."""
+    kind, registry = config["SERVERSESSION_METRICS"], config["SERVERSESSION_METRICS_REGISTRY"]
+    if kind is None:
+        if registry is not None:
+            raise bad_value("SERVERSESSION_METRICS", kind, "'prometheus' or 'opentelemetry' (a"
+                       " SERVERSESSION_METRICS_REGISTRY is set)")  # fmt: skip
+        return None
+    if kind not in ("prometheus", "opentelemetry"):
+        raise bad_value("SERVERSESSION_METRICS", kind, "None, 'prometheus' or 'opentelemetry'")
+    module, cls, wanted = {
+        "prometheus": ("prometheus_client", "CollectorRegistry", "a prometheus_client"),
+        "opentelemetry": ("opentelemetry.metrics", "MeterProvider", "an OpenTelemetry"),
+    }[kind]
+    expected = getattr(require(module, key="SERVERSESSION_METRICS", value=kind), cls)
+    if registry is not None and not isinstance(registry, expected):
+        what = f"{wanted} {cls}, or None for the global one"
+        raise bad_value("SERVERSESSION_METRICS_REGISTRY", registry, what)
+    return kind, registry

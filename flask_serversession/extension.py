@@ -12,6 +12,7 @@ from .backend_config import build_backend
 from .backends.base import Backend
 from .backends.encrypted import EncryptedBackend
 from .cli import cli
+from .config import read_metrics
 from .config import read_settings
 from .config import Settings
 from .interface import ServerSessionInterface
@@ -76,6 +77,13 @@ class ServerSession:
         check_cookie_prefix(app)
         adopter = _adopter(app, settings)
         backend = build_backend(app)
+        metrics = read_metrics(app.config)
+        if metrics is not None:
+            from .metrics import install as install_metrics
+
+            backend = install_metrics(
+                app, backend, *metrics, revoke_on_reuse=settings.revoke_on_reuse
+            )
         if app.config["SERVERSESSION_MIGRATE_FROM"] is not None:
             from .migration import with_old_store
 

@@ -14,6 +14,8 @@ EXTRAS = {
     "msgspec": "adopt",
     "jwt": "device-bound",
     "cryptography": "encryption",
+    "prometheus_client": "prometheus",
+    "opentelemetry.metrics": "opentelemetry",
 }
 
 

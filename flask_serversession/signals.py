@@ -35,6 +35,12 @@ session_token_reused = _signals.signal("session-token-reused")
 #:
 #: .. versionadded:: 0.3
 session_binding_failed = _signals.signal("session-binding-failed")
+#: The per-user limit (``SERVERSESSION_MAX_SESSIONS_PER_USER``) is ending a
+#: session; :data:`session_revoked` follows for it. Receives ``storage_key``
+#: and ``user_id``.
+#:
+#: .. versionadded:: 0.3
+session_capped = _signals.signal("session-capped")
 
 
 def send(signal: t.Any, **kwargs: t.Any) -> None:

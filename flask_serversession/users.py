@@ -18,6 +18,7 @@ from .binding import BINDING_KEY
 from .errors import ConfigError
 from .log import logger
 from .signals import send
+from .signals import session_capped
 from .signals import session_revoked
 from .stored import is_meta
 from .stored import META_PREFIX
@@ -232,6 +233,7 @@ class Users:
         if excess > 0:
             others.sort(key=lambda item: self._last_seen(item[1]))
             for other, _record in others[:excess]:
+                send(session_capped, storage_key=other, user_id=user)
                 self.revoke(other)
 
     def _live_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import secrets
+import math
+import re
 import typing as t
 from datetime import timedelta
 
@@ -215,3 +217,31 @@ def test_the_example_app_passes_its_own_check(tmp_path: t.Any) -> None:
     assert cart.json == {"user": "ann", "cart": ["tea"]}
     for built in (app, api):
         built.extensions["serversession"].backend.close()
+def test_metrics_are_served_and_shown_on_the_admin_page(tmp_path: t.Any) -> None:
+    _app, client = app_and_client(tmp_path)
+    client.post("/login", data={"username": "alice"})
+    client.post("/logout")
+    client.post("/login", data={"username": "bob"})
+    scraped = client.get("/metrics").text
+    assert 'serversession_sessions_created_total{backend="memory"}' in scraped
+    assert 'serversession_store_duration_seconds_count{backend="memory",operation="load"}' in (
+        scraped
+    )
+    page = words(client.get("/admin").text)
+    assert "<td>created</td><td>2</td>" in page
+    assert "<td>ended: destroyed</td><td>1</td>" in page  # sign-out
+    assert "<td>ended: regenerated</td><td>1</td>" in page  # the second sign-in
+    assert re.search(r"<td>create</td><td>3</td> <td>[\d.]+ ms</td><td>[\d.]+ ms</td>", page)
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), [(0.5, 1.0), (0.75, 1.5), (1.0, 2.0), (0.99, 1.98), (0.25, 0.5)]
+)
+def test_the_admin_page_reads_quantiles_as_histogram_quantile_does(
+    q: float, expected: float
+) -> None:
+    from example_app.figures import quantile
+
+    # Two calls under 1 s, two between 1 and 2: PromQL interpolates within a bucket.
+    assert quantile(q, [(1.0, 2), (2.0, 4), (math.inf, 4)]) == pytest.approx(expected)
+    assert quantile(q, [(1.0, 0), (math.inf, 0)]) is None

@@ -240,3 +240,15 @@ class Backend(ABC):
         raise NotImplementedError(
             f"{type(self).__name__} keeps no user index, which SERVERSESSION_USER_KEY needs."
         )
+
+
+def innermost(backend: Backend) -> Backend:
+    """The backend that stores, under any wrappers that time or move its calls.
+
+    A wrapper names the backend it wraps in its ``wrapped`` attribute.
+
+    .. versionadded:: 0.3
+    """
+    while isinstance(getattr(backend, "wrapped", None), Backend):
+        backend = backend.wrapped  # type: ignore[attr-defined]
+    return backend

@@ -45,6 +45,11 @@ class EncryptedBackend(Backend):
         self.keyring = keyring
         self.max_size = max_size
 
+    @property
+    def wrapped(self) -> Backend:
+        """The backend it seals for (see :func:`~.base.innermost`)."""
+        return self.inner
+
     def __getattr__(self, name: str) -> t.Any:
         # What apps and tools read of the real backend (table, engine, client, directory).
         return getattr(self.inner, name)

@@ -55,6 +55,11 @@ class MovingBackend(Backend):
         self.user_of = user_of
 
     @property
+    def wrapped(self) -> Backend:
+        """The store sessions live in from now on (see :func:`~.base.innermost`)."""
+        return self.current
+
+    @property
     def user_index(self) -> bool:
         """Whether the current store keeps the user index (see ``require_index``)."""
         return bool(getattr(self.current, "user_index", True))

@@ -4,6 +4,7 @@ import os
 import re
 import typing as t
 
+from ..backends.base import innermost
 from . import Finding
 from .reads import bounded
 from .reads import directory_chain
@@ -57,9 +58,7 @@ def backend_kind(backend: Backend) -> str | None:
 def check_store(app: Flask) -> t.Iterator[Finding]:
     """Findings about the app's backend and what its server says."""
     store: SessionStore = app.extensions["serversession"]
-    backend = store.backend
-    # A wrapper (encryption at rest) keeps the backend it serves as ``inner``.
-    backend = getattr(backend, "inner", backend)
+    backend = innermost(store.backend)
     kind = backend_kind(backend)
     if kind == "MemoryBackend":
         yield _in_memory("SERVERSESSION_BACKEND", "'memory'")
