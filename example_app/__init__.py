@@ -5,8 +5,8 @@ import typing as t
 from datetime import timedelta
 
 from flask import Flask
-from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from prometheus_client import CollectorRegistry
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_serversession import ServerSession
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import secrets
 import math
 import re
+import secrets
 import typing as t
 from datetime import timedelta
 
@@ -217,6 +217,8 @@ def test_the_example_app_passes_its_own_check(tmp_path: t.Any) -> None:
     assert cart.json == {"user": "ann", "cart": ["tea"]}
     for built in (app, api):
         built.extensions["serversession"].backend.close()
+
+
 def test_metrics_are_served_and_shown_on_the_admin_page(tmp_path: t.Any) -> None:
     _app, client = app_and_client(tmp_path)
     client.post("/login", data={"username": "alice"})

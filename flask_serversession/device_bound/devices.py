@@ -24,7 +24,6 @@ if t.TYPE_CHECKING:
     from ..store import SessionStore
 
 
-
 def _origin() -> str:
     return f"{request.scheme}://{request.host}"
 
