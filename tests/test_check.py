@@ -458,8 +458,8 @@ def test_a_cookie_that_could_have_the_host_prefix_is_a_warning(
 ) -> None:
     app = sqlite_app(make_app, tmp_path, **{**PRODUCTION, "SESSION_COOKIE_NAME": name})
     found = findings(app)
-    assert set(found) == {"serversession.W016"}
-    finding = found["serversession.W016"]
+    assert set(found) == {"serversession.W017"}
+    finding = found["serversession.W017"]
     assert (finding["setting"], finding["value"]) == ("SESSION_COOKIE_NAME", repr(name))
     assert finding["fix"].startswith("set SESSION_COOKIE_NAME = '__Host-session'")
 

@@ -84,7 +84,7 @@ def test_a_typo_in_the_environment_keeps_the_service_from_starting(
         app = create_app()()
     # ExecStartPre fails, so systemd does not start gunicorn.
     result = app.test_cli_runner().invoke(args=["serversession", "check"])
-    assert result.exit_code == 1 and "serversession.E020" in result.output
+    assert result.exit_code == 1 and "serversession.E018" in result.output
 
 
 def test_the_gunicorn_settings_are_valid() -> None:

@@ -276,14 +276,14 @@ def test_check_warns_of_extras_in_clear_columns(make_app: MakeApp, tmp_path: t.A
         return {}
 
     app = encrypted(make_app, "memory", SERVERSESSION_SQLALCHEMY_EXTRAS=extras)
-    [finding] = [f for f in run_checks(app) if f.id == "serversession.W033"]
+    [finding] = [f for f in run_checks(app) if f.id == "serversession.W020"]
     assert finding.setting == "SERVERSESSION_SQLALCHEMY_EXTRAS"
     plain = make_app("memory", SERVERSESSION_SQLALCHEMY_EXTRAS=extras)
-    assert not [f for f in run_checks(plain) if f.id == "serversession.W033"]
+    assert not [f for f in run_checks(plain) if f.id == "serversession.W020"]
     # A SQL backend built by the app, with its own callback.
     backend = SQLAlchemyBackend.from_url(f"sqlite:///{tmp_path}/s.sqlite", extras=extras)
     built = encrypted(make_app, backend)
-    [finding] = [f for f in run_checks(built) if f.id == "serversession.W033"]
+    [finding] = [f for f in run_checks(built) if f.id == "serversession.W020"]
     assert finding.value == "test_check_warns_of_extras_in_clear_columns.<locals>.extras"
     backend.close()
 

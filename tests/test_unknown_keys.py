@@ -74,7 +74,7 @@ def test_check_reports_the_typo_as_an_error(tmp_path: t.Any) -> None:
     result = app.test_cli_runner().invoke(args=["serversession", "check", "--json"])
     assert result.exit_code == 1
     found = {f["id"]: f for f in json.loads(result.output)}
-    finding = found["serversession.E020"]
+    finding = found["serversession.E018"]
     assert finding["setting"] == "SERVERSESSION_SQLALCHEMY_URL"
     assert finding["severity"] == "error"
     assert finding["fix"] == "did you mean SERVERSESSION_SQLALCHEMY_URI?"

@@ -28,12 +28,10 @@ CHECKS: dict[str, str] = {
     "serversession.W014": "PostgreSQL synchronous_commit is off for session writes",
     "serversession.E015": "others can write the session directory or a parent of it",
     "serversession.E016": "device-bound sessions with SESSION_COOKIE_SECURE off",
-    "serversession.W016": "the session cookie could have the __Host- prefix and has not",
-    # Growing up (0.3).
-    "serversession.E020": "a SERVERSESSION_* key that no setting has (a typo?)",
-    "serversession.E021": "the session table in the app's database lacks a column it needs",
-    # Encryption at rest.
-    "serversession.W033": "SERVERSESSION_SQLALCHEMY_EXTRAS copies values into clear columns"
+    "serversession.W017": "the session cookie could have the __Host- prefix and has not",
+    "serversession.E018": "a SERVERSESSION_* key that no setting has (a typo?)",
+    "serversession.E019": "the session table in the app's database lacks a column it needs",
+    "serversession.W020": "SERVERSESSION_SQLALCHEMY_EXTRAS copies values into clear columns"
     " while encryption is on",
 }
 

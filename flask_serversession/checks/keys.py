@@ -14,7 +14,7 @@ def check_keys(app: Flask) -> t.Iterator[Finding]:
     """One finding for each ``SERVERSESSION_*``-like key that no setting has."""
     for found in unknown_keys(app.config, DEFAULTS):
         yield Finding(
-            "serversession.E020",
+            "serversession.E018",
             found.key,
             None,
             "No setting has this name, so it is not read: the setting meant keeps its default"

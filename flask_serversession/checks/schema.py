@@ -29,7 +29,7 @@ def check_schema(backend: SQLAlchemyBackend) -> t.Iterator[Finding]:
         return
     statements = schema.statements(backend.table, found, backend.engine.dialect)
     yield Finding(
-        "serversession.E021",
+        "serversession.E019",
         f"session table {backend.table.name!r}",
         None,
         f"It has no column {schema.missing_columns(found)}: every request that uses the"

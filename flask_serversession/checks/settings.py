@@ -92,14 +92,14 @@ def check_settings(app: Flask) -> t.Iterator[Finding]:
 
 def _clear_extras(extras: t.Any) -> Finding:
     return Finding(
-        "serversession.W033",
+        "serversession.W020",
         "SERVERSESSION_SQLALCHEMY_EXTRAS",
         getattr(extras, "__qualname__", type(extras).__name__),
         "Encryption is on, but the extras callback copies session values into columns of"
         " their own, which hold them in the clear: a dump of the table shows them.",
         "fill the extra columns with what may be read in the clear (a flag, a tenant id),"
         " never secrets or personal data, or leave SERVERSESSION_SQLALCHEMY_EXTRAS unset; then"
-        " pass --ignore serversession.W033.",
+        " pass --ignore serversession.W020.",
     )
 
 
@@ -180,7 +180,7 @@ def _serves_pages(app: Flask) -> bool:
 
 
 def _host_prefix(app: Flask) -> t.Iterator[Finding]:
-    """W016: a Secure cookie for the whole host, named without ``__Host-``."""
+    """W017: a Secure cookie for the whole host, named without ``__Host-``."""
     from flask.sessions import SessionInterface
 
     from ..prefixes import prefix_of
@@ -195,7 +195,7 @@ def _host_prefix(app: Flask) -> t.Iterator[Finding]:
     found = prefix_of(name)
     if could and (found is None or not found[0].startswith("__Host-")):
         yield Finding(
-            "serversession.W016",
+            "serversession.W017",
             "SESSION_COOKIE_NAME",
             repr(name),
             "Without the __Host- prefix a sibling subdomain, or a page of this host on plain"

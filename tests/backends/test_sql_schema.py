@@ -209,9 +209,9 @@ def test_apps_table_without_owner_is_reported_and_refused(
         ServerSession(app)
         code, output = check_output(app)
         assert code == 1
-        [line] = [line for line in output.splitlines() if "E021" in line]
+        [line] = [line for line in output.splitlines() if "E019" in line]
         assert line.startswith(
-            f"error serversession.E021 session table {table_name!r}: It has no column 'owner',"
+            f"error serversession.E019 session table {table_name!r}: It has no column 'owner',"
             " which SERVERSESSION_USER_KEY needs for its user index: every request"
         )
         assert "'flask db migrate' then 'flask db upgrade'" in line
@@ -238,7 +238,7 @@ def test_apps_table_without_owner_is_reported_and_refused(
             for statement in statements:
                 conn.exec_driver_sql(statement)
         migrating.dispose()
-        assert "E021" not in check_output(app)[1]
+        assert "E019" not in check_output(app)[1]
         with app.app_context():
             assert ServerSession().count() == 1
     finally:
@@ -269,7 +269,7 @@ def test_turning_on_the_user_index_over_the_quickstart_table(tmp_path: Path) -> 
     assert client.post("/sign-in").status_code == 200
     with after.app_context():
         assert len(ServerSession().user_sessions("alice")) == 1
-    assert "E021" not in check_output(after)[1]
+    assert "E019" not in check_output(after)[1]
     for app in (before, after):
         app.extensions["serversession"].backend.close()
 
