@@ -146,8 +146,9 @@ def move_all(
 ) -> Moved:
     """Move the sessions under ``keys`` from the old store to the current one, in batches.
 
-    Safe while the app serves: each session is taken from the old store in
-    one atomic step, so one that a request moved first is skipped, never
+    Safe while the app serves: each session is moved as a request moves it
+    (:meth:`MovingBackend.move`), added to the current store only where no
+    live session is, so one that a request moved first is skipped, never
     copied twice. Running it again moves what is left.
 
     :param keys: the keys to move, as :meth:`MovingBackend.old_keys` lists them.

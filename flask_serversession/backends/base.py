@@ -185,6 +185,24 @@ class Backend(ABC):
         """Release connections or handles held by the backend."""
         return None
 
+    def add(self, key: str, record: Record, now: datetime) -> bool:
+        """Store ``record`` under ``key`` unless a live record is there; say whether.
+
+        One atomic step: a record expired before ``now``, or one that cannot
+        be decoded, counts as absent and is replaced; a live one is left as
+        it is. The user index follows as in :meth:`create`. The store that
+        sessions move into (``SERVERSESSION_MIGRATE_FROM``) needs it: of the
+        processes moving one session at the same moment, exactly one stores
+        it. The built-in backends implement it; this default raises
+        ``NotImplementedError``.
+
+        .. versionadded:: 0.3
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no atomic add, which a store that sessions"
+            " move into (SERVERSESSION_MIGRATE_FROM) needs: implement Backend.add."
+        )
+
     def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
         """Return ``(key, record)`` for every live record of ``user``.
 

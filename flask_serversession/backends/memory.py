@@ -64,16 +64,27 @@ class MemoryBackend(Backend):
             return record
 
     def create(self, key: str, record: Record) -> None:
+        self._store(key, record, None)
+
+    def add(self, key: str, record: Record, now: datetime) -> bool:
+        return self._store(key, record, now)
+
+    def _store(self, key: str, record: Record, now: datetime | None) -> bool:
+        """Store ``record``; with ``now``, only if no record live at ``now`` is there."""
         data = dict(record.data)
         record = Record(data, record.created_at, record.expires_at, user=record.user)
         size = data_size(data)
         with self._lock:
-            self._index(key, self._records.get(key), record)
+            there = self._records.get(key)
+            if now is not None and there is not None and there.expires_at > now:
+                return False
+            self._index(key, there, record)
             self._records[key] = record
             self._sizes[key] = size
             self._records.move_to_end(key)
             while len(self._records) > self.max_entries:
                 self._pop(next(iter(self._records)))
+            return True
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         with self._lock:

@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-import time
 import typing as t
 from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
-from ..errors import BackendError
 from ..log import logger
 from .base import Backend
+from .base import CorruptRecordError
 from .base import Delta
 from .base import Record
 
@@ -25,16 +24,20 @@ class MovingBackend(Backend):
     """The current store, with sessions still in an old store moved over on first use.
 
     Every write goes to ``current``. A key that ``current`` does not hold is
-    taken from ``old`` (:meth:`Backend.take`, one atomic step, so a session
-    is moved once however many requests ask for it at the same moment) and
-    created in ``current`` under the same key, with its data, created and
-    expiry times and user. Keys that ``current`` holds cost nothing more.
+    read from ``old``, added to ``current`` under the same key, with its
+    data, created and expiry times and user (:meth:`Backend.add`: only if no
+    live session is there, in one atomic step), and only then taken from
+    ``old``. So at every moment one store or the other holds the session:
+    no request ever waits for a move under way elsewhere. A lookup that
+    misses ``current`` and then ``old`` reads ``current`` once more, which
+    finds a session that another process added in between. Of processes
+    moving one session at the same moment, one wins the add; a sign-out
+    that lands during the move ends the session in ``old``, so the winner's
+    take finds nothing and it removes what it added. Keys that ``current``
+    holds cost nothing more.
 
-    A key missing from both stores may be one that another process has just
-    taken and not yet created: such a lookup waits for it, up to
-    :attr:`settle_time`, rather than start the user on a new session.
-
-    :param current: where sessions live from now on.
+    :param current: where sessions live from now on; it must implement
+        :meth:`Backend.add`.
     :param old: where they lived before (``SERVERSESSION_MIGRATE_FROM``).
     :param user_of: returns the user a record's data names, for records the
         old store kept without one, and for listing a user's sessions in the
@@ -43,9 +46,7 @@ class MovingBackend(Backend):
     .. versionadded:: 0.3
     """
 
-    #: Seconds a lookup waits for a session another process is moving.
-    settle_time = 1.0
-    #: Returns the current time; the liveness of what is taken is judged by it.
+    #: Returns the current time; the liveness of what is moved is judged by it.
     clock: t.Callable[[], datetime] = staticmethod(_utcnow)
 
     def __init__(self, current: Backend, old: Backend, *, user_of: UserOf | None = None) -> None:
@@ -59,47 +60,32 @@ class MovingBackend(Backend):
         return bool(getattr(self.current, "user_index", True))
 
     def move(self, key: str, now: datetime) -> bool:
-        """Move the live session under ``key`` from the old store; False if it had none.
+        """Move the live session under ``key`` from the old store; whether this call did.
 
-        :raises BackendError: a store failed; a session already taken is put
-            back in the old store first, so it is never lost.
+        False when the old store has no live session under ``key``, or
+        another process moved it first. Nothing is taken from the old store
+        before the current one holds the session, so a store that fails
+        midway loses nothing.
+
+        :raises BackendError: a store failed.
         """
-        record = self.old.take(key, now)
-        if record is None:
+        try:
+            record = self.old.load(key)
+        except CorruptRecordError as e:
+            logger.error("Session %s of the old store cannot be read, not moving it: %s", key, e)
+            return False
+        if record is None or record.expires_at <= now:
             return False
         if record.user is None and self.user_of is not None:
             record = replace(record, user=self.user_of(record.data))
-        try:
-            self.current.create(key, record)
-        except BackendError:
-            self._put_back(key, record)
-            raise
+        if not self.current.add(key, record, now):
+            return False  # another process moved it first
+        if self.old.take(key, now) is None:
+            # Ended in the old store since it was read (a sign-out, a
+            # revocation, a purge): what was added must not outlive it.
+            self.current.delete(key)
+            return False
         return True
-
-    def _put_back(self, key: str, record: Record) -> None:
-        try:
-            if getattr(self.old, "user_index", True) is False:
-                record = replace(record, user=None)
-            self.old.create(key, record)
-        except BackendError as e:
-            logger.error("Session %s, taken from the old store, could not be put back: %s", key, e)
-
-    def _brought(self, key: str, now: datetime) -> bool:
-        """Make sure ``key`` is in the current store if it is live anywhere; say whether."""
-        return self.move(key, now) or self._settled(key)
-
-    def _settled(self, key: str) -> bool:
-        """Wait for a move of ``key`` under way elsewhere; say whether it arrived."""
-        # Taken a moment ago by another request or the migrate command,
-        # which creates it in the current store next: wait for that.
-        deadline = time.monotonic() + self.settle_time
-        pause = 0.005
-        while time.monotonic() < deadline:
-            time.sleep(pause)
-            if self.current.load(key) is not None:
-                return True
-            pause = min(pause * 2, 0.2)
-        return False
 
     def old_keys(self, now: datetime) -> list[str]:
         """The keys of the sessions live in the old store at ``now``."""
@@ -107,30 +93,43 @@ class MovingBackend(Backend):
 
     # The Backend interface.
 
+    # Each lookup reads the current store, then the old one (through move),
+    # then the current one again: a move by another process adds the
+    # session to the current store before it takes it from the old one.
+
     def load(self, key: str) -> Record | None:
         record = self.current.load(key)
-        if record is None and self._brought(key, self.clock()):
+        if record is None:
+            self.move(key, self.clock())
             record = self.current.load(key)
         return record
 
     def create(self, key: str, record: Record) -> None:
         self.current.create(key, record)
 
+    def add(self, key: str, record: Record, now: datetime) -> bool:
+        self.move(key, now)
+        return self.current.add(key, record, now)
+
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         if self.current.update(key, delta, now):
             return True
-        return self._brought(key, now) and self.current.update(key, delta, now)
+        self.move(key, now)
+        return self.current.update(key, delta, now)
 
     def touch(self, key: str, expires_at: datetime, now: datetime) -> bool:
         if self.current.touch(key, expires_at, now):
             return True
-        return self._brought(key, now) and self.current.touch(key, expires_at, now)
+        self.move(key, now)
+        return self.current.touch(key, expires_at, now)
 
     def take(self, key: str, now: datetime) -> Record | None:
         record = self.current.take(key, now)
         if record is None:
+            # Taken from the old store between another process's add and
+            # its take, the session is removed from the current one by it.
             record = self.old.take(key, now)
-        if record is None and self._settled(key):
+        if record is None:
             record = self.current.take(key, now)
         return record
 

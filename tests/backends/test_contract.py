@@ -355,3 +355,62 @@ def test_a_thousand_sessions_of_one_user_are_listed(backend: Backend) -> None:
     for key in keys[::2]:
         backend.delete(key)
     assert listed(backend, "alice") == set(keys[1::2])
+
+
+# Backend.add: stores a record only where no live one is (moving between stores).
+
+
+def test_add_stores_only_where_no_live_record_is(backend: Backend) -> None:
+    key = key_of("a")
+    assert backend.add(key, record({"n": "1"}), NOW) is True
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.data == {"n": "1"}
+    assert loaded.expires_at == NOW + HOUR
+
+    assert backend.add(key, record({"n": "2"}, expires_in=2 * HOUR), NOW) is False
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.data == {"n": "1"}, "a live record is left alone"
+    assert loaded.expires_at == NOW + HOUR
+
+    backend.create(key_of("b"), record({"n": "old"}, expires_in=-HOUR))
+    assert backend.add(key_of("b"), record({"n": "new"}), NOW) is True
+    loaded = backend.load(key_of("b"))
+    assert loaded is not None and loaded.data == {"n": "new"}, "an expired record is replaced"
+    assert backend.count(NOW) == 2
+
+
+def test_concurrent_adds_of_one_key_store_exactly_one(backend: Backend) -> None:
+    key, threads = key_of("raced"), 6
+    start = threading.Barrier(threads, timeout=30)
+    won: list[int] = []
+
+    def add(n: int) -> None:
+        start.wait()
+        if backend.add(key, record({"n": str(n)}), NOW):
+            won.append(n)
+
+    workers = [threading.Thread(target=add, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert len(won) == 1
+    loaded = backend.load(key)
+    assert loaded is not None and loaded.data == {"n": str(won[0])}
+
+
+def test_user_index_follows_an_add(backend: Backend) -> None:
+    needs_user_index(backend)
+    key, earlier = key_of("a"), NOW - 2 * HOUR
+    assert backend.add(key, user_record("alice"), NOW)
+    assert listed(backend, "alice") == {key}
+    assert not backend.add(key, user_record("bob"), NOW)
+    assert (listed(backend, "alice"), listed(backend, "bob")) == ({key}, set())
+
+    ended = key_of("ended")
+    backend.create(ended, user_record("alice", expires_in=-timedelta(minutes=1)))
+    assert backend.add(ended, user_record("bob"), NOW)
+    assert listed(backend, "alice", earlier) == {key}, "the expired record left alice's index"
+    assert listed(backend, "bob") == {ended}
+    assert backend.add(key_of("anonymous"), record({"cart": "[]"}), NOW)
+    assert listed(backend, "alice") == {key}

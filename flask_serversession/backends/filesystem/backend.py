@@ -150,13 +150,12 @@ class FileSystemBackend(Backend):
         """Write a session file; ``head`` is ``(magic, created_us, expires_us)``."""
         _files.write(fd, key, _format.pack(*head, body), self.temp_prefix, fsync=self.fsync)
 
-    def _stored_user(self, fd: int, key: str) -> str | None:
-        """Return the user of the session file ``key``; None if none, absent or damaged."""
+    def _stored(self, fd: int, key: str) -> Record | None:
+        """Return the record of the session file ``key``; None if absent or damaged."""
         try:
-            record = self._load(fd, key)
+            return self._load(fd, key)
         except CorruptRecordError:
             return None
-        return None if record is None else record.user
 
     def _unmark(self, root: int, user: str | None, key: str) -> None:
         """Remove a user's index entry of ``key`` after its session stopped naming the user.
@@ -219,6 +218,13 @@ class FileSystemBackend(Backend):
             return None if fd is None else self._load(fd, key)
 
     def create(self, key: str, record: Record) -> None:
+        self._store(key, record, None)
+
+    def add(self, key: str, record: Record, now: datetime) -> bool:
+        return self._store(key, record, now)
+
+    def _store(self, key: str, record: Record, now: datetime | None) -> bool:
+        """Write ``record``; with ``now``, only if no record live at ``now`` is there."""
         # Only a sha256 hex digest may become a file name: no directory traversal.
         if not _is_key(key):
             raise ValueError(f"{key!r} is not a storage key (64 lowercase hex digits).")
@@ -226,12 +232,16 @@ class FileSystemBackend(Backend):
         head = (magic, _format.to_us(record.created_at), _format.to_us(record.expires_at))
         with self._io("save a session") as root, self._locked_shard(root, key, create=True) as fd:
             assert fd is not None
-            old_user = self._stored_user(fd, key)
+            there = self._stored(fd, key)
+            if now is not None and there is not None and there.expires_at > now:
+                return False
+            old_user = None if there is None else there.user
             if record.user is not None:
                 self._index.add(root, record.user, key)
             self._save(fd, key, head, body)
             if old_user != record.user:
                 self._unmark(root, old_user, key)
+            return True
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         if not _is_key(key):
@@ -294,7 +304,8 @@ class FileSystemBackend(Backend):
         try:
             with self._io("delete a session") as root, self._locked_shard(root, key) as fd:
                 if fd is not None:
-                    user = self._stored_user(fd, key)
+                    there = self._stored(fd, key)
+                    user = None if there is None else there.user
                     _files.remove(fd, key)
                     self._unmark(root, user, key)
         except CorruptRecordError as e:

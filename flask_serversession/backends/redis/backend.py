@@ -200,9 +200,15 @@ class RedisBackend(Backend):
         return parse(fields)[0]
 
     def create(self, key: str, record: Record) -> None:
-        name = self.key_prefix + key
+        self._store(key, record, None)
+
+    def add(self, key: str, record: Record, now: datetime) -> bool:
+        return self._store(key, record, now)
+
+    def _store(self, key: str, record: Record, now: datetime | None) -> bool:
+        """Write ``record`` in one script; with ``now``, only if no session live then is there."""
         mapping: dict[t.Any, t.Any] = {DATA + k: v for k, v in record.data.items()}
-        keys, user, deadline = [name], record.user, 0
+        keys, user, deadline = [self.key_prefix + key], record.user, 0
         with self._errors("create a session"):
             if user is not None:
                 deadline = index_deadline_ms(record.expires_at, datetime.now(timezone.utc))
@@ -214,10 +220,14 @@ class RedisBackend(Backend):
                 else:
                     keys.append(self._users.name(user))
             pairs = [part for item in mapping.items() for part in item]
-            numbers = create_numbers(record, self.keep_expired, deadline)
-            self._run(scripts.CREATE, keys, numbers, packed([key, *pairs]))
-        if user is not None:
+            numbers = create_numbers(record, self.keep_expired, deadline, now)
+            script = scripts.CREATE if now is None else scripts.ADD
+            stored = bool(self._run(script, keys, numbers, packed([key, *pairs])))
+        if user is not None and stored:
             self._users.confirm(user, key, deadline)
+        elif user is not None and self._cluster:
+            self._users.forget(user, key, moved=True)  # kept if the session there is the user's
+        return stored
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         """Apply ``delta`` in one script, and move the session between users' sets.

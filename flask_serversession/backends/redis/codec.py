@@ -62,12 +62,14 @@ def drop_at_ms(expires_us: int, kept: timedelta) -> int:
     return ms_up(expires_us + kept // _MICROSECOND)
 
 
-def create_numbers(record: Record, kept: timedelta, deadline_ms: int) -> str:
-    """The numbers argument of the create script (see scripts.CREATE)."""
+def create_numbers(
+    record: Record, kept: timedelta, deadline_ms: int, now: datetime | None = None
+) -> str:
+    """The numbers argument of the create script (see scripts.CREATE), or with ``now``
+    of the add script (scripts.ADD)."""
     expires_us = micros(record.expires_at)
-    return _numbers(
-        drop_at_ms(expires_us, kept), deadline_ms, micros(record.created_at), expires_us
-    )
+    numbers = [drop_at_ms(expires_us, kept), deadline_ms, micros(record.created_at), expires_us]
+    return _numbers(*numbers) if now is None else _numbers(*numbers, micros(now))
 
 
 def update_numbers(

@@ -43,11 +43,12 @@ return 1
 # created_us and expires_us in one space-separated argument (as UPDATE's),
 # then a JSON array (see codec.packed) of the member and the hash's other
 # field/value pairs.
-CREATE = (
-    _INDEX_FUNCTION
-    + """
+_NUMBERS = """
 local num = {}
 for v in string.gmatch(ARGV[1], '%S+') do num[#num + 1] = v end
+"""
+
+_CREATE_BODY = """
 local args = cjson.decode(ARGV[2])
 if KEYS[2] then index(KEYS[2], args[1], num[2]) end
 -- DEL only when needed: out of memory, Redis refuses a script at its first
@@ -61,6 +62,38 @@ end
 redis.call('PEXPIREAT', KEYS[1], num[1])
 return 1
 """
+
+CREATE = _INDEX_FUNCTION + _NUMBERS + _CREATE_BODY
+
+# Whether KEYS[1] holds a session live at now_us that reads as one: a hash
+# laid out as codec.parse expects (the checks of UPDATE), unexpired.
+_LIVE_FUNCTION = """
+local function live(key, now_us)
+  if redis.call('TYPE', key).ok ~= 'hash' then return false end
+  local function whole(v) return v and #v <= 17 and string.match(v, '^%d+$') and tonumber(v) end
+  local meta = redis.call('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us')
+  local expires = whole(meta[2])
+  if not whole(meta[1]) or not expires or expires <= tonumber(now_us) then return false end
+  if (meta[3] and not whole(meta[4])) or (meta[4] and not meta[3]) then return false end
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(f, 1, 2) ~= 'd:' and f ~= 'created_us' and f ~= 'expires_us'
+        and f ~= 'user' and f ~= 'indexed_us' then
+      return false
+    end
+  end
+  return true
+end
+"""
+
+# CREATE, unless KEYS[1] holds a live session: then it writes nothing (not
+# even the user's set) and returns 0. ARGV as CREATE's, with now_us as a
+# fifth number.
+ADD = (
+    _INDEX_FUNCTION
+    + _LIVE_FUNCTION
+    + _NUMBERS
+    + "if live(KEYS[1], num[5]) then return 0 end\n"
+    + _CREATE_BODY
 )
 
 # Applies a delta to a live session and returns {1}, or {1, old user} when

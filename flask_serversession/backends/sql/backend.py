@@ -277,25 +277,24 @@ class SQLAlchemyBackend(Backend):
         return self._sql.record(rows[0]) if rows else None
 
     def create(self, key: str, record: Record) -> None:
+        extras, values = self._row(key, record)
+        self._run("create a session", saves.create, self._runner, self._sql, values, extras)
+
+    def add(self, key: str, record: Record, now: datetime) -> bool:
+        extras, values = self._row(key, record)
+        values[NOW] = utc(now)
+        return self._run("add a session", saves.add, self._runner, self._sql, values, extras)
+
+    def _row(self, key: str, record: Record) -> tuple[tuple[str, ...], dict[str, t.Any]]:
+        """The extra columns a whole row of ``record`` sets, and its parameters."""
         # With the index, every create sets the owner: it may replace another's row.
-        extras, values = self._extras_of(
-            record.values, self.user_index or record.user is not None, record.user
-        )
+        owner = self.user_index or record.user is not None
+        extras, values = self._extras_of(record.values, owner, record.user)
         values[KEY] = key
         values[DATA] = json.dumps(record.data)
         values[CREATED] = utc(record.created_at)
         values[EXPIRES] = utc(record.expires_at)
-        name = ("upsert", extras)
-        build = lambda: self._sql.upsert_statement(extras)  # noqa: E731
-        if self._runner.exists(name, build):
-            self._run("create a session", self._runner.execute, name, build, values, False)
-            return
-
-        def write() -> None:
-            with self._runner.write_connection() as conn:
-                self._sql.upsert(conn, values, extras)
-
-        self._run("create a session", write)
+        return extras, values
 
     def update(self, key: str, delta: Delta, now: datetime) -> bool:
         extras, values = self._extras_of(delta.values, delta.user_changed, delta.user)

@@ -16,6 +16,7 @@ from .statements import ADDED
 from .statements import DELETED
 from .statements import KEY
 from .statements import MAX_SIZE
+from .statements import NOW
 from .statements import OWNER
 from .statements import PATCH
 from .statements import Shape
@@ -28,10 +29,20 @@ _LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 _NOT_A_STRING = sa.cast(sa.literal('$.* ? (@.type() != "string")'), postgresql.JSONPATH)
 
 
-def _replacing(insert: sqlite.Insert | postgresql.Insert, extras: t.Sequence[str]) -> sa.Insert:
-    """``insert``, replacing all columns but the key of a row that has its key."""
+def _replacing(
+    insert: sqlite.Insert | postgresql.Insert, extras: t.Sequence[str], *, expired: bool = False
+) -> sa.Insert:
+    """``insert``, replacing all columns but the key of a row that has its key.
+
+    With ``expired``, only a row that expired by NOW is replaced; a live one
+    is left as it is, and the statement's row count is 0.
+    """
     changes = {k: insert.excluded[k] for k in ["data", "created_at", "expires_at", *extras]}
-    return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
+    if not expired:
+        return insert.on_conflict_do_update(index_elements=["key"], set_=changes)
+    expires_at = insert.table.c.expires_at
+    where = expires_at <= sa.bindparam(NOW, type_=expires_at.type)
+    return insert.on_conflict_do_update(index_elements=["key"], set_=changes, where=where)
 
 
 class SQLiteStatements(Statements):
@@ -56,6 +67,10 @@ class SQLiteStatements(Statements):
 
     def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
         return _replacing(sqlite.insert(self.table).values(self.row_values(extras)), extras)
+
+    def add_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
+        insert = sqlite.insert(self.table).values(self.row_values(extras))
+        return _replacing(insert, extras, expired=True)
 
     def merge_values(self, delta: Delta) -> dict[str, t.Any]:
         # Values are strings, so a merge patch's null deletes and nothing nests.
@@ -137,6 +152,10 @@ class PostgreSQLStatements(Statements):
 
     def upsert_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
         return _replacing(postgresql.insert(self.table).values(self.row_values(extras)), extras)
+
+    def add_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
+        insert = postgresql.insert(self.table).values(self.row_values(extras))
+        return _replacing(insert, extras, expired=True)
 
     def merge_values(self, delta: Delta) -> dict[str, t.Any]:
         values: dict[str, t.Any] = {}

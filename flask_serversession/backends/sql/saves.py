@@ -1,5 +1,6 @@
 """What the SQL backend runs to change a stored row: a delta merged into the live row (in
-one statement where the dialect has one, under a row lock otherwise), a renewal, a take."""
+one statement where the dialect has one, under a row lock otherwise), a renewal, a take,
+a whole row written over any other or only where no live one is."""
 
 from __future__ import annotations
 
@@ -163,3 +164,47 @@ def take(runner: Runner, sql: Statements, key: str) -> t.Sequence[t.Any] | None:
         return rows[0] if rows else None
     with runner.write_connection() as conn:
         return sql.take(conn, key)
+
+
+def create(
+    runner: Runner, sql: Statements, values: dict[str, t.Any], extras: tuple[str, ...]
+) -> None:
+    """Insert the row of KEY or replace it; ``values`` as :meth:`Statements.row_values` binds."""
+    name = ("upsert", extras)
+    build = lambda: sql.upsert_statement(extras)  # noqa: E731
+    if runner.exists(name, build):
+        runner.execute(name, build, values, False)
+        return
+    with runner.write_connection() as conn:
+        sql.upsert(conn, values, extras)
+
+
+def add(runner: Runner, sql: Statements, values: dict[str, t.Any], extras: tuple[str, ...]) -> bool:
+    """Insert the row of KEY unless a live, readable one is there; whether it did.
+
+    ``values`` binds NOW besides the row. One statement where the dialect
+    has one: it inserts, or replaces a row expired by NOW. Only when that
+    leaves a row in place is the row read, under its lock, and replaced if it
+    does not read as a record.
+    """
+    name = ("add", extras)
+    build = lambda: sql.add_statement(extras)  # noqa: E731
+    if runner.exists(name, build) and runner.execute(name, build, values, False):
+        return True
+    try:
+        with runner.engine.begin() as conn:
+            try:
+                row = sql.read_locked(conn, values[KEY])
+            except CorruptRecordError:
+                row = None
+            if row is None:
+                # Gone meanwhile, or no add statement: a plain INSERT, which
+                # fails if another add inserted the row first.
+                conn.execute(sa.insert(sql.table).values(sql.row_values(extras)), values)
+                return True
+            if _live_data(sql, row, values[NOW]) is not None:
+                return False
+            sql.upsert(conn, values, extras)
+            return True
+    except exc.IntegrityError:
+        return False

@@ -234,6 +234,10 @@ class Statements:
         """Insert a row, or replace the row of that key; None where it takes two statements."""
         return None
 
+    def add_statement(self, extras: t.Sequence[str]) -> sa.Insert | None:
+        """Insert a row, or replace one expired by NOW; None where it takes more statements."""
+        return None
+
     def merge_values(self, delta: Delta) -> dict[str, t.Any]:
         """The parameters of :meth:`merge` that carry ``delta``'s keys and size limit."""
         return {}
