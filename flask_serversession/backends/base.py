@@ -203,9 +203,11 @@ class Backend(ABC):
 
         One atomic step: a record expired before ``now``, or one that cannot
         be decoded, counts as absent and is replaced; a live one is left as
-        it is. The user index follows as in :meth:`create`. Moving between
-        stores relies on it (:class:`~.moving.MovingBackend`): of movers
-        racing for one session, exactly one stores it.
+        it is. The user index follows as in :meth:`create`. The store that
+        sessions move into (``SERVERSESSION_MIGRATE_FROM``) needs it: of the
+        processes moving one session at the same moment, exactly one stores
+        it. The built-in backends implement it; this default raises
+        ``NotImplementedError``.
 
         .. versionadded:: 0.3
         """

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -7,11 +8,15 @@ import pwd
 import struct
 import typing as t
 import zlib
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
+from flask_serversession.backends.base import Record
 from flask_serversession.backends.filesystem import FileSystemBackend
 
 from ..conftest import session_cookie
@@ -70,6 +75,9 @@ DAMAGE = [
     pytest.param(to_foreign, id="foreign-owned"),
     pytest.param(to_symlinked_shard, id="symlinked-shard"),
 ]
+#: The damages of a session file's content, which a new file simply replaces.
+CONTENT_DAMAGE = {"empty", "truncated-header", "truncated-body", "bad-magic", "bad-crc"}
+CONTENT_DAMAGE |= {"garbage-json", "json-list", "json-not-strings"}
 
 
 @pytest.fixture
@@ -112,3 +120,15 @@ def test_damaged_session_file_gives_a_fresh_session(
     assert new is not None and new != old
     assert json.loads(client.get("/dump").data) == {"n": 1}
     assert other.get("/dump").get_json() == {"user": "bob"}
+
+
+@pytest.mark.parametrize("damage", [p for p in DAMAGE if p.id in CONTENT_DAMAGE])
+def test_add_replaces_a_damaged_session_file(root: Path, damage: Damage) -> None:
+    backend = FileSystemBackend(root)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    key = hashlib.sha256(b"damaged").hexdigest()
+    backend.create(key, Record({"user": '"alice"'}, now, now + timedelta(hours=1)))
+    damage(root / key[:2] / key, root)
+    moved = Record({"user": '"bob"'}, now, now + timedelta(hours=2))
+    assert backend.add(key, moved, now) is True, "a file that does not read counts as absent"
+    assert backend.load(key) == moved

@@ -1,20 +1,26 @@
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 
 import pytest
 from flask import Flask
 from flask import jsonify
 from flask import session
 
+from flask_serversession.backends.base import Record
 from flask_serversession.backends.redis import RedisBackend
 from flask_serversession.errors import BackendError
 
 from ..conftest import session_cookie
 from ..conftest import store_of
 from ..support.redis_servers import DAMAGES
+from ..support.redis_servers import LAYOUT_DAMAGES
 from ..support.redis_servers import redis_decoded_backend  # noqa: F401
 
 #: Every test of the module runs with redis-py and with valkey-py (tests/conftest.py).
@@ -123,3 +129,18 @@ def test_regenerate_of_a_session_damaged_meanwhile_moves_nothing(
     assert backend.client.exists(name) == 0
     assert [k for k, _ in backend.items(store_of(app).clock())] == []
     assert errors_logged(caplog)
+
+
+@pytest.mark.parametrize("damage", LAYOUT_DAMAGES)
+@pytest.mark.parametrize("name", ["redis", "redis_cluster"])
+def test_add_replaces_a_damaged_session(
+    request: pytest.FixtureRequest, name: str, damage: str
+) -> None:
+    backend = t.cast(RedisBackend, request.getfixturevalue(f"{name}_backend"))
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    key = hashlib.sha256(b"damaged").hexdigest()
+    backend.create(key, Record({"user": '"alice"'}, now, now + timedelta(hours=1)))
+    DAMAGES[damage](backend.client, backend.key_prefix + key)
+    moved = Record({"user": '"bob"'}, now, now + timedelta(hours=2))
+    assert backend.add(key, moved, now) is True, "a hash that does not read counts as absent"
+    assert backend.load(key) == moved

@@ -180,3 +180,13 @@ def test_purge_removes_rows_no_save_could_have_written(sql_backend: SQLAlchemyBa
         key_of(name) for name in ("live", "damaged data, live", "expiry at the longest lifetime")
     }
     assert sql_backend.purge_expired(NOW, longest_lifetime=timedelta.max) == 0
+
+
+def test_add_replaces_a_damaged_row(damaged: tuple[SQLAlchemyBackend, str, t.Any]) -> None:
+    sql_backend, *damage = damaged
+    key = key_of("bad")
+    sql_backend.create(key, Record({"user": '"alice"'}, NOW, NOW + HOUR))
+    plant(sql_backend, key, *damage)
+    moved = Record({"user": '"bob"'}, NOW, NOW + 2 * HOUR)
+    assert sql_backend.add(key, moved, NOW) is True, "a row that does not read counts as absent"
+    assert sql_backend.load(key) == moved

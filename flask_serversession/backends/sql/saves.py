@@ -208,16 +208,17 @@ def add(runner: Runner, sql: Statements, values: dict[str, t.Any], extras: tuple
         return True
     try:
         with runner.engine.begin() as conn:
+            row: t.Sequence[t.Any] | None
             try:
                 row = sql.read_locked(conn, values[KEY])
             except CorruptRecordError:
-                row = None
+                row = ()  # there, and the driver cannot read it
             if row is None:
                 # Gone meanwhile, or no add statement: a plain INSERT, which
                 # fails if another add inserted the row first.
                 conn.execute(sa.insert(sql.table).values(sql.row_values(extras)), values)
                 return True
-            if _live_data(sql, row, values[NOW]) is not None:
+            if row and _live_data(sql, row, values[NOW]) is not None:
                 return False
             sql.upsert(conn, values, extras)
             return True
