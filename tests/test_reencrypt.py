@@ -181,3 +181,31 @@ def test_reencrypt_reports_a_session_no_key_opens(make_app: MakeApp) -> None:
     assert "Re-encrypted 1 session; 0 already current, 0 ended meanwhile." in result.output
     assert "Left as stored, since no key decrypts them: 1 session." in result.output
     assert len(backend._records) == 2
+
+
+def test_reencrypt_while_sessions_move_between_stores(make_app: MakeApp) -> None:
+    # SERVERSESSION_MIGRATE_FROM and a key rotation at once: reencrypt moves the
+    # sessions still in the old store and seals them with the current key.
+    old_store, new_store = MemoryBackend(), MemoryBackend()
+    before = make_app(old_store, SERVERSESSION_ENCRYPTION_KEY=OLD)
+    tokens = []
+    for i in range(3):
+        client = before.test_client()
+        client.post("/set", json={"cart": f"{SECRET}-{i}"})
+        tokens.append(session_cookie(client))
+    moving = make_app(
+        new_store,
+        SERVERSESSION_MIGRATE_FROM=old_store,
+        SERVERSESSION_ENCRYPTION_KEY=NEW,
+        SERVERSESSION_ENCRYPTION_KEY_FALLBACKS=[OLD],
+    )
+    result = command(moving)
+    assert result.exit_code == 0, result.output
+    assert "Re-encrypted 3 sessions" in result.output
+    alone = make_app(new_store, SERVERSESSION_ENCRYPTION_KEY=NEW)
+    for i, token in enumerate(tokens):
+        reader = alone.test_client()
+        reader.set_cookie("session", token or "")
+        assert reader.get("/get/cart").json == {"value": f"{SECRET}-{i}"}
+    now = datetime.now().astimezone()
+    assert list(old_store.items(now)) == []

@@ -128,6 +128,12 @@ class MovingBackend(Backend):
         self.move(key, now)
         return self.current.touch(key, expires_at, now)
 
+    def rewrite(self, key: str, expected: Record, delta: Delta, now: datetime) -> bool:
+        if self.current.rewrite(key, expected, delta, now):
+            return True
+        self.move(key, now)
+        return self.current.rewrite(key, expected, delta, now)
+
     def take(self, key: str, now: datetime) -> Record | None:
         record = self.current.take(key, now)
         if record is None:
