@@ -217,12 +217,15 @@ def test_chromium_binds_refreshes_and_a_copied_cookie_opens_nothing(
             owner = browsers.start("owner")
             owner.get(f"{base}/login")
             submit(owner, "username", "ada", "sign-in")
-            wait_for_text(owner, "status", "Signed in as ada")
             wait_for(
                 lambda: exchanges.count(f"{DBSC_PATH}/register", 200) >= 1,
                 EXCHANGE_WAIT,
                 "register the session",
             )
+            # The page after the sign-in may have been asked for while the
+            # registration was under way, without the bound cookie: load it again.
+            owner.get(f"{base}/")
+            wait_for_text(owner, "status", "Signed in as ada")
             # The devices page marks this session as bound.
             owner.get(f"{base}/devices")
             wait_for_text(owner, "devices", "Bound")
