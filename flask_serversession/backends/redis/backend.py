@@ -25,6 +25,7 @@ from .codec import index_deadline_ms
 from .codec import INDEXED
 from .codec import micros
 from .codec import packed
+from .codec import pairs
 from .codec import parse
 from .codec import RAW
 from .codec import text
@@ -34,6 +35,8 @@ from .codec import USERS
 from .codec import whole
 from .codec import wrong_type
 from .failures import Failures
+from .held import HeldConnections
+from .held import holds_connections
 from .users import UserIndex
 
 if t.TYPE_CHECKING:
@@ -96,6 +99,10 @@ class RedisBackend(Backend):
         self._library = lib
         self._users = UserIndex(self)
         self._cluster = isinstance(client, lib.cluster)
+        #: Runs a command, undecoded: on a connection held per thread where the client allows.
+        self._execute: t.Callable[..., t.Any] = self._pooled
+        if holds_connections(client):
+            self._execute = HeldConnections(client, self._pooled).execute
 
     @classmethod
     def from_url(
@@ -120,6 +127,10 @@ class RedisBackend(Backend):
         backend = cls(client, key_prefix=key_prefix, keep_expired=keep_expired)
         backend._owns_client = True
         return backend
+
+    def _pooled(self, *args: t.Any) -> t.Any:
+        """Run a command through the client, which takes a connection from its pool for it."""
+        return self.client.execute_command(*args, **RAW)  # type: ignore[no-untyped-call]
 
     def _errors(self, action: str) -> Failures:
         """A context in which a Redis error becomes a BackendError that says what failed."""
@@ -162,25 +173,23 @@ class RedisBackend(Backend):
         loads it: on the node of ``keys`` alone, since a ``SCRIPT LOAD`` on a
         cluster goes to every primary and fails while any one of them is down.
         """
-        command = ("EVALSHA", scripts.sha(script), len(keys), *keys, *args)
         try:
-            return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
+            return self._execute("EVALSHA", scripts.sha(script), len(keys), *keys, *args)
         except self._library.no_script_error:
-            command = ("EVAL", script, len(keys), *keys, *args)
-            return self.client.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
+            return self._execute("EVAL", script, len(keys), *keys, *args)
 
     def load(self, key: str) -> Record | None:
         with self._errors("load a session"):
             try:
                 name = self.key_prefix + key
-                fields = self.client.execute_command("HGETALL", name, **RAW)  # type: ignore[no-untyped-call]
+                fields = self._execute("HGETALL", name)
             except self._library.response_error as e:
                 if wrong_type(e):
                     raise CorruptRecordError(f"the session key is not a hash: {e}") from e
                 raise
         if not fields:
             return None
-        return parse(fields)[0]
+        return parse(pairs(fields))[0]
 
     def create(self, key: str, record: Record) -> None:
         self._store(key, record, None)
@@ -292,7 +301,7 @@ class RedisBackend(Backend):
 
     def delete(self, key: str) -> None:
         with self._errors("delete a session"):
-            self.client.delete(self.key_prefix + key)
+            self._execute("DEL", self.key_prefix + key)
 
     def purge_expired(self, now: datetime, *, longest_lifetime: timedelta | None = None) -> int:
         """Give keys of this prefix that have no TTL one of ``longest_lifetime``; return 0.
