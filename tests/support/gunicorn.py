@@ -45,6 +45,7 @@ class Gunicorn:
     :param ready_path: a path that answers 200 once a worker serves.
     :param worker_class: gunicorn's worker class (``gevent``...); by default
         ``gthread`` or ``sync`` from ``threads``.
+    :param preload: load the app in the master, before the workers are forked.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Gunicorn:
         threads: int = 2,
         ready_path: str = "/health",
         worker_class: str | None = None,
+        preload: bool = False,
     ) -> None:
         self.app = app
         self.env = dict(env)
@@ -65,6 +67,7 @@ class Gunicorn:
         self.threads = threads
         self.ready_path = ready_path
         self.worker_class = worker_class or ("gthread" if threads > 1 else "sync")
+        self.preload = preload
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -94,6 +97,8 @@ class Gunicorn:
         if gunicorn.version_info >= (25,):
             # Else each server would share one control socket in the home directory.
             command.append("--no-control-socket")
+        if self.preload:
+            command.append("--preload")
         command.append(self.app)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
