@@ -20,12 +20,12 @@ from .codec import DATA
 from .codec import decode
 from .codec import escape_glob
 from .codec import EXPIRES
+from .codec import fields_of
 from .codec import index_deadline_from_us
 from .codec import index_deadline_ms
 from .codec import INDEXED
 from .codec import micros
 from .codec import packed
-from .codec import pairs
 from .codec import parse
 from .codec import RAW
 from .codec import text
@@ -189,7 +189,7 @@ class RedisBackend(Backend):
                 raise
         if not fields:
             return None
-        return parse(pairs(fields))[0]
+        return parse(fields_of(fields))[0]
 
     def create(self, key: str, record: Record) -> None:
         self._store(key, record, None)

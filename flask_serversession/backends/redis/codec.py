@@ -126,17 +126,20 @@ def whole(value: bytes | str) -> int:
     return int(digits)
 
 
-def pairs(reply: t.Any) -> t.Iterable[tuple[t.Any, t.Any]]:
-    """The (name, value) pairs of a hash as ``HGETALL`` replies: a dict (parsed, or
-    RESP3), or a flat list of names and values (RESP2, unparsed)."""
-    if type(reply) is list:
-        return zip(reply[::2], reply[1::2], strict=True)
-    return t.cast("t.Mapping[t.Any, t.Any]", reply).items()
+def fields_of(reply: t.Any) -> t.Mapping[t.Any, t.Any]:
+    """The fields of a hash as ``HGETALL`` replies: a dict (parsed, or RESP3),
+    or a flat list of names and values (RESP2, unparsed).
+
+    :raises CorruptRecordError: a list of odd length.
+    """
+    if type(reply) is not list:
+        return t.cast("t.Mapping[t.Any, t.Any]", reply)
+    if len(reply) % 2:
+        raise CorruptRecordError("a hash reply with a name and no value")
+    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
-def parse(
-    fields: t.Mapping[t.Any, t.Any] | t.Iterable[tuple[t.Any, t.Any]],
-) -> tuple[Record, int | None]:
+def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
     """Build a record from the fields of a session hash.
 
     Returns it with its ``indexed_us`` (None for a session without a user).
@@ -146,9 +149,8 @@ def parse(
     """
     data: dict[str, str] = {}
     own: dict[str, str] = {}
-    items = fields.items() if isinstance(fields, t.Mapping) else fields
     try:
-        for name, value in items:
+        for name, value in fields.items():
             # Replies are bytes (RAW); bytes that are not UTF-8 raise
             # UnicodeDecodeError, a ValueError. Listings give text.
             if type(name) is bytes:
