@@ -105,6 +105,16 @@ def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def our_version() -> str:
+    """The version of the package measured, as it says itself (an editable install's
+    metadata may be older)."""
+    try:
+        import flask_serversession
+    except ImportError:
+        return "not installed"
+    return flask_serversession.__version__
+
+
 def versions() -> list[tuple[str, str]]:
     def dist(name: str) -> str:
         try:
@@ -132,7 +142,7 @@ def versions() -> list[tuple[str, str]]:
         ("Python", platform.python_version()),
         ("Flask", dist("flask")),
         ("Werkzeug", dist("werkzeug")),
-        ("Flask-ServerSession", f"{dist('flask-serversession')} from {library_source()}"),
+        ("Flask-ServerSession", f"{our_version()} from {library_source()}"),
         ("Flask-Session", dist("flask-session")),
         ("SQLAlchemy", dist("sqlalchemy")),
         ("SQLite", sqlite3.sqlite_version),
