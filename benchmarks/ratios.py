@@ -23,6 +23,7 @@ FLASK_SESSION_TARGETS = {
     ("postgres", "write"): 2.0,
     ("redis", "read"): 1.3,
     ("redis", "write"): 1.1,
+    ("redis", "new"): 1.1,
     ("filesystem", "read"): 2.0,
     ("filesystem", "write"): 1.5,
 }
