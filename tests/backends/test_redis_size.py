@@ -261,3 +261,19 @@ def test_a_request_parked_over_a_save_of_an_old_hash_cannot_pass_the_limit(
     assert loaded is not None and data_size(loaded.data) <= 1000
     assert totals(backend, key) == (data_size(loaded.data), 2)
     assert client.get("/dump").json == {"user": "alice", "b": "y" * 600}
+
+
+@pytest.mark.parametrize("n", [499, 500, 501, 1200])
+def test_the_total_of_saves_written_in_several_commands(
+    redis_backend: RedisBackend, n: int
+) -> None:
+    backend, key, start = redis_backend, fresh_key(), now()
+    created = {f"old{i}": "ü" * (i % 3) for i in range(n)}
+    backend.create(key, Record(created, start, start + HOUR))
+    assert totals(backend, key) == (data_size(created), n)
+    sets = {f"new{i}": str(i) for i in range(n + 1)} | {"old0": "changed"}
+    deleted = frozenset(f"old{i}" for i in range(1, n, 2))
+    assert backend.update(key, Delta(start + HOUR, sets, deleted, max_size=10**7), now())
+    data = {k: v for k, v in created.items() if k not in deleted} | sets
+    assert backend.load(key) == Record(data, start, start + HOUR)
+    assert totals(backend, key) == (data_size(data), len(data))

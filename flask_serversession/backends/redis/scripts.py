@@ -60,10 +60,12 @@ for i = 2, #args, 2 do
     size, keys = size + #args[i] - 2 + #args[i + 1], keys + 1
   end
 end
+-- Up to 500 fields per HSET: unpack's results must fit Lua's stack. The
+-- first also writes the times and the total.
 redis.call('HSET', KEYS[1], 'created_us', num[3], 'expires_us', num[4],
-  'size', string.format('%d', size), 'keys', string.format('%d', keys))
--- Up to 500 fields per HSET: unpack's results must fit Lua's stack.
-for i = 2, #args, 1000 do
+  'size', string.format('%d', size), 'keys', string.format('%d', keys),
+  unpack(args, 2, math.min(1001, #args)))
+for i = 1002, #args, 1000 do
   redis.call('HSET', KEYS[1], unpack(args, i, math.min(i + 999, #args)))
 end
 redis.call('PEXPIREAT', KEYS[1], num[1])
@@ -140,13 +142,14 @@ UPDATE = (
     _INDEX_FUNCTION
     + """
 local key = KEYS[1]
-if redis.call('TYPE', key).ok ~= 'hash' then return {0} end
-local num = {}
-for v in string.gmatch(ARGV[1], '%S+') do num[#num + 1] = v end
-local now_us, expires_us, drop_at, deadline = num[1], num[2], num[3], num[6]
-local function whole(v) return v and #v <= 17 and string.match(v, '^%d+$') and tonumber(v) end
-local meta = redis.call('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us',
+-- Every redis.call costs the server more than the command itself: a key
+-- of another type is told by HMGET's error rather than by a TYPE first.
+local meta = redis.pcall('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us',
   'size', 'keys')
+if meta.err then return {0} end
+local now_us, expires_us, drop_at, limit, n_set, deadline =
+  string.match(ARGV[1], '^(%d+) (%d+) (%d+) (%-?%d+) (%d+) (%d+)$')
+local function whole(v) return v and #v <= 17 and string.match(v, '^%d+$') and tonumber(v) end
 local stored = whole(meta[2])
 if not whole(meta[1]) or not stored or stored <= tonumber(now_us) then return {0} end
 local user, indexed = meta[3], whole(meta[4])
@@ -156,10 +159,10 @@ if ARGV[3] and ARGV[3] ~= '' then
   if held then held = '=' .. held else held = '-' end
   if held ~= ARGV[4] then return {3} end
 end
-local limit = tonumber(num[4])
+limit = tonumber(limit)
 local args = cjson.decode(ARGV[2])
 local first = 4
-local last = first - 1 + 2 * tonumber(num[5])
+local last = first - 1 + 2 * tonumber(n_set)
 -- sizes: what each field of the delta counts now, false when absent.
 local size, keys, sizes, whole_read = whole(meta[5]), whole(meta[6]), {}, false
 local own = 4
@@ -216,15 +219,17 @@ elseif op == 'clear' and user then
   redis.call('HDEL', key, 'user', 'indexed_us')
 end
 -- Up to 1,000 names per HDEL and 500 fields per HSET: unpack's results
--- must fit Lua's stack.
+-- must fit Lua's stack. The last HSET also writes the expiry and the total.
 for i = last + 1, #args, 1000 do
   redis.call('HDEL', key, unpack(args, i, math.min(i + 999, #args)))
 end
-for i = first, last, 1000 do
-  redis.call('HSET', key, unpack(args, i, math.min(i + 999, last)))
+local from = first
+while last - from >= 1000 do
+  redis.call('HSET', key, unpack(args, from, from + 999))
+  from = from + 1000
 end
-redis.call('HSET', key, 'expires_us', expires_us,
-  'size', string.format('%d', size), 'keys', string.format('%d', keys))
+redis.call('HSET', key, 'expires_us', expires_us, 'size', string.format('%d', size),
+  'keys', string.format('%d', keys), unpack(args, from, last))
 redis.call('PEXPIREAT', key, drop_at)
 if user and (op == 'clear' or (op == 'set' and user ~= new_user)) then return {1, user} end
 return {1}
@@ -236,7 +241,7 @@ return {1}
 # expires_us then each data field and its value. Returns
 # {0} when it holds anything else (Backend.rewrite).
 REWRITE = UPDATE.replace(
-    "local num = {}\n",
+    "local now_us, expires_us,",
     """local want = cjson.decode(ARGV[5])
 if redis.call('HGET', key, 'expires_us') ~= want[1] then return {0} end
 local held = 0
@@ -247,8 +252,7 @@ if held ~= (#want - 1) / 2 then return {0} end
 for i = 2, #want, 2 do
   if redis.call('HGET', key, want[i]) ~= want[i + 1] then return {0} end
 end
-local num = {}
-""",
+local now_us, expires_us,""",
     1,
 )
 
