@@ -105,10 +105,11 @@ ADD = (
     + _CREATE_BODY
 )
 
-# Applies a delta to a live session and returns {1}, or {1, old user} when
-# the delta changed the user from that one. Returns {0}, writing nothing,
-# when the hash is gone (destroyed, regenerated, expired), its stored expiry
-# has passed by the app's clock, or it is not laid out as a session. With a
+# Applies a delta to a live session and returns 1 (a number: a table costs
+# Redis more to reply), or {1, old user} when the delta changed the user
+# from that one. Returns {0}, writing nothing, when the hash is gone
+# (destroyed, regenerated, expired), its stored expiry has passed by the
+# app's clock, or it is not laid out as a session. With a
 # size limit and keys to set it also returns {-1, before, after}, writing
 # nothing, when the merged data would pass the limit and grow (the rule of
 # check_size); sizes count the bytes of each name without "d:" plus its
@@ -232,7 +233,7 @@ redis.call('HSET', key, 'expires_us', expires_us, 'size', string.format('%d', si
   'keys', string.format('%d', keys), unpack(args, from, last))
 redis.call('PEXPIREAT', key, drop_at)
 if user and (op == 'clear' or (op == 'set' and user ~= new_user)) then return {1, user} end
-return {1}
+return 1
 """
 )
 
