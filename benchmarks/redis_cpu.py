@@ -9,11 +9,14 @@ on each command: ``usec_per_call`` and calls per request. A script's
 commands its client sent. ``INFO cpu`` (the process's user + system time)
 gives the whole server's CPU per request, reading sockets and replying
 included. Figures are medians over rounds, the contenders' order rotating
-round by round; compare them within one run only.
+round by round; compare them within one run only. Instructions per request,
+which the load does not move, are counted on a server under callgrind
+(``redis_counted.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import typing as t
 from contextlib import contextmanager
@@ -30,6 +33,8 @@ from apps import Spec
 from lineup import lineup
 from lineup import note
 from lineup import Places
+from redis_counted import CountedRedis
+from servers import ServerUnavailable
 from stats import load
 from stats import table
 from stats import wait_for_quiet
@@ -174,6 +179,49 @@ def run(
     ours, theirs = specs
     print(_commands_table(figures, specs, rounds, requests, started), flush=True)
     print(_summary_table(figures, ours, theirs, board), flush=True)
+    counted = instructions(places.directory, 100 if quick else 300)
+    if counted is not None:
+        print(_instructions_table(counted, ours, theirs), flush=True)
+
+
+def instructions(directory: str, requests: int) -> dict[str, float] | None:
+    """Server instructions per request by "scenario family", and per call of
+    Flask-Session's ``SET`` ("set") and of a ``PING`` ("ping"), on a
+    redis-server under callgrind; None when it cannot run here."""
+    import redis
+
+    try:
+        server = CountedRedis(directory)
+    except ServerUnavailable as e:
+        note(f"Redis instructions are skipped: {e}.")
+        return None
+    counts: dict[str, float] = {}
+    apps: list[t.Any] = []
+    client = redis.Redis.from_url(server.url())
+    try:
+        for family in ("fss", "fs"):
+            spec = Spec(family, "redis", server.url(), f"redis-cpu-counted:{family}:")
+            app = build_app(spec)
+            apps.append(app)
+            cookie = seed_session(app)
+            for scenario in SCENARIOS:
+                environ = make_environ(f"/{scenario}", None if scenario == "new" else cookie)
+                check_ok(app, environ)
+                one = functools.partial(call, app, environ)
+                counts[f"{scenario} {family}"] = server.count(requests, one)
+        # Flask-Session's SET alone: its stored session, written again as it writes it.
+        (name,) = [
+            n for n in client.scan_iter(match="redis-cpu-counted:fs:*") if client.ttl(n) > 0
+        ][:1]
+        value, ttl = client.get(name), client.ttl(name)
+        counts["set"] = server.count(requests, lambda: client.set(name, value, ex=ttl))
+        counts["ping"] = server.count(requests, client.ping)
+    finally:
+        for app in apps:
+            close_app(app)
+        client.close()
+        server.stop()
+    return counts
 
 
 def _commands_table(
@@ -201,6 +249,27 @@ def _commands_table(
         f" requests (load {started} before, {load()} after)"
     )
     headers = ("scenario", "contender", "command", "calls/req", "usec_per_call", "usec/req")
+    return table(title, headers, rows)
+
+
+def _instructions_table(counts: dict[str, float], ours: Spec, theirs: Spec) -> str:
+    rows = []
+    their_set = counts["set"]
+    for scenario in SCENARIOS:
+        mine, other = counts[f"{scenario} fss"], counts[f"{scenario} fs"]
+        rows.append((
+            scenario,
+            f"{mine / 1000:,.1f}",
+            f"{other / 1000:,.1f}",
+            f"{mine / other:.2f}x",
+            f"{their_set / 1000:,.1f}",
+            f"{mine / their_set:.2f}x",
+        ))  # fmt: skip
+    title = (
+        f"Redis server instructions per request, thousands (callgrind, user space; a round"
+        f" trip alone, PING, is {counts['ping'] / 1000:,.1f}): {ours.name} against {theirs.name}"
+    )
+    headers = ("scenario", "ours", "theirs", "ratio", "their SET", "ours / SET")
     return table(title, headers, rows)
 
 
