@@ -50,6 +50,8 @@ class CountedRedis:
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={self._base}",
             server, "--bind", HOST, "--port", str(self.port),
             "--save", "", "--appendonly", "no", "--dir", directory,
+            # Its timer's work, counted with whatever batch it falls in, once a second.
+            "--hz", "1", "--dynamic-hz", "no",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command,
@@ -87,12 +89,21 @@ class CountedRedis:
             time.sleep(0.05)
         raise RuntimeError(f"callgrind wrote no totals to {path} within {DUMP_TIMEOUT:.0f} s")
 
-    def count(self, requests: int, run: t.Callable[[], object]) -> float:
-        """Instructions per call of ``run``, over ``requests`` calls."""
+    def idle(self, seconds: float = 2.0) -> float:
+        """Instructions per second the server runs with nothing to do."""
         self.mark()
+        time.sleep(seconds)
+        return self.mark() / seconds
+
+    def count(self, requests: int, run: t.Callable[[], object], idle: float = 0.0) -> float:
+        """Instructions per call of ``run``, over ``requests`` calls, less ``idle``
+        instructions per second of the batch's duration."""
+        self.mark()
+        start = time.monotonic()
         for _ in range(requests):
             run()
-        return self.mark() / requests
+        elapsed = time.monotonic() - start
+        return (self.mark() - idle * elapsed) / requests
 
     def stop(self) -> None:
         end_process(self.process)
