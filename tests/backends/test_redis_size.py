@@ -277,3 +277,19 @@ def test_the_total_of_saves_written_in_several_commands(
     data = {k: v for k, v in created.items() if k not in deleted} | sets
     assert backend.load(key) == Record(data, start, start + HOUR)
     assert totals(backend, key) == (data_size(data), len(data))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["with total", "without total"])
+def test_rewrite_keeps_the_total(either_backend: RedisBackend, legacy: bool) -> None:
+    backend, key, start = either_backend, fresh_key(), now()
+    stored = Record(DATA, start, start + HOUR)
+    if legacy:
+        write_legacy(backend, key, stored)
+    else:
+        backend.create(key, stored)
+    sealed = {k: "sealed " + v for k, v in DATA.items()}
+    delta = Delta(start + HOUR, sealed, max_size=10**6)
+    assert backend.rewrite(key, stored, delta, now())
+    assert totals(backend, key) == (data_size(sealed), len(sealed))
+    assert backend.rewrite(key, stored, delta, now()) is False, "it holds something else now"
+    assert totals(backend, key) == (data_size(sealed), len(sealed))
