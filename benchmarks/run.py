@@ -35,6 +35,7 @@ SECTIONS = (
     "concurrency",
     "profile",
     "users",
+    "redis-cpu",
 )
 
 
@@ -247,6 +248,10 @@ def run_sections(args: argparse.Namespace, places: Places, board: Scoreboard) ->
 
         stored = args.users_stored or (100_000 if args.quick else None)
         users.run(places, budget, backends, board, stored=stored)
+    if "redis-cpu" in sections and "redis" in backends:
+        import redis_cpu
+
+        redis_cpu.run(places, board, quick=args.quick, rounds=args.rounds)
 
 
 def _terminate(signum: int, frame: object) -> None:

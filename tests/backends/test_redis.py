@@ -236,6 +236,9 @@ def test_hash_layout(redis_backend: RedisBackend) -> None:
         b"d:d:x": b"1",
         b"created_us": str(int(start.timestamp()) * 10**6 + 678901).encode(),
         b"expires_us": str(int((start + HOUR).timestamp()) * 10**6 + 678901).encode(),
+        # data_size of the data (4 + 7, 3 + 1 bytes) and its number of keys
+        b"size": b"15",
+        b"keys": b"2",
     }
     assert backend.client.type(backend.key_prefix + key) == b"hash"
     # Redis drops it keep_expired (an hour) after the millisecond after

@@ -262,11 +262,13 @@ class RedisBackend(Backend):
                         keys.append(self._users.name(user))
                 parts = packed([op, user, key, *changes])
                 result = self._run(script, keys, head, parts, *expect, *guard)
-                if int(result[0]) != 2:
+                if type(result) is int or int(result[0]) != 2:
                     break
                 op, user = "reindex", text(result[1])
             else:
                 raise self.errors[0]("the session changed hands during every attempt to save it")
+        if type(result) is int:  # 1: the common case, see scripts.UPDATE
+            result = [result]
         code = int(result[0])
         if code < 0:
             check_size(int(result[1]), int(result[2]), delta.max_size)

@@ -12,11 +12,14 @@ from ..base import Delta
 from ..base import Record
 
 # The layout of a session hash: one "d:<name>" field per session key, the
-# times, and for a session with a user, the user and until when the user's
-# set is sure to live. The Lua scripts check the same layout.
+# times, the data's size and how many keys it has (kept by the scripts, see
+# scripts.UPDATE), and for a session with a user, the user and until when
+# the user's set is sure to live. The Lua scripts check the same layout.
 DATA = "d:"
 CREATED = "created_us"
 EXPIRES = "expires_us"
+SIZE = "size"
+KEYS = "keys"
 USER = "user"
 INDEXED = "indexed_us"
 #: What follows the key prefix in the name of a user's set.
@@ -34,6 +37,7 @@ _INDEX_SPAN_US = INDEX_SPAN // _MICROSECOND
 _MAX_DIGITS = 17
 _DATA_LENGTH = len(DATA)
 _DATA_BYTES = DATA.encode()
+_COUNTS = frozenset({SIZE.encode(), KEYS.encode()})
 # Replies are read as bytes even from a client built with decode_responses,
 # so damaged bytes reach parse instead of failing inside the client.
 # The option of ``execute_command`` that returns bytes whatever
@@ -157,6 +161,10 @@ def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
                 if name[:_DATA_LENGTH] == _DATA_BYTES and type(value) is bytes:
                     data[name[_DATA_LENGTH:].decode()] = value.decode()
                     continue
+                if name in _COUNTS:
+                    # The save script checks these and recomputes them when
+                    # they are absent or damaged; a load has no use for them.
+                    continue
                 name = name.decode()
             value = value.decode() if type(value) is bytes else value
             if name.startswith(DATA):
@@ -168,6 +176,9 @@ def parse(fields: t.Mapping[t.Any, t.Any]) -> tuple[Record, int | None]:
         user = own.pop(USER, None)
         indexed = own.pop(INDEXED, None)
         indexed_us = None if indexed is None else whole(indexed)
+        # Text names (listings) reach this; bytes ones skipped them above.
+        own.pop(SIZE, None)
+        own.pop(KEYS, None)
     except (KeyError, ValueError, OverflowError, TypeError) as e:
         raise CorruptRecordError(f"bad session hash: {e!r}") from e
     if own:

@@ -54,9 +54,18 @@ if KEYS[2] then index(KEYS[2], args[1], num[2]) end
 -- DEL only when needed: out of memory, Redis refuses a script at its first
 -- write that may grow memory, and lets one that began with a DEL go on.
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'created_us', num[3], 'expires_us', num[4])
--- Up to 500 fields per HSET: unpack's results must fit Lua's stack.
-for i = 2, #args, 1000 do
+local size, keys = 0, 0
+for i = 2, #args, 2 do
+  if string.sub(args[i], 1, 2) == 'd:' then
+    size, keys = size + #args[i] - 2 + #args[i + 1], keys + 1
+  end
+end
+-- Up to 500 fields per HSET: unpack's results must fit Lua's stack. The
+-- first also writes the times and the total.
+redis.call('HSET', KEYS[1], 'created_us', num[3], 'expires_us', num[4],
+  'size', string.format('%d', size), 'keys', string.format('%d', keys),
+  unpack(args, 2, math.min(1001, #args)))
+for i = 1002, #args, 1000 do
   redis.call('HSET', KEYS[1], unpack(args, i, math.min(i + 999, #args)))
 end
 redis.call('PEXPIREAT', KEYS[1], num[1])
@@ -77,7 +86,7 @@ local function live(key, now_us)
   if (meta[3] and not whole(meta[4])) or (meta[4] and not meta[3]) then return false end
   for _, f in ipairs(redis.call('HKEYS', key)) do
     if string.sub(f, 1, 2) ~= 'd:' and f ~= 'created_us' and f ~= 'expires_us'
-        and f ~= 'user' and f ~= 'indexed_us' then
+        and f ~= 'user' and f ~= 'indexed_us' and f ~= 'size' and f ~= 'keys' then
       return false
     end
   end
@@ -96,14 +105,22 @@ ADD = (
     + _CREATE_BODY
 )
 
-# Applies a delta to a live session and returns {1}, or {1, old user} when
-# the delta changed the user from that one. Returns {0}, writing nothing,
-# when the hash is gone (destroyed, regenerated, expired), its stored expiry
-# has passed by the app's clock, or it is not laid out as a session. With a
+# Applies a delta to a live session and returns 1 (a number: a table costs
+# Redis more to reply), or {1, old user} when the delta changed the user
+# from that one. Returns {0}, writing nothing, when the hash is gone
+# (destroyed, regenerated, expired), its stored expiry has passed by the
+# app's clock, or it is not laid out as a session. With a
 # size limit and keys to set it also returns {-1, before, after}, writing
 # nothing, when the merged data would pass the limit and grow (the rule of
 # check_size); sizes count the bytes of each name without "d:" plus its
 # value, as data_size does.
+#
+# The size: ``size`` holds that count for the stored data and ``keys`` how
+# many "d:" fields there are, so a save reads the length of the fields it
+# sets or deletes only, and checks with HLEN that the hash holds nothing
+# else. A hash without them (written before 0.3), with one that is not a
+# whole number, or whose HLEN disagrees is read whole once, as before: every
+# name checked, every length summed; the save then stores both.
 #
 # The user: ``user`` names it and ``indexed_us`` is a time until which the
 # user's set is sure to live (its TTL only grows). The op "set" gives the
@@ -126,12 +143,14 @@ UPDATE = (
     _INDEX_FUNCTION
     + """
 local key = KEYS[1]
-if redis.call('TYPE', key).ok ~= 'hash' then return {0} end
-local num = {}
-for v in string.gmatch(ARGV[1], '%S+') do num[#num + 1] = v end
-local now_us, expires_us, drop_at, deadline = num[1], num[2], num[3], num[6]
+-- Every redis.call costs the server more than the command itself: a key
+-- of another type is told by HMGET's error rather than by a TYPE first.
+local meta = redis.pcall('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us',
+  'size', 'keys')
+if meta.err then return {0} end
+local now_us, expires_us, drop_at, limit, n_set, deadline =
+  string.match(ARGV[1], '^(%d+) (%d+) (%d+) (%-?%d+) (%d+) (%d+)$')
 local function whole(v) return v and #v <= 17 and string.match(v, '^%d+$') and tonumber(v) end
-local meta = redis.call('HMGET', key, 'created_us', 'expires_us', 'user', 'indexed_us')
 local stored = whole(meta[2])
 if not whole(meta[1]) or not stored or stored <= tonumber(now_us) then return {0} end
 local user, indexed = meta[3], whole(meta[4])
@@ -141,26 +160,51 @@ if ARGV[3] and ARGV[3] ~= '' then
   if held then held = '=' .. held else held = '-' end
   if held ~= ARGV[4] then return {3} end
 end
-local limit = tonumber(num[4])
+limit = tonumber(limit)
 local args = cjson.decode(ARGV[2])
 local first = 4
-local last = first - 1 + 2 * tonumber(num[5])
-local check = limit >= 0 and last >= first
-local sizes = {}
-for _, f in ipairs(redis.call('HKEYS', key)) do
-  if string.sub(f, 1, 2) == 'd:' then
-    if check then sizes[f] = #f - 2 + redis.call('HSTRLEN', key, f) end
-  elseif f ~= 'created_us' and f ~= 'expires_us' and f ~= 'user' and f ~= 'indexed_us' then
-    return {0}
+local last = first - 1 + 2 * tonumber(n_set)
+-- sizes: what each field of the delta counts now, false when absent.
+local size, keys, sizes, whole_read = whole(meta[5]), whole(meta[6]), {}, false
+local own = 4
+if user then own = 6 end
+if not size or not keys or redis.call('HLEN', key) ~= own + keys then
+  size, keys, whole_read = 0, 0, true
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(f, 1, 2) == 'd:' then
+      sizes[f] = #f - 2 + redis.call('HSTRLEN', key, f)
+      size, keys = size + sizes[f], keys + 1
+    elseif f ~= 'created_us' and f ~= 'expires_us' and f ~= 'user' and f ~= 'indexed_us'
+        and f ~= 'size' and f ~= 'keys' then
+      return {0}
+    end
   end
 end
-if check then
-  local before, after = 0, 0
-  for _, n in pairs(sizes) do before = before + n end
-  for i = last + 1, #args do sizes[args[i]] = nil end
-  for i = first, last, 2 do sizes[args[i]] = #args[i] - 2 + #args[i + 1] end
-  for _, n in pairs(sizes) do after = after + n end
-  if after > limit and after > before then return {-1, before, after} end
+local function held(f)
+  local n = sizes[f]
+  if n == nil then
+    n = false
+    if not whole_read then
+      local length = redis.call('HSTRLEN', key, f)
+      if length > 0 or redis.call('HEXISTS', key, f) == 1 then n = #f - 2 + length end
+    end
+  end
+  return n
+end
+local before = size
+for i = last + 1, #args do
+  local n = held(args[i])
+  if n then size, keys = size - n, keys - 1 end
+  sizes[args[i]] = false
+end
+for i = first, last, 2 do
+  local n = held(args[i])
+  if n then size = size - n else keys = keys + 1 end
+  sizes[args[i]] = #args[i] - 2 + #args[i + 1]
+  size = size + sizes[args[i]]
+end
+if limit >= 0 and last >= first and size > limit and size > before then
+  return {-1, before, size}
 end
 local op, new_user, member = args[1], args[2], args[3]
 if op == 'reindex' then
@@ -175,12 +219,21 @@ if op == 'set' then
 elseif op == 'clear' and user then
   redis.call('HDEL', key, 'user', 'indexed_us')
 end
-for i = last + 1, #args do redis.call('HDEL', key, args[i]) end
-for i = first, last, 2 do redis.call('HSET', key, args[i], args[i + 1]) end
-redis.call('HSET', key, 'expires_us', expires_us)
+-- Up to 1,000 names per HDEL and 500 fields per HSET: unpack's results
+-- must fit Lua's stack. The last HSET also writes the expiry and the total.
+for i = last + 1, #args, 1000 do
+  redis.call('HDEL', key, unpack(args, i, math.min(i + 999, #args)))
+end
+local from = first
+while last - from >= 1000 do
+  redis.call('HSET', key, unpack(args, from, from + 999))
+  from = from + 1000
+end
+redis.call('HSET', key, 'expires_us', expires_us, 'size', string.format('%d', size),
+  'keys', string.format('%d', keys), unpack(args, from, last))
 redis.call('PEXPIREAT', key, drop_at)
 if user and (op == 'clear' or (op == 'set' and user ~= new_user)) then return {1, user} end
-return {1}
+return 1
 """
 )
 
@@ -189,7 +242,7 @@ return {1}
 # expires_us then each data field and its value. Returns
 # {0} when it holds anything else (Backend.rewrite).
 REWRITE = UPDATE.replace(
-    "local num = {}\n",
+    "local now_us, expires_us,",
     """local want = cjson.decode(ARGV[5])
 if redis.call('HGET', key, 'expires_us') ~= want[1] then return {0} end
 local held = 0
@@ -200,8 +253,7 @@ if held ~= (#want - 1) / 2 then return {0} end
 for i = 2, #want, 2 do
   if redis.call('HGET', key, want[i]) ~= want[i + 1] then return {0} end
 end
-local num = {}
-""",
+local now_us, expires_us,""",
     1,
 )
 
