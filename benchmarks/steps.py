@@ -16,6 +16,7 @@ its own line, whatever else the machine runs.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import shutil
 import subprocess
@@ -74,8 +75,11 @@ def steps(backend: str, location: str) -> dict[str, t.Callable[[], object]]:
 
         return run
 
+    counter = itertools.count(1)
+
     def write(session: t.Any) -> None:
-        session["counter"] = 5
+        # A new value each time, as the app's /write view: the same one would save nothing.
+        session["counter"] = next(counter)
 
     return {
         "request:untouched": request_of("/untouched"),
