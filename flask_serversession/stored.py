@@ -56,13 +56,29 @@ class StoredSession:
     #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
     meta: dict[str, str] = field(default_factory=dict)
     #: A :func:`~flask_serversession.serialization.snapshot` of each mutable value as
-    #: loaded (None for one without), by key: the keys whose values can change in place.
+    #: loaded (None for one without), by key, taken when the app is first handed
+    #: the value: the keys whose values may have changed in place.
     snapshots: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+    #: Keys of mutable values the app has not been handed yet: unchanged, and
+    #: not snapshotted until they are, so a request pays only for what it reads.
+    unread: set[str] = field(default_factory=set, repr=False)
     #: Opened through a token the session had before it rotated: the response
     #: hands over the current one.
     handed_over: bool = False
     #: The rotating secret of the client's current token (None: the bare id).
     secret: str | None = field(default=None, repr=False)
+
+    def hand_out(self, data: dict[str, t.Any], keys: t.Iterable[str]) -> None:
+        """Snapshot the values of unread ``keys`` in ``data``, which the app is about to get.
+
+        Until the app has a value it cannot have changed it in place, so the
+        snapshot taken now is the one a load would take: a request pays only
+        for the values it reads.
+        """
+        for key in keys:
+            self.unread.discard(key)
+            if dict.__contains__(data, key):
+                self.snapshots[key] = snapshot(dict.__getitem__(data, key))
 
 
 @dataclass(slots=True)
@@ -130,7 +146,7 @@ def decode(
     data = record.data
     meta: dict[str, str] = {}
     values: dict[str, t.Any] = {}
-    snapshots: dict[str, bytes | None] = {}
+    unread: set[str] = set()
     scan, loads = serializer.scan, serializer.loads
     try:
         for k, text in data.items():
@@ -146,7 +162,7 @@ def decode(
                 value = loads(text)
             values[k] = value
             if type(value) not in _IMMUTABLE:
-                snapshots[k] = snapshot(value)
+                unread.add(k)
         lifetime = None
         if meta:
             # Every stored key of metadata starts with META_PREFIX.
@@ -165,7 +181,7 @@ def decode(
         expires_at=record.expires_at,
         lifetime=lifetime,
         meta=meta,
-        snapshots=snapshots,
+        unread=unread,
     )
 
 
@@ -178,7 +194,8 @@ def changes(
     """The serialized values that differ from ``stored``, and the keys deleted since.
 
     :param assigned: keys written through the dict API; any other key can
-        differ only by a change in place of a mutable value it had at load.
+        differ only by a change in place of a mutable value the app was
+        handed (one in ``stored.snapshots``).
     :raises TypeError: a value cannot be stored (from ``serialize``).
     """
     changed = {}
@@ -223,7 +240,7 @@ class SessionState(t.Protocol):
     @property
     def lifetime_set(self) -> bool: ...
 
-    def copy(self) -> dict[str, t.Any]: ...
+    def current_values(self) -> dict[str, t.Any]: ...
 
 
 def persistent(session: SessionState, lifetime: timedelta | None) -> bool:
