@@ -27,6 +27,7 @@ LIFETIME_KEY = "_serversession_lifetime"
 # Values of these exact types cannot change without an assignment, so a save
 # need not serialize them again to find out whether they changed.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+_NONE: frozenset[str] = frozenset()
 
 
 def is_meta(key: str) -> bool:
@@ -209,6 +210,8 @@ def changes(
         text = serialize(key, value)
         if serialized.get(key) != text:
             changed[key] = text
+    if values.keys() >= serialized.keys():
+        return changed, _NONE  # most saves delete no key: no set to build
     return changed, frozenset(serialized.keys() - values.keys())
 
 
