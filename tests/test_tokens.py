@@ -14,6 +14,7 @@ from itsdangerous import Signer
 
 from flask_serversession import ServerSession
 from flask_serversession import SessionNotFoundError
+from flask_serversession.tokens import _Signer
 
 from .conftest import Clock
 from .conftest import CountingBackend
@@ -364,3 +365,22 @@ def test_a_renewed_cookie_signed_with_an_old_key_gets_the_new_one(
         client.post("/set", json={"n": n})
         assert session_cookie(client) == signed(old[:43], "new key")
     assert client.get("/get/n").json == {"value": 3}
+
+
+def test_a_renewal_computes_one_signature_the_check_of_the_token_brought(
+    make_app: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _renewing_app(make_app)
+    client = app.test_client()
+    client.post("/set", json={"n": 1})
+    computed = []
+    real = _Signer._signature
+
+    def counted(states: tuple[t.Any, t.Any], sid: str) -> str:
+        computed.append(sid)
+        return real(states, sid)
+
+    monkeypatch.setattr(_Signer, "_signature", staticmethod(counted))
+    response = client.post("/set", json={"n": 2})
+    assert "Set-Cookie" in response.headers
+    assert len(computed) == 1
