@@ -7,15 +7,18 @@ BACKEND is ``memory``, ``filesystem`` (LOCATION: an empty directory) or
 It runs itself under ``valgrind --tool=callgrind`` and prints, for each step,
 the instructions of one call: ``(total(5N) - total(N)) / 4N`` with N = 20, as
 the instructions section does for whole requests. Steps are whole requests
-(``request:read`` ...), parts of one (``tokens.check``, ``decode`` ...) and
-a session opened, used and saved (``session:read``, ``session:write``);
-with none given, every step is counted. A change to one part shows up in
-its own line, whatever else the machine runs.
+(``request:read`` ...; ``request:renew`` is a write of a permanent session
+whose expiry moves, so that the response sets the cookie again), parts of
+one (``tokens.check``, ``decode`` ...) and a session opened, used and saved
+(``session:read``, ``session:write``); with none given, every step is
+counted. A change to one part shows up in its own line, whatever else the
+machine runs.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import shutil
 import subprocess
@@ -29,6 +32,9 @@ from apps import make_environ
 from apps import seed_session
 from apps import Spec
 from instructions import dump_totals
+
+if t.TYPE_CHECKING:
+    from flask import Flask
 
 N = 20
 _CHILD = "BENCH_STEPS_CHILD"
@@ -55,11 +61,26 @@ def steps(backend: str, location: str) -> dict[str, t.Callable[[], object]]:
     context = app.test_request_context("/read", headers={"Cookie": f"session={cookie}"})
     context.push()
 
-    def request_of(path: str, with_cookie: bool = True) -> t.Callable[[], None]:
-        environ = make_environ(path, cookie if with_cookie else None)
+    # Permanent sessions whose every write pushes the expiry, so that the
+    # response sets the cookie again: what a "remember me" session does.
+    day = timedelta(days=1)
+    renewing = {
+        "SERVERSESSION_PERMANENT": True,
+        "SERVERSESSION_EXPIRE_TIME": day,
+        "SERVERSESSION_RENEW_TIME": day,
+    }
+    renewing_app = build_app(Spec("fss", backend, location, extra=renewing))
+    renewing_cookie = seed_session(renewing_app)
+
+    def request_of(
+        path: str, with_cookie: bool = True, on: Flask | None = None
+    ) -> t.Callable[[], None]:
+        target = app if on is None else on
+        token = cookie if on is None else renewing_cookie
+        environ = make_environ(path, token if with_cookie else None)
 
         def run() -> None:
-            result = app(environ.copy(), lambda *args: None)
+            result = target(environ.copy(), lambda *args: None)
             for _chunk in result:
                 pass
             result.close()
@@ -74,17 +95,23 @@ def steps(backend: str, location: str) -> dict[str, t.Callable[[], object]]:
 
         return run
 
+    counter = itertools.count(1)
+    ids = itertools.cycle([sid, store.new_sid()])
+
     def write(session: t.Any) -> None:
-        session["counter"] = 5
+        # A new value each time, as the app's /write view: the same one would save nothing.
+        session["counter"] = next(counter)
 
     return {
         "request:untouched": request_of("/untouched"),
         "request:read": request_of("/read"),
         "request:write": request_of("/write"),
         "request:new": request_of("/new", with_cookie=False),
+        "request:renew": request_of("/write", on=renewing_app),
         "open_session": lambda: interface.open_session(app, request),
         "tokens.check": lambda: store.tokens.check(cookie),
-        "token_for": lambda: store.token_for(sid),
+        # Two ids in turn: each token is signed anew, as for a new session.
+        "token_for": lambda: store.token_for(next(ids)),
         "storage_key": lambda: store.storage_key(sid),
         "backend.load": lambda: store.backend.load(key),
         "decode": lambda: decode(store.serializer, sid, key, record, store.check_meta),
@@ -158,7 +185,7 @@ def main(argv: list[str]) -> int:
 
 def _all_names() -> list[str]:
     return [
-        "request:untouched", "request:read", "request:write", "request:new",
+        "request:untouched", "request:read", "request:write", "request:new", "request:renew",
         "open_session", "tokens.check", "token_for", "storage_key", "backend.load",
         "decode", "store.open", "changes:read", "changes:write", "backend.update",
         "session:read", "session:write",

@@ -95,6 +95,8 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     adopted = False
     #: The lifetime given by :meth:`set_lifetime`, or _MISSING when not called.
     requested_lifetime: t.Any = _MISSING
+    #: Keys of mutable values not given to the app yet (``StoredSession.unread``).
+    _unread: t.AbstractSet[str] = frozenset()
 
     def __init__(
         self,
@@ -126,6 +128,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         self._loaded = True
         if self.stored is not None:
             dict.update(self, self.stored.values)
+            self._unread = self.stored.unread
         elif self.adoption is not None:
             values = self.adoption.load()
             self.adopted = bool(values)
@@ -138,6 +141,15 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     def _write(self) -> None:
         self._load()
         self._written = True
+
+    def _read_all(self) -> None:
+        self._load()
+        if self._unread:
+            t.cast(StoredSession, self.stored).hand_out(self, tuple(self._unread))
+
+    def current_values(self) -> dict[str, t.Any]:
+        """The data now, for the store: unlike :meth:`copy`, it hands the app nothing."""
+        return dict(dict.items(self))
 
     @property
     def modified(self) -> bool:
@@ -249,6 +261,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         if self.stored is not None:
             self.destroyed_sid = self.stored.sid
         self.stored = None
+        self._unread = frozenset()
         self.adopted = False
         self.assigned.clear()
         self.regenerate_requested = False
@@ -290,6 +303,8 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
 
     def __getitem__(self, key: str) -> t.Any:
         self._load()
+        if key in self._unread:
+            t.cast(StoredSession, self.stored).hand_out(self, (key,))
         return dict.__getitem__(self, key)
 
     def __contains__(self, key: object) -> bool:
@@ -315,8 +330,7 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
     __hash__ = None  # type: ignore[assignment]
 
     def __or__(self, other: t.Any) -> dict[str, t.Any]:  # type: ignore[override]
-        self._load()
-        return dict(dict.items(self)) | other  # type: ignore[no-any-return]
+        return self.copy() | other  # type: ignore[no-any-return]
 
     def __ior__(self, other: t.Any) -> ServerSideSession:  # type: ignore[override]
         self.update(other)
@@ -329,6 +343,8 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
 
     def get(self, key: str, default: t.Any = None) -> t.Any:
         self._load()
+        if key in self._unread:
+            t.cast(StoredSession, self.stored).hand_out(self, (key,))
         return dict.get(self, key, default)
 
     def keys(self) -> t.KeysView[str]:  # type: ignore[override]
@@ -336,15 +352,15 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         return dict.keys(self)
 
     def values(self) -> t.ValuesView[t.Any]:  # type: ignore[override]
-        self._load()
+        self._read_all()
         return dict.values(self)
 
     def items(self) -> t.ItemsView[str, t.Any]:  # type: ignore[override]
-        self._load()
+        self._read_all()
         return dict.items(self)
 
     def copy(self) -> dict[str, t.Any]:
-        self._load()
+        self._read_all()
         return dict(dict.items(self))
 
     def __setitem__(self, key: str, value: t.Any) -> None:
@@ -357,10 +373,9 @@ class ServerSideSession(dict[str, t.Any], SessionMixin):
         dict.__delitem__(self, key)
 
     def setdefault(self, key: str, default: t.Any = None) -> t.Any:
-        self._load()
-        if not dict.__contains__(self, key):
+        if key not in self:
             self[key] = default
-        return dict.__getitem__(self, key)
+        return self[key]
 
     def pop(self, key: str, default: t.Any = _MISSING) -> t.Any:
         self._load()

@@ -213,7 +213,7 @@ class SessionStore:
 
     def differs(self, session: SessionState) -> bool:
         """Whether a loaded session now differs from what was loaded, nested changes included."""
-        values = session.copy()
+        values = session.current_values()
         stored = session.stored
         if stored is None:
             return bool(values)
@@ -250,7 +250,7 @@ class SessionStore:
         if not session.loaded:
             return _NOTHING
         now = self.clock()
-        values = session.copy()
+        values = session.current_values()
         stored = session.stored
         # The permanence flag alone is no reason to store a session.
         empty = len(values) == (PERMANENT_KEY in values)

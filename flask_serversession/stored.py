@@ -27,6 +27,7 @@ LIFETIME_KEY = "_serversession_lifetime"
 # Values of these exact types cannot change without an assignment, so a save
 # need not serialize them again to find out whether they changed.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+_NONE: frozenset[str] = frozenset()
 
 
 def is_meta(key: str) -> bool:
@@ -56,13 +57,29 @@ class StoredSession:
     #: The stored metadata (keys starting with :data:`META_PREFIX`), serialized.
     meta: dict[str, str] = field(default_factory=dict)
     #: A :func:`~flask_serversession.serialization.snapshot` of each mutable value as
-    #: loaded (None for one without), by key: the keys whose values can change in place.
+    #: loaded (None for one without), by key, taken when the app is first handed
+    #: the value: the keys whose values may have changed in place.
     snapshots: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+    #: Keys of mutable values the app has not been handed yet: unchanged, and
+    #: not snapshotted until they are, so a request pays only for what it reads.
+    unread: set[str] = field(default_factory=set, repr=False)
     #: Opened through a token the session had before it rotated: the response
     #: hands over the current one.
     handed_over: bool = False
     #: The rotating secret of the client's current token (None: the bare id).
     secret: str | None = field(default=None, repr=False)
+
+    def hand_out(self, data: dict[str, t.Any], keys: t.Iterable[str]) -> None:
+        """Snapshot the values of unread ``keys`` in ``data``, which the app is about to get.
+
+        Until the app has a value it cannot have changed it in place, so the
+        snapshot taken now is the one a load would take: a request pays only
+        for the values it reads.
+        """
+        for key in keys:
+            self.unread.discard(key)
+            if dict.__contains__(data, key):
+                self.snapshots[key] = snapshot(dict.__getitem__(data, key))
 
 
 @dataclass(slots=True)
@@ -130,7 +147,7 @@ def decode(
     data = record.data
     meta: dict[str, str] = {}
     values: dict[str, t.Any] = {}
-    snapshots: dict[str, bytes | None] = {}
+    unread: set[str] = set()
     scan, loads = serializer.scan, serializer.loads
     try:
         for k, text in data.items():
@@ -146,7 +163,7 @@ def decode(
                 value = loads(text)
             values[k] = value
             if type(value) not in _IMMUTABLE:
-                snapshots[k] = snapshot(value)
+                unread.add(k)
         lifetime = None
         if meta:
             # Every stored key of metadata starts with META_PREFIX.
@@ -156,16 +173,10 @@ def decode(
         raise CorruptRecordError(f"a stored value cannot be decoded: {e!r}") from e
     # The record's data, never changed once made, serves as it is when it holds no metadata.
     serialized = {k: v for k, v in data.items() if k not in meta} if meta else data
+    # In the fields' order: a call by keyword takes twice the instructions.
+    created_at, expires_at = record.created_at, record.expires_at
     return StoredSession(
-        sid=sid,
-        key=key,
-        serialized=serialized,
-        values=values,
-        created_at=record.created_at,
-        expires_at=record.expires_at,
-        lifetime=lifetime,
-        meta=meta,
-        snapshots=snapshots,
+        sid, key, serialized, values, created_at, expires_at, lifetime, meta, {}, unread
     )
 
 
@@ -178,7 +189,8 @@ def changes(
     """The serialized values that differ from ``stored``, and the keys deleted since.
 
     :param assigned: keys written through the dict API; any other key can
-        differ only by a change in place of a mutable value it had at load.
+        differ only by a change in place of a mutable value the app was
+        handed (one in ``stored.snapshots``).
     :raises TypeError: a value cannot be stored (from ``serialize``).
     """
     changed = {}
@@ -198,6 +210,8 @@ def changes(
         text = serialize(key, value)
         if serialized.get(key) != text:
             changed[key] = text
+    if values.keys() >= serialized.keys():
+        return changed, _NONE  # most saves delete no key: no set to build
     return changed, frozenset(serialized.keys() - values.keys())
 
 
@@ -223,7 +237,7 @@ class SessionState(t.Protocol):
     @property
     def lifetime_set(self) -> bool: ...
 
-    def copy(self) -> dict[str, t.Any]: ...
+    def current_values(self) -> dict[str, t.Any]: ...
 
 
 def persistent(session: SessionState, lifetime: timedelta | None) -> bool:

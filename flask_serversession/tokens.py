@@ -5,7 +5,7 @@ import hmac
 import re
 import secrets
 import typing as t
-from base64 import urlsafe_b64encode
+from binascii import b2a_base64
 
 SecretKeys = t.Callable[[], t.Sequence[str | bytes]]
 
@@ -46,6 +46,8 @@ def storage_key(sid: str) -> str:
 _BLOCK = hashlib.sha256().block_size
 _INNER_PAD = bytes(x ^ 0x36 for x in range(256))
 _OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
+#: Standard base64 to its URL-safe alphabet.
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _padded_states(key: bytes) -> tuple[t.Any, t.Any]:
@@ -76,16 +78,27 @@ class _Signer:
         self._keys = [
             _padded_states(hashlib.sha256(prefix + key).digest()) for key in reversed(keys)
         ]
+        # The last value signed or verified with the newest key, and its token:
+        # a response that sets again the token its request brought (a renewed
+        # persistent cookie) need not sign it again. Signing is deterministic,
+        # so the token is the one signing would make.
+        self._last = ("", "")
 
     @staticmethod
     def _signature(states: tuple[t.Any, t.Any], sid: str) -> str:
         inner, outer = states[0].copy(), states[1].copy()
         inner.update(sid.encode("ascii"))
         outer.update(inner.digest())
-        return urlsafe_b64encode(outer.digest()).rstrip(b"=").decode("ascii")
+        # URL-safe base64 of the 32 bytes without the padding: 43 characters.
+        return b2a_base64(outer.digest(), newline=False)[:43].translate(_URL_SAFE).decode()
 
     def sign(self, value: str) -> str:
-        return f"{value}.{self._signature(self._keys[0], value)}"
+        last_value, last_token = self._last
+        if value == last_value:
+            return last_token
+        token = f"{value}.{self._signature(self._keys[0], value)}"
+        self._last = (value, token)
+        return token
 
     def unsign(self, token: str) -> str | None:
         """The signed value of a token of a signed length, or None when no key signed it."""
@@ -93,6 +106,8 @@ class _Signer:
         try:
             for key in self._keys:
                 if hmac.compare_digest(signature, self._signature(key, value)):
+                    if key is self._keys[0]:
+                        self._last = (value, token)
                     return value
         except (UnicodeEncodeError, TypeError):
             # Characters that are not ASCII: no key signed these.

@@ -14,6 +14,7 @@ from itsdangerous import Signer
 
 from flask_serversession import ServerSession
 from flask_serversession import SessionNotFoundError
+from flask_serversession.tokens import _Signer
 
 from .conftest import Clock
 from .conftest import CountingBackend
@@ -316,3 +317,70 @@ def test_a_token_with_a_rotating_secret_has_one_form(make_app: t.Callable[..., F
             assert token == signed(f"{VALID_ID}.{secret}", "test secret key")
             other = tokens.token_for(VALID_ID, new_secret())
             assert tokens.parse(token[:66] + other[66:]) == (None, None, "bad_signature")
+
+
+# a renewed persistent cookie
+
+
+def _renewing_app(make_app: t.Callable[..., Flask], *args: t.Any, **config: t.Any) -> Flask:
+    """An app whose every write pushes the expiry, so the cookie is set again."""
+    renew = timedelta(hours=24)
+    return make_app(
+        *args,
+        SERVERSESSION_PERMANENT=True,
+        SERVERSESSION_EXPIRE_TIME=renew,
+        SERVERSESSION_RENEW_TIME=renew,
+        **config,
+    )
+
+
+def test_a_renewed_cookie_is_the_token_the_request_brought(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    app = _renewing_app(make_app)
+    client = app.test_client()
+    client.post("/set", json={"n": 1})
+    token = t.cast(str, session_cookie(client))
+    response = client.post("/set", json={"n": 2})
+    assert f"session={token};" in response.headers["Set-Cookie"]
+    assert token == signed(token[:43], "test secret key")
+
+
+def test_a_renewed_cookie_signed_with_an_old_key_gets_the_new_one(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    backend = store_of(make_app()).backend
+    client = _renewing_app(make_app, backend, SECRET_KEY="old key").test_client()
+    client.post("/set", json={"n": 1})
+    old = t.cast(str, session_cookie(client))
+
+    rotated = _renewing_app(
+        make_app, backend, SECRET_KEY="new key", SECRET_KEY_FALLBACKS=["old key"]
+    )
+    # Another request signs with the new key first, as a busy server would.
+    rotated.test_client().post("/set", json={"other": 1})
+    client = rotated.test_client()
+    client.set_cookie("session", old)
+    for n in (2, 3):
+        client.post("/set", json={"n": n})
+        assert session_cookie(client) == signed(old[:43], "new key")
+    assert client.get("/get/n").json == {"value": 3}
+
+
+def test_a_renewal_computes_one_signature_the_check_of_the_token_brought(
+    make_app: t.Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _renewing_app(make_app)
+    client = app.test_client()
+    client.post("/set", json={"n": 1})
+    computed = []
+    real = _Signer._signature
+
+    def counted(states: tuple[t.Any, t.Any], sid: str) -> str:
+        computed.append(sid)
+        return real(states, sid)
+
+    monkeypatch.setattr(_Signer, "_signature", staticmethod(counted))
+    response = client.post("/set", json={"n": 2})
+    assert "Set-Cookie" in response.headers
+    assert len(computed) == 1
