@@ -293,3 +293,38 @@ def test_rewrite_keeps_the_total(either_backend: RedisBackend, legacy: bool) -> 
     assert totals(backend, key) == (data_size(sealed), len(sealed))
     assert backend.rewrite(key, stored, delta, now()) is False, "it holds something else now"
     assert totals(backend, key) == (data_size(sealed), len(sealed))
+
+
+def script_commands(backend: RedisBackend, call: t.Callable[[], object]) -> dict[str, int]:
+    """The commands the server ran for ``call`` (scripts' own included), by name."""
+
+    def calls() -> dict[str, int]:
+        stats = backend.client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    before = calls()
+    call()
+    after = calls()
+    ran = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+    ran.pop("info", None)
+    return ran
+
+
+def test_a_save_reads_only_the_fields_it_changes(redis_backend: RedisBackend) -> None:
+    backend, key, start = redis_backend, fresh_key(), now()
+    data = {f"key{i}": '"' + "v" * i + '"' for i in range(50)}
+    backend.create(key, Record(data, start, start + HOUR))
+
+    def save(sets: dict[str, str]) -> None:
+        assert backend.update(key, Delta(start + HOUR, sets, max_size=10**6), now())
+
+    ran = script_commands(backend, lambda: save({"key7": "1"}))
+    assert ran.get("hstrlen") == 1 and "hkeys" not in ran, ran
+    ran = script_commands(backend, lambda: save({"new": "1"}))  # absent: HEXISTS tells
+    assert ran.get("hstrlen") == 1 and ran.get("hexists") == 1 and "hkeys" not in ran, ran
+
+    strip_totals(backend, key)  # as 0.2 wrote it: read whole, once
+    ran = script_commands(backend, lambda: save({"key8": "2"}))
+    assert ran.get("hkeys") == 1 and ran.get("hstrlen") == 51, ran
+    ran = script_commands(backend, lambda: save({"key9": "3"}))
+    assert ran.get("hstrlen") == 1 and "hkeys" not in ran, ran
