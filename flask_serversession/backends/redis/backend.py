@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -12,14 +11,13 @@ from ..base import check_size
 from ..base import CorruptRecordError
 from ..base import Delta
 from ..base import Record
+from . import prefix
 from . import scripts
 from .clients import client_from_url
 from .clients import client_library
 from .codec import create_numbers
 from .codec import DATA
 from .codec import decode
-from .codec import escape_glob
-from .codec import EXPIRES
 from .codec import fields_of
 from .codec import index_deadline_from_us
 from .codec import index_deadline_ms
@@ -31,8 +29,6 @@ from .codec import RAW
 from .codec import text
 from .codec import update_numbers
 from .codec import USER
-from .codec import USERS
-from .codec import whole
 from .codec import wrong_type
 from .failures import Failures
 from .held import HeldConnections
@@ -135,24 +131,6 @@ class RedisBackend(Backend):
     def _errors(self, action: str) -> Failures:
         """A context in which a Redis error becomes a BackendError that says what failed."""
         return Failures(action, self.errors)
-
-    def _scan(self, *, sessions: bool = True) -> t.Iterator[list[t.Any]]:
-        """Yield this prefix's keys in batches; on a cluster, from every primary.
-
-        With ``sessions``, the keys of session hashes only, not users' sets.
-        """
-        match = escape_glob(self.key_prefix) + "*"
-        users = (self.key_prefix + USERS).encode()
-        batch: list[t.Any] = []
-        for name in self.client.scan_iter(match=match, count=_BATCH, **RAW):
-            if sessions and name.startswith(users):
-                continue
-            batch.append(name)
-            if len(batch) >= _BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
 
     def _pipelined(self, commands: t.Iterable[tuple[t.Any, ...]]) -> list[t.Any]:
         """Run ``commands`` in one round trip; a failed one gives its exception."""
@@ -318,17 +296,8 @@ class RedisBackend(Backend):
         if longest_lifetime is None:
             return 0
         ttl_ms = max(1, -(-longest_lifetime // _MILLISECOND))
-        limited = 0
         with self._errors("purge sessions"):
-            for names in self._scan(sessions=False):
-                ttls = self._each(names, "PTTL")
-                lasting = [n for n, ttl in zip(names, ttls, strict=True) if ttl == -1]
-                for result in self._pipelined(
-                    ("EVAL", scripts.LIMIT, 1, n, ttl_ms) for n in lasting
-                ):
-                    if isinstance(result, Exception):
-                        raise result
-                    limited += int(result)
+            limited = prefix.limit_ttls(self, ttl_ms)
         if limited:
             logger.error(
                 "%d keys under %r had no TTL (damaged, or not written by this backend);"
@@ -340,55 +309,17 @@ class RedisBackend(Backend):
         return 0
 
     def count(self, now: datetime) -> int:
-        live = 0
-        threshold = micros(now)
         with self._errors("count sessions"):
-            for names in self._scan():
-                for value in self._each(names, "HGET", EXPIRES):
-                    # A key that vanished meanwhile reads None, a non-hash an error.
-                    with contextlib.suppress(TypeError, ValueError):
-                        if not isinstance(value, Exception) and whole(value) > threshold:
-                            live += 1
-        return live
+            return prefix.count_live(self, now)
 
     def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
-        start = len(self.key_prefix.encode())
         with self._errors("list sessions"):
-            for names in self._scan():
-                for name, fields in zip(names, self._each(names, "HGETALL"), strict=True):
-                    try:
-                        key = name[start:].decode()
-                    except UnicodeDecodeError:
-                        logger.error("Skipping key %r: its name is not UTF-8.", name)
-                        continue
-                    if wrong_type(fields):
-                        logger.error("Skipping session %s: the key is not a hash.", key)
-                        continue
-                    if isinstance(fields, Exception):
-                        raise fields
-                    if not fields:
-                        continue
-                    try:
-                        record = decode(fields)
-                    except CorruptRecordError as e:
-                        logger.error("Skipping corrupt session %s: %s", key, e)
-                        continue
-                    if record.expires_at > now:
-                        yield key, record
+            yield from prefix.live_records(self, now)
 
     def clear(self) -> int:
         """Remove every key of this prefix, users' sets too; return how many sessions."""
-        removed = 0
-        users = (self.key_prefix + USERS).encode()
         with self._errors("clear sessions"):
-            for names in self._scan(sessions=False):
-                # One DEL per key: a multi-key DEL fails across cluster slots.
-                for name, result in zip(names, self._each(names, "DEL"), strict=True):
-                    if isinstance(result, Exception):
-                        raise result
-                    if not name.startswith(users):
-                        removed += int(result)
-        return removed
+            return prefix.remove_all(self)
 
     def user_records(self, user: str, now: datetime) -> list[tuple[str, Record]]:
         """Return ``(key, record)`` for every live session of ``user``.
