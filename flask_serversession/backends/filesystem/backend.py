@@ -54,8 +54,8 @@ class FileSystemBackend(Backend):
     lock; :meth:`user_records` checks each session file and removes the
     entries that no longer match.
 
-    Durability: a save writes a temporary file and renames it over the
-    session file, after the user index entry. A crashed or killed process
+    Durability: a save writes a temporary file and swaps it in for the
+    session file (see ``replace.py``), after the user index entry. A crashed or killed process
     never loses a save that returned, tears a file or drops a session from
     its user's index. By default nothing is flushed with ``os.fsync`` (as in
     cachelib's ``FileSystemCache`` and Django's file sessions), so a power
