@@ -22,6 +22,7 @@ their path are closed once no operation uses them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -219,8 +220,16 @@ class Held:
         if handle is None:
             return None
         if self.lock:
-            self.lock_fd = fd = _files.lock(handle.fd)
+            fd = os.open(".lock", _files.LOCK_FLAGS, 0o600, dir_fd=handle.fd)
+            # Known before the wait, so that a child forked meanwhile closes it.
             handles.held.add(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                handles.held.discard(fd)
+                os.close(fd)
+                raise
+            self.lock_fd = fd
         return handle.fd
 
     def __exit__(self, *exc_info: object) -> None:
