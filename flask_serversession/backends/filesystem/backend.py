@@ -55,9 +55,9 @@ class FileSystemBackend(Backend):
     entries that no longer match.
 
     Durability: a save writes a temporary file and swaps it in for the
-    session file (see ``replace.py``), after the user index entry. A crashed or killed process
-    never loses a save that returned, tears a file or drops a session from
-    its user's index. By default nothing is flushed with ``os.fsync`` (as in
+    session file (see ``replace.py``), after the user index entry. A crashed
+    or killed process never loses a save that returned, tears a file or
+    drops a session from its user's index. By default nothing is flushed with ``os.fsync`` (as in
     cachelib's ``FileSystemCache`` and Django's file sessions), so a power
     loss may lose the last saves or leave them as older versions or corrupt
     records; ``fsync=True`` flushes files, index entries and directories,
