@@ -6,7 +6,6 @@ import re
 import secrets
 import stat
 import typing as t
-from contextlib import suppress
 from datetime import datetime
 from datetime import timedelta
 
@@ -21,6 +20,9 @@ from ..base import expected
 from ..base import Record
 from . import files as _files
 from . import format as _format
+from . import replace as _replace
+from .handles import Handles
+from .handles import Held
 from .users import EMPTY_DIRECTORY_GRACE as _EMPTY_DIRECTORY_GRACE
 from .users import UserIndex
 
@@ -52,10 +54,10 @@ class FileSystemBackend(Backend):
     lock; :meth:`user_records` checks each session file and removes the
     entries that no longer match.
 
-    Durability: a save writes a temporary file and renames it over the
-    session file, after the user index entry. A crashed or killed process
-    never loses a save that returned, tears a file or drops a session from
-    its user's index. By default nothing is flushed with ``os.fsync`` (as in
+    Durability: a save writes a temporary file and swaps it in for the
+    session file (see ``replace.py``), after the user index entry. A crashed
+    or killed process never loses a save that returned, tears a file or
+    drops a session from its user's index. By default nothing is flushed with ``os.fsync`` (as in
     cachelib's ``FileSystemCache`` and Django's file sessions), so a power
     loss may lose the last saves or leave them as older versions or corrupt
     records; ``fsync=True`` flushes files, index entries and directories,
@@ -96,6 +98,12 @@ class FileSystemBackend(Backend):
             os.close(os.open(probe, _files.TEMP_FLAGS, 0o600, dir_fd=root))
             os.unlink(probe, dir_fd=root)
         self._index = UserIndex(self.directory, fsync=fsync)
+        # Loads and saves keep the directory and shards open (see handles.py).
+        self._handles = Handles(self.directory)
+        self._use = self._handles.use
+
+    def close(self) -> None:
+        self._handles.close()
 
     def _where(self, *names: str) -> str:
         return os.path.join(self.directory, *names)
@@ -108,9 +116,9 @@ class FileSystemBackend(Backend):
     def _shard(self, root: int, name: str, *, lock: bool, create: bool = False) -> _files.Shard:
         return _files.Shard(root, name, self._where(name), lock=lock, create=create)
 
-    def _locked_shard(self, root: int, key: str, *, create: bool = False) -> _files.Shard:
+    def _locked_shard(self, root: int, key: str, *, create: bool = False) -> Held:
         """The shard of session ``key``, locked; None in ``with`` if it is missing."""
-        return self._shard(root, key[:2], lock=True, create=create)
+        return self._handles.shard(root, key[:2], lock=True, create=create)
 
     def _shards(self, root: int) -> t.Iterator[tuple[str, int]]:
         """Yield ``(name, descriptor)`` of every trusted shard; log the others."""
@@ -124,14 +132,9 @@ class FileSystemBackend(Backend):
             except CorruptRecordError as e:
                 logger.error("Skipping a session shard: %s", e)
 
-    @staticmethod
-    def _names(fd: int) -> list[str]:
-        with os.scandir(fd) as entries:
-            return sorted(e.name for e in entries)
-
     def _load(self, fd: int, key: str) -> Record | None:
         path = self._where(key[:2], key)
-        content = _files.read(fd, key, path)
+        content = _files.read(fd, key, path, euid=self._handles.euid)
         return None if content is None else _format.record(path, content)
 
     def _expiry(self, fd: int, name: str, path: str) -> int | None:
@@ -141,9 +144,12 @@ class FileSystemBackend(Backend):
         except CorruptRecordError:
             return None
 
-    def _save(self, fd: int, key: str, head: tuple[bytes, int, int], body: bytes) -> None:
+    def _save(
+        self, fd: int, key: str, head: tuple[bytes, int, int], body: bytes, replace: bool = True
+    ) -> None:
         """Write a session file; ``head`` is ``(magic, created_us, expires_us)``."""
-        _files.write(fd, key, _format.pack(*head, body), self.temp_prefix, fsync=self.fsync)
+        content = _format.pack(*head, body)
+        _replace.write(fd, key, content, self.temp_prefix, fsync=self.fsync, replace=replace)
 
     def _stored(self, fd: int, key: str) -> Record | None:
         """Return the record of the session file ``key``; None if absent or damaged."""
@@ -194,22 +200,11 @@ class FileSystemBackend(Backend):
         # written it recently enough to still be live.
         return st.st_mtime < before
 
-    def _drop_planted_shards(self, root: int, before: float) -> None:
-        """Unlink non-directories last changed before ``before`` where shards belong."""
-        with os.scandir(root) as entries:
-            planted = [e for e in entries if _SHARD.fullmatch(e.name)]
-        for entry in planted:
-            if entry.is_dir(follow_symlinks=False):
-                continue
-            with suppress(FileNotFoundError, IsADirectoryError):
-                if entry.stat(follow_symlinks=False).st_mtime < before:
-                    logger.error("Removing %r: not a directory", self._where(entry.name))
-                    os.unlink(entry.name, dir_fd=root)
-
     def load(self, key: str) -> Record | None:
         if not _is_key(key):
             return None
-        with self._io("read a session") as root, self._shard(root, key[:2], lock=False) as fd:
+        shard = self._handles.shard
+        with self._use("read a session") as root, shard(root, key[:2], lock=False) as fd:
             return None if fd is None else self._load(fd, key)
 
     def create(self, key: str, record: Record) -> None:
@@ -225,7 +220,7 @@ class FileSystemBackend(Backend):
             raise ValueError(f"{key!r} is not a storage key (64 lowercase hex digits).")
         magic, body = _format.encode(record.user, record.data)
         head = (magic, _format.to_us(record.created_at), _format.to_us(record.expires_at))
-        with self._io("save a session") as root, self._locked_shard(root, key, create=True) as fd:
+        with self._use("save a session") as root, self._locked_shard(root, key, create=True) as fd:
             assert fd is not None
             there = self._stored(fd, key)
             if now is not None and there is not None and there.expires_at > now:
@@ -233,7 +228,7 @@ class FileSystemBackend(Backend):
             old_user = None if there is None else there.user
             if record.user is not None:
                 self._index.add(root, record.user, key)
-            self._save(fd, key, head, body)
+            self._save(fd, key, head, body, replace=there is not None)
             if old_user != record.user:
                 self._unmark(root, old_user, key)
             return True
@@ -249,10 +244,10 @@ class FileSystemBackend(Backend):
             return False
         path = self._where(key[:2], key)
         try:
-            with self._io("save a session") as root, self._locked_shard(root, key) as fd:
+            with self._use("save a session") as root, self._locked_shard(root, key) as fd:
                 if fd is None:
                     return False
-                content = _files.read(fd, key, path)
+                content = _files.read(fd, key, path, euid=self._handles.euid)
                 if content is None:
                     return False
                 magic, created, expires, body = _format.unpack(path, content)
@@ -287,7 +282,7 @@ class FileSystemBackend(Backend):
             return None
         path = self._where(key[:2], key)
         try:
-            with self._io("take a session") as root, self._locked_shard(root, key) as fd:
+            with self._use("take a session") as root, self._locked_shard(root, key) as fd:
                 if fd is None:
                     return None
                 try:
@@ -309,7 +304,7 @@ class FileSystemBackend(Backend):
         if not _is_key(key):
             return
         try:
-            with self._io("delete a session") as root, self._locked_shard(root, key) as fd:
+            with self._use("delete a session") as root, self._locked_shard(root, key) as fd:
                 if fd is not None:
                     there = self._stored(fd, key)
                     user = None if there is None else there.user
@@ -327,9 +322,9 @@ class FileSystemBackend(Backend):
         removed = 0
         with self._io("purge sessions") as root:
             if longest_lifetime is not None:
-                self._drop_planted_shards(root, before)
+                _files.drop_planted(root, _SHARD, before, self.directory)
             for shard, fd in self._shards(root):
-                names = self._names(fd)
+                names = _files.names(fd)
                 sessions = [n for n in names if _KEY.fullmatch(n) and n[:2] == shard]
                 doomed = [n for n in sessions if self._doomed(fd, n, now_us, far_us, before)]
                 if not doomed and not any(n.startswith(self.temp_prefix) for n in names):
@@ -339,7 +334,7 @@ class FileSystemBackend(Backend):
                         # Checked again under the lock: a save may have just happened.
                         if self._doomed(fd, name, now_us, far_us, before):
                             removed += _files.remove(fd, name)
-                    for name in self._names(fd):
+                    for name in _files.names(fd):
                         if name.startswith(self.temp_prefix):
                             _files.remove(fd, name)
             self._index.sweep(root, grace=_EMPTY_DIRECTORY_GRACE)
@@ -350,7 +345,7 @@ class FileSystemBackend(Backend):
         live = 0
         with self._io("count sessions") as root:
             for shard, fd in self._shards(root):
-                for name in self._names(fd):
+                for name in _files.names(fd):
                     if _KEY.fullmatch(name) and name[:2] == shard:
                         expires = self._expiry(fd, name, self._where(shard, name))
                         if expires is not None and expires > now_us:
@@ -360,7 +355,7 @@ class FileSystemBackend(Backend):
     def items(self, now: datetime) -> t.Iterator[tuple[str, Record]]:
         with self._io("list sessions") as root:
             for shard, fd in self._shards(root):
-                for name in self._names(fd):
+                for name in _files.names(fd):
                     if not (_KEY.fullmatch(name) and name[:2] == shard):
                         continue
                     try:
@@ -376,7 +371,7 @@ class FileSystemBackend(Backend):
         with self._io("clear sessions") as root:
             for shard, fd in self._shards(root):
                 with _files.Locked(fd):
-                    for name in self._names(fd):
+                    for name in _files.names(fd):
                         if _KEY.fullmatch(name) and name[:2] == shard:
                             try:
                                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)

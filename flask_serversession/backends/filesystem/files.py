@@ -3,7 +3,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
+import re
 import stat
 from contextlib import suppress
 
@@ -31,13 +31,15 @@ _KINDS = {
 }
 
 
-def distrust(path: str, st: os.stat_result, what: str) -> str | None:
+def distrust(path: str, st: os.stat_result, what: str, euid: int | None = None) -> str | None:
     """Say why a directory must not hold sessions, or None when it may.
 
-    It must belong to the user the app runs as and be writable by no one
-    else: anyone else who can write there can plant or swap sessions.
+    It must belong to the user the app runs as (``euid``, by default asked
+    for) and be writable by no one else: anyone else who can write there can
+    plant or swap sessions.
     """
-    euid = os.geteuid()
+    if euid is None:
+        euid = os.geteuid()
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid == euid and not mode & 0o022:
         return None
@@ -253,20 +255,24 @@ def exists(dir_fd: int, name: str) -> bool:
     return True
 
 
-def describe(st: os.stat_result) -> str | None:
-    """Say why an entry is not a session file this process wrote, or None."""
+def describe(st: os.stat_result, euid: int | None = None) -> str | None:
+    """Say why an entry is not a session file of user ``euid`` (by default this
+    process's), or None."""
     kind = stat.S_IFMT(st.st_mode)
     if kind != stat.S_IFREG:
         return f"is not a regular file but {_KINDS.get(kind, 'something else')}"
-    if st.st_uid != os.geteuid():
+    if st.st_uid != (os.geteuid() if euid is None else euid):
         return f"belongs to uid {st.st_uid}, not to this process"
     return None
 
 
-def read(dir_fd: int, name: str, path: str, size: int = -1) -> bytes | None:
+def read(
+    dir_fd: int, name: str, path: str, size: int = -1, euid: int | None = None
+) -> bytes | None:
     """Return the content (its first ``size`` bytes) of file ``name``, or None if absent.
 
-    :raise CorruptRecordError: the entry is not a regular file of this process.
+    :param euid: the user the file must belong to; by default this process's.
+    :raise CorruptRecordError: the entry is not a regular file of that user.
     """
     try:
         fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
@@ -280,13 +286,19 @@ def read(dir_fd: int, name: str, path: str, size: int = -1) -> bytes | None:
         raise
     try:
         st = os.fstat(fd)
-        problem = describe(st)
+        problem = describe(st, euid)
         if problem is not None:
             raise CorruptRecordError(f"{path!r} {problem}")
-        parts: list[bytes] = []
-        total = 0
+        if size < 0:
+            # Files are replaced, never written into: one read of one byte
+            # more than fstat saw gets them whole, and a short read is the end.
+            content = os.read(fd, st.st_size + 1)
+            if len(content) == st.st_size:
+                return content
+            parts, total = [content], len(content)
+        else:
+            parts, total = [], 0
         while size < 0 or total < size:
-            # Unbounded, ask for more than the file holds: two reads in all.
             chunk = os.read(fd, size - total if size >= 0 else st.st_size + 65536)
             if not chunk:
                 break
@@ -297,48 +309,24 @@ def read(dir_fd: int, name: str, path: str, size: int = -1) -> bytes | None:
         os.close(fd)
 
 
-def write(dir_fd: int, name: str, content: bytes, prefix: str, *, fsync: bool) -> None:
-    """Replace file ``name`` (0600) with ``content`` in one atomic step.
+def names(dir_fd: int) -> list[str]:
+    """The names in directory ``dir_fd``, sorted."""
+    with os.scandir(dir_fd) as entries:
+        return sorted(e.name for e in entries)
 
-    The caller holds the directory's lock. ``fsync`` flushes the content to
-    the disk before the rename, so that a power loss cannot leave a renamed
-    but empty or torn file.
-    """
-    # A save never writes into the session file itself: it writes a temp
-    # file in the same directory, optionally fsyncs it and renames it over
-    # the old one. rename() is atomic, so a reader without the lock, a
-    # process crash or a full disk leaves the old file or the new one, never
-    # a torn one, and a symlink planted at ``name`` is replaced, not written
-    # through. Every writer of a shard holds its lock from creating the temp
-    # file to the rename, so a temp file seen by someone holding the lock is
-    # a crash leftover, and purge can remove it at once without an age
-    # threshold. We never fsync the directory: after a power loss the rename
-    # may be lost, which gives the previous version of the session. Without
-    # ``fsync``, a power loss may also leave the new file empty or torn,
-    # which a read reports as a corrupt record.
-    for _attempt in range(8):
-        temp = f"{prefix}{secrets.token_hex(8)}.part"
-        try:
-            fd = os.open(temp, TEMP_FLAGS, 0o600, dir_fd=dir_fd)
-            break
-        except FileExistsError:
+
+def drop_planted(root: int, pattern: re.Pattern[str], before: float, path: str) -> None:
+    """Unlink the non-directories of ``root`` (at ``path``) whose names match
+    ``pattern``, where only directories belong, last changed before ``before``."""
+    with os.scandir(root) as entries:
+        planted = [e for e in entries if pattern.fullmatch(e.name)]
+    for entry in planted:
+        if entry.is_dir(follow_symlinks=False):
             continue
-    else:
-        raise FileExistsError(errno.EEXIST, "no free name for a temporary file")
-    try:
-        try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp, dir_fd=dir_fd)
-        raise
+        with suppress(FileNotFoundError, IsADirectoryError):
+            if entry.stat(follow_symlinks=False).st_mtime < before:
+                logger.error("Removing %r: not a directory", os.path.join(path, entry.name))
+                os.unlink(entry.name, dir_fd=root)
 
 
 def remove(dir_fd: int, name: str) -> bool:
