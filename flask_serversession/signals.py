@@ -4,6 +4,7 @@ import typing as t
 
 from blinker import Namespace
 from flask import current_app
+from flask import has_app_context
 
 _signals = Namespace()
 
@@ -44,6 +45,12 @@ session_capped = _signals.signal("session-capped")
 
 
 def send(signal: t.Any, **kwargs: t.Any) -> None:
-    """Send ``signal`` with the current app as sender, if anyone listens."""
-    if signal.receivers:
+    """Send ``signal`` with the current app as sender, if anyone listens.
+
+    Receivers listen to one app (``connect(..., app)``, as the metrics do).
+    Store code run outside any app context (a script that calls the store's
+    API without one) has no app to send from: nothing is sent, rather than
+    a RuntimeError that would depend on whether some other app listens.
+    """
+    if signal.receivers and has_app_context():
         signal.send(current_app._get_current_object(), **kwargs)  # type: ignore[attr-defined]

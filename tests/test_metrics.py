@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from flask_serversession import ConfigError
 from flask_serversession import ServerSession
+from flask_serversession import SessionExpiredError
 from flask_serversession import signals
 from flask_serversession.backends.base import Backend
 from flask_serversession.backends.base import innermost
@@ -298,3 +299,25 @@ def test_the_receivers_go_with_the_app(make_app: t.Callable[..., Flask]) -> None
     del app
     gc.collect()
     assert len(signals.session_expired.receivers) == before
+
+
+def test_another_apps_metrics_do_not_need_an_app_context_for_the_store_api(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    """A store used outside any app context sends nothing, whoever else listens.
+
+    With one app's metrics listening, another app's store API called from a
+    script raised RuntimeError ("Working outside of application context")
+    where it should raise SessionExpiredError.
+    """
+    listening = make_app("memory", **PrometheusReadings().config)
+    app = make_app("memory")
+    clock = Clock()
+    store_of(app).clock = clock
+    with app.app_context():
+        token = store_of(app).create({"a": 1})
+    clock.advance(days=30)
+    assert signals.session_expired.receivers
+    with pytest.raises(SessionExpiredError):
+        store_of(app).fetch(token)
+    del listening
