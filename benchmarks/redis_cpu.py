@@ -91,10 +91,21 @@ def client_commands() -> t.Iterator[set[str]]:
     names: set[str] = set()
     connection = redis.connection.AbstractConnection
     send_command, pack_commands = connection.send_command, connection.pack_commands
+    send_packed_command = connection.send_packed_command
 
     def one(self: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
         names.add(_name(args))
         send_command(self, *args, **kwargs)
+
+    def packed(self: t.Any, command: t.Any, *args: t.Any, **kwargs: t.Any) -> None:
+        # What the backend packs itself (its held connections): the first
+        # bulk string of each packed command, "*N\r\n$L\r\nNAME\r\n...".
+        for item in [command] if isinstance(command, (bytes, str)) else command:
+            data = item.encode() if isinstance(item, str) else bytes(item)
+            parts = data.split(b"\r\n", 3)
+            if data.startswith(b"*") and len(parts) > 2:
+                names.add(_name([parts[2]]))
+        send_packed_command(self, command, *args, **kwargs)
 
     def many(self: t.Any, commands: t.Any) -> t.Any:  # a pipeline's
         commands = list(commands)
@@ -103,11 +114,13 @@ def client_commands() -> t.Iterator[set[str]]:
 
     connection.send_command = one  # type: ignore[method-assign]
     connection.pack_commands = many  # type: ignore[method-assign]
+    connection.send_packed_command = packed  # type: ignore[method-assign]
     try:
         yield names
     finally:
         connection.send_command = send_command  # type: ignore[method-assign]
         connection.pack_commands = pack_commands  # type: ignore[method-assign]
+        connection.send_packed_command = send_packed_command  # type: ignore[method-assign]
 
 
 def _name(args: t.Sequence[t.Any]) -> str:
