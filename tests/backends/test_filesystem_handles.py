@@ -27,6 +27,8 @@ from flask_serversession.backends.filesystem import FileSystemBackend
 from flask_serversession.backends.filesystem import replace as replace_module
 from flask_serversession.errors import BackendError
 
+from .test_filesystem import temp_files
+
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 HOUR = timedelta(hours=1)
 REPO = Path(__file__).resolve().parents[2]
@@ -50,10 +52,6 @@ def open_fds(under: Path) -> int:
             continue
         count += target.startswith(str(under))
     return count
-
-
-def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(FileSystemBackend.temp_prefix)]
 
 
 @pytest.fixture
