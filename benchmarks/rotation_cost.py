@@ -19,7 +19,6 @@ package on ``PYTHONPATH``.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from datetime import timezone
 from flask import Flask
 from flask import session
 from instructions import dump_totals
+from steps import counted
 
 ROUNDS = 20
 N = 20
@@ -171,17 +171,7 @@ def child(backend: str, location: str) -> None:
         browser.read()
 
     for step in (plain, rotation):
-        for _ in range(N):
-            step()
-        gc.collect()
-        gc.freeze()
-        os.getppid()
-        for _ in range(N):
-            step()
-        os.getppid()
-        for _ in range(5 * N):
-            step()
-        os.getppid()
+        counted(step, N)
 
 
 def instructions(backend: str, location: str) -> int:

@@ -133,18 +133,27 @@ def child(backend: str, location: str, names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown steps {unknown}; steps: {', '.join(available)}")
     for name in names:
-        step = available[name]
-        for _ in range(N):
-            step()
-        gc.collect()
-        gc.freeze()
-        os.getppid()
-        for _ in range(N):
-            step()
-        os.getppid()
-        for _ in range(5 * N):
-            step()
-        os.getppid()
+        counted(available[name])
+
+
+def counted(step: t.Callable[[], object], n: int = N) -> None:
+    """Run ``step`` n times to warm up, then n and 5n times between markers.
+
+    Each marker is a ``getppid`` call, at which callgrind (run with
+    ``--dump-before=getppid``) writes its totals: one call of the step costs
+    ``(total(5n) - total(n)) / 4n``.
+    """
+    for _ in range(n):
+        step()
+    gc.collect()
+    gc.freeze()
+    os.getppid()
+    for _ in range(n):
+        step()
+    os.getppid()
+    for _ in range(5 * n):
+        step()
+    os.getppid()
 
 
 def main(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ from .support.redis_servers import redis_sentinel  # noqa: F401
 from .support.redis_servers import redis_server  # noqa: F401
 from .support.redis_servers import valkey_backend  # noqa: F401
 from .support.redis_servers import valkey_cluster_backend  # noqa: F401
+from .support.rotation_events import events  # noqa: F401
 from .support.sql import fsa_postgres_backend  # noqa: F401
 from .support.sql import fsa_sqlite_backend  # noqa: F401
 from .support.sql import postgres_backend  # noqa: F401

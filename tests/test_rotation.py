@@ -21,35 +21,12 @@ from .conftest import Clock
 from .conftest import CountingBackend
 from .conftest import session_cookie
 from .conftest import store_of
+from .support.rotation_events import Events
 from .test_races import add_parked_write
 from .test_races import Parked
 
 EVERY = timedelta(hours=1)
 GRACE = timedelta(seconds=60)
-
-
-class Events:
-    """Records the rotation signals."""
-
-    def __init__(self) -> None:
-        self.rotated: list[dict[str, str]] = []
-        self.reused: list[dict[str, str]] = []
-
-    def on_rotated(self, sender: Flask, **kwargs: str) -> None:
-        self.rotated.append(kwargs)
-
-    def on_reused(self, sender: Flask, **kwargs: str) -> None:
-        self.reused.append(kwargs)
-
-
-@pytest.fixture
-def events() -> t.Iterator[Events]:
-    recorded = Events()
-    signals.session_rotated.connect(recorded.on_rotated)
-    signals.session_token_reused.connect(recorded.on_reused)
-    yield recorded
-    signals.session_rotated.disconnect(recorded.on_rotated)
-    signals.session_token_reused.disconnect(recorded.on_reused)
 
 
 def rotating_app(make_app: t.Callable[..., Flask], backend: Backend, **config: t.Any) -> Flask:

@@ -17,15 +17,14 @@ from flask import session
 from flask_serversession import BackendError
 from flask_serversession import ServerSession
 from flask_serversession import SessionNotFoundError
-from flask_serversession import signals
 from flask_serversession.backends.base import Backend
 
 from .conftest import session_cookie
 from .conftest import store_of
+from .support.rotation_events import Events
 from .test_races import park
 from .test_races import Parked
 from .test_rotation import clock_of
-from .test_rotation import Events
 from .test_rotation import holder
 from .test_rotation import key_for
 from .test_rotation import live
@@ -33,16 +32,6 @@ from .test_rotation import rotating_app
 from .test_rotation import signed_in
 
 WAIT = 10
-
-
-@pytest.fixture
-def events() -> t.Iterator[Events]:
-    recorded = Events()
-    signals.session_rotated.connect(recorded.on_rotated)
-    signals.session_token_reused.connect(recorded.on_reused)
-    yield recorded
-    signals.session_rotated.disconnect(recorded.on_rotated)
-    signals.session_token_reused.disconnect(recorded.on_reused)
 
 
 def add_parked_views(app: Flask) -> None:
