@@ -35,6 +35,9 @@ BINDING_KEY = "_serversession_dbsc"
 ALGORITHMS = ("ES256", "RS256")
 #: How long a challenge may be answered after it was issued.
 CHALLENGE_LIFETIME = timedelta(minutes=5)
+#: How far ahead of this server's clock a challenge's time may be: the clock
+#: of the server that issued it may run ahead of this one's by that much.
+CLOCK_SKEW = timedelta(seconds=30)
 #: The JOSE ``typ`` of a DBSC proof.
 PROOF_TYPE = "dbsc+jwt"
 # The public members of the key types each algorithm signs with.
@@ -47,6 +50,10 @@ _NS = 1_000_000_000
 
 class ProofError(Exception):
     """A DBSC proof, challenge or bound cookie is not acceptable; the message says why."""
+
+
+class StaleChallenge(ProofError):
+    """A challenge issued here for this session, answered too late."""
 
 
 @dataclass(frozen=True)
@@ -147,20 +154,30 @@ class Signer:
             raise ProofError("it was not issued for this session")
         return int(stamp)
 
-    def challenge(self, purpose: str, subject: str) -> str:
-        """A new challenge for a registration (``"register"``) or a refresh (``"refresh"``)."""
-        return self._sign(purpose, subject, int(self.clock() * _NS))
+    def challenge(self, purpose: str, subject: str, *, after: int = 0) -> str:
+        """A new challenge for a registration (``"register"``) or a refresh (``"refresh"``).
 
-    def challenge_time(self, purpose: str, subject: str, challenge: str) -> int:
+        :param after: a time (ns) it must be issued after, even where the clock
+            has not moved on since (a coarse clock, or one server's clock behind another's).
+        """
+        return self._sign(purpose, subject, max(int(self.clock() * _NS), after + 1))
+
+    def challenge_time(
+        self,
+        purpose: str,
+        subject: str,
+        challenge: str,
+        lifetime: timedelta = CHALLENGE_LIFETIME,
+    ) -> int:
         """When a fresh challenge issued for ``subject`` was issued (ns).
 
-        :raises ProofError: not one issued here for it, or older than
-            :data:`CHALLENGE_LIFETIME`.
+        :param lifetime: how long after it was issued it may be answered.
+        :raises ProofError: not one issued here for it, or older than ``lifetime``.
         """
         issued = self._open(purpose, subject, challenge)
         age = int(self.clock() * _NS) - issued
-        if not 0 <= age <= CHALLENGE_LIFETIME.total_seconds() * _NS:
-            raise ProofError("the challenge is stale")
+        if not -CLOCK_SKEW.total_seconds() * _NS <= age <= lifetime.total_seconds() * _NS:
+            raise StaleChallenge("the challenge is stale")
         return issued
 
     def cookie(self, binding_id: str, lifetime: timedelta) -> str:

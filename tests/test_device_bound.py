@@ -247,6 +247,68 @@ def test_replayed_and_stale_challenges_are_refused(bound: tuple[Flask, DbscBrows
     assert browser.refresh().status_code == 200
 
 
+def test_each_answer_gives_the_next_refresh_its_challenge(
+    make_app: t.Callable[..., Flask], bound: tuple[Flask, DbscBrowser]
+) -> None:
+    app, browser = bound
+    clock = signer_clock(app)
+    # The registration gave a challenge for this binding: the refresh is one request.
+    given = browser.cached_challenge
+    assert given is not None
+    refreshed = browser.refresh()
+    assert refreshed.status_code == 200, refreshed.get_data(as_text=True)
+    assert browser.refresh_requests == 1
+    assert user(browser.client) == "ada"
+    # Each refresh gives the next one's; a challenge given ahead is good once.
+    assert browser.cached_challenge not in (None, given)
+    replayed = browser.send_proof(browser.key.proof(given))
+    assert replayed.status_code == 403 and "Secure-Session-Challenge" in replayed.headers
+
+    # It is good until the bound cookie it came with expires, and five minutes more ...
+    clock.advance(600 + 5 * 60 - 1)
+    assert browser.refresh().status_code == 200
+    assert browser.refresh_requests == 1
+    # ... and no longer: then the refresh takes a 403 and a new challenge.
+    clock.advance(600 + 5 * 60 + 1)
+    assert browser.refresh().status_code == 200
+    assert browser.refresh_requests == 2
+
+    # One given to another session's binding serves only that one.
+    other = DbscBrowser(app.test_client())
+    assert other.register(sign_in(other.client)).status_code == 200
+    assert other.cached_challenge is not None
+    foreign = browser.send_proof(browser.key.proof(other.cached_challenge))
+    assert foreign.status_code == 403
+    assert other.refresh().status_code == 200 and other.refresh_requests == 1
+
+
+def test_a_challenge_from_a_server_whose_clock_runs_ahead_passes(
+    bound: tuple[Flask, DbscBrowser],
+) -> None:
+    app, browser = bound
+    clock = signer_clock(app)
+    # The worker that issues the challenge runs 20 s ahead of the one that checks it.
+    clock.advance(20)
+    ahead, _ = challenge_of(browser.ask_challenge())
+    clock.advance(-20)
+    assert browser.send_proof(browser.key.proof(ahead)).status_code == 200
+    # More than CLOCK_SKEW (30 s) ahead is no clock difference: it is refused.
+    clock.advance(31)
+    too_far, _ = challenge_of(browser.ask_challenge())
+    clock.advance(-31)
+    assert browser.send_proof(browser.key.proof(too_far)).status_code == 403
+
+
+def test_a_browser_that_keeps_no_challenge_still_refreshes(
+    bound: tuple[Flask, DbscBrowser],
+) -> None:
+    _app, browser = bound
+    answer = browser.refresh(use_cached=False)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert browser.refresh_requests == 2
+    assert user(browser.client) == "ada"
+
+
 def test_a_registration_proof_is_accepted_once(
     make_app: t.Callable[..., Flask], dbsc_backend: Backend
 ) -> None:

@@ -14,6 +14,7 @@ from ..binding import refresh_proof
 from ..binding import registration_proof
 from ..binding import sf_string
 from ..log import logger
+from .devices import challenge_header
 
 if t.TYPE_CHECKING:
     from flask import Response
@@ -52,7 +53,19 @@ def _challenged(devices: Devices, binding: Binding, reason: str) -> Response:
         logger.info("A device-bound session refresh was refused: %s", reason)
     response = _answer({"error": reason or "a proof over a new challenge is needed"}, 403)
     challenge = devices.signer.challenge("refresh", binding.id)
-    response.headers[CHALLENGE_HEADER] = f'"{challenge}";id="{binding.id}"'
+    response.headers[CHALLENGE_HEADER] = challenge_header(challenge, binding.id)
+    return response
+
+
+def _bound(devices: Devices, binding: Binding, accepted: int) -> Response:
+    """A registration's or a refresh's answer: the instructions, a new bound cookie, and
+    the challenge for the next refresh, so that it needs no 403 first.
+
+    :param accepted: when the challenge just accepted was issued (ns).
+    """
+    response = _answer(devices.instructions(current_app, binding))
+    devices.set_cookie(current_app, response, binding)
+    response.headers[CHALLENGE_HEADER] = devices.challenge_ahead(binding, accepted)
     return response
 
 
@@ -82,9 +95,7 @@ def blueprint(devices: Devices) -> Blueprint:
         binding = Binding(new_binding_id(), jwk, alg, issued)
         if not devices.bind(stored, binding):
             return _refused("the session ended or is bound already")
-        response = _answer(devices.instructions(current_app, binding))
-        devices.set_cookie(current_app, response, binding)
-        return response
+        return _bound(devices, binding, issued)
 
     @bp.post("/refresh")
     def refresh() -> Response:
@@ -102,13 +113,11 @@ def blueprint(devices: Devices) -> Blueprint:
             return _challenged(devices, binding, "")
         try:
             challenge = refresh_proof(proof, binding)
-            issued = devices.signer.challenge_time("refresh", binding.id, challenge)
+            issued = devices.refresh_challenge_time(binding, challenge)
         except ProofError as e:
             return _challenged(devices, binding, f"the refresh proof is refused: {e}")
         if not devices.prove(stored, binding, issued):
             return _challenged(devices, binding, "the challenge was answered already")
-        response = _answer(devices.instructions(current_app, binding))
-        devices.set_cookie(current_app, response, binding)
-        return response
+        return _bound(devices, binding, issued)
 
     return bp

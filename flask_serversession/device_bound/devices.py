@@ -10,8 +10,11 @@ from ..backends.base import Delta
 from ..binding import ALGORITHMS
 from ..binding import Binding
 from ..binding import BINDING_KEY
+from ..binding import CHALLENGE_LIFETIME
+from ..binding import ProofError
 from ..binding import read
 from ..binding import Signer
+from ..binding import StaleChallenge
 from ..binding import text
 from ..log import logger
 from ..stored import StoredSession
@@ -24,8 +27,17 @@ if t.TYPE_CHECKING:
     from ..store import SessionStore
 
 
+#: The purpose of a refresh challenge given ahead, with a bound cookie.
+_AHEAD = "refresh-ahead"
+
+
 def _origin() -> str:
     return f"{request.scheme}://{request.host}"
+
+
+def challenge_header(challenge: str, binding_id: str) -> str:
+    """A ``Secure-Session-Challenge`` value: ``challenge`` for the binding ``binding_id``."""
+    return f'"{challenge}";id="{binding_id}"'
 
 
 class Devices:
@@ -124,6 +136,35 @@ class Devices:
                 }
             ],
         }
+
+    def challenge_ahead(self, binding: Binding, accepted: int) -> str:
+        """The ``Secure-Session-Challenge`` that gives the next refresh its challenge now.
+
+        A browser keeps it and signs it into the refresh that renews the bound
+        cookie given with it, which then takes one request instead of two (a
+        403 with a challenge, then the proof).
+
+        :param accepted: when the challenge just accepted was issued (ns): this
+            one is issued after it, so that it passes once.
+        """
+        challenge = self.signer.challenge(_AHEAD, binding.id, after=accepted)
+        return challenge_header(challenge, binding.id)
+
+    def refresh_challenge_time(self, binding: Binding, challenge: str) -> int:
+        """When the challenge of a refresh proof was issued (ns).
+
+        One from a 403 is good for :data:`~flask_serversession.binding.CHALLENGE_LIFETIME`;
+        one given ahead with a bound cookie until that cookie expires, and as long again.
+
+        :raises ProofError: not a refresh challenge of this binding, or stale.
+        """
+        try:
+            return self.signer.challenge_time("refresh", binding.id, challenge)
+        except StaleChallenge:
+            raise
+        except ProofError:
+            lifetime = self.refresh + CHALLENGE_LIFETIME
+            return self.signer.challenge_time(_AHEAD, binding.id, challenge, lifetime)
 
     def offer(self, storage_key: str) -> str:
         """The ``Secure-Session-Registration`` header value for the session ``storage_key``."""

@@ -73,6 +73,10 @@ class DbscBrowser:
         self.identifier: str | None = None
         self.refresh_url: str | None = None
         self.instructions: dict[str, t.Any] | None = None
+        #: The challenge the last answer gave ahead for the next refresh, if it did.
+        self.cached_challenge: str | None = None
+        #: How many requests the last :meth:`refresh` made.
+        self.refresh_requests = 0
 
     def register(self, response: TestResponse) -> TestResponse:
         """Answer the offer on ``response`` (a sign-in's) with a registration proof."""
@@ -88,7 +92,15 @@ class DbscBrowser:
             self.instructions = answer.get_json()
             self.identifier = self.instructions["session_identifier"]
             self.refresh_url = self.instructions["refresh_url"]
+            self._keep_challenge(answer)
         return answer
+
+    def _keep_challenge(self, answer: TestResponse) -> None:
+        """Keep the challenge ``answer`` gives for this session, as the draft's cached challenge."""
+        if "Secure-Session-Challenge" in answer.headers:
+            challenge, identifier = challenge_of(answer)
+            if identifier == self.identifier:
+                self.cached_challenge = challenge
 
     def ask_challenge(self) -> TestResponse:
         """The first refresh request: no proof, only the session identifier."""
@@ -101,7 +113,7 @@ class DbscBrowser:
 
     def send_proof(self, proof: str) -> TestResponse:
         assert self.refresh_url is not None
-        return self.client.post(
+        answer = self.client.post(
             self.refresh_url,
             base_url=HTTPS,
             headers={
@@ -109,11 +121,27 @@ class DbscBrowser:
                 "Secure-Session-Response": f'"{proof}"',
             },
         )
+        if answer.status_code == 200:
+            self._keep_challenge(answer)
+        return answer
 
-    def refresh(self) -> TestResponse:
-        """Refresh as the draft says: ask, get a 403 with a challenge, sign it, retry."""
-        first = self.ask_challenge()
-        assert first.status_code == 403, first.get_data(as_text=True)
+    def refresh(self, *, use_cached: bool = True) -> TestResponse:
+        """Refresh as the draft says: sign the cached challenge if there is one, else ask;
+        on a 403 with a challenge, sign that one and retry.
+
+        :param use_cached: False to ask first, as a browser that keeps no challenge does.
+        """
+        self.refresh_requests = 1
+        challenge = self.cached_challenge if use_cached else None
+        self.cached_challenge = None
+        if challenge is not None:
+            first = self.send_proof(self.key.proof(challenge))
+            if first.status_code != 403 or "Secure-Session-Challenge" not in first.headers:
+                return first
+        else:
+            first = self.ask_challenge()
+            assert first.status_code == 403, first.get_data(as_text=True)
         challenge, identifier = challenge_of(first)
         assert identifier == self.identifier
+        self.refresh_requests = 2
         return self.send_proof(self.key.proof(challenge))
