@@ -62,10 +62,12 @@ class Browsers:
     user sees after closing the browser and opening it again.
     """
 
-    def __init__(self, root: Path, *arguments: str) -> None:
+    def __init__(self, root: Path, *arguments: str, net_log: bool = False) -> None:
         self.root = root
         #: More command-line arguments for every browser started.
         self.arguments = arguments
+        #: Whether each browser writes Chromium's net log to ``net_log_path(profile)``.
+        self.net_log = net_log
         root.mkdir(exist_ok=True)
         #: Each open browser and its profile directory's name.
         self.running: dict[t.Any, str] = {}
@@ -86,6 +88,7 @@ class Browsers:
             "--disable-sync",
             "--no-first-run",
             f"--user-data-dir={self.root / profile}",
+            *([f"--log-net-log={self.net_log_path(profile)}"] if self.net_log else []),
             *self.arguments,
         ):
             options.add_argument(argument)
@@ -97,6 +100,10 @@ class Browsers:
         browser.set_page_load_timeout(WAIT_SECONDS)
         self.running[browser] = profile
         return browser
+
+    def net_log_path(self, profile: str) -> Path:
+        """Where the browser of ``profile`` writes its net log, when ``net_log`` is on."""
+        return self.root / f"netlog-{profile}.json"
 
     def restart(self, browser: t.Any) -> t.Any:
         """Close the browser and open it again on the same profile."""
