@@ -35,6 +35,10 @@ BINDING_KEY = "_serversession_dbsc"
 ALGORITHMS = ("ES256", "RS256")
 #: How long a challenge may be answered after it was issued.
 CHALLENGE_LIFETIME = timedelta(minutes=5)
+#: How long after a binding is made a request that brings no bound cookie at
+#: all still opens the session: the browser sends the page it was redirected
+#: to after the sign-in while it registers, before the answer gives it the cookie.
+REGISTRATION_GRACE = timedelta(seconds=10)
 #: How far ahead of this server's clock a challenge's time may be: the clock
 #: of the server that issued it may run ahead of this one's by that much.
 CLOCK_SKEW = timedelta(seconds=30)
@@ -64,12 +68,18 @@ class Binding:
     :param jwk: the registered public key, as a JWK of its public members.
     :param alg: ``"ES256"`` or ``"RS256"``.
     :param proved: when the last accepted challenge was issued (ns since the epoch).
+    :param bound_at: when the registration was accepted (ns since the epoch).
     """
 
     id: str
     jwk: dict[str, str]
     alg: str
     proved: int
+    bound_at: int
+
+    def in_grace(self, now: float) -> bool:
+        """Whether ``now`` (s since the epoch) is within :data:`REGISTRATION_GRACE` of binding."""
+        return int(now * _NS) - self.bound_at <= REGISTRATION_GRACE.total_seconds() * _NS
 
 
 def read(serializer: SessionSerializer, meta: t.Mapping[str, str]) -> Binding | None:
@@ -81,9 +91,9 @@ def read(serializer: SessionSerializer, meta: t.Mapping[str, str]) -> Binding | 
     if text is None:
         return None
     value = serializer.loads(text)
-    if type(value) is not list or len(value) != 4:
+    if type(value) is not list or len(value) != 5:
         raise ValueError(f"the device binding is {value!r}")
-    binding_id, jwk, alg, proved = value
+    binding_id, jwk, alg, proved, bound_at = value
     if (
         type(binding_id) is not str
         or alg not in ALGORITHMS
@@ -91,14 +101,17 @@ def read(serializer: SessionSerializer, meta: t.Mapping[str, str]) -> Binding | 
         or set(jwk) != set(_PUBLIC_MEMBERS[alg])
         or not all(type(v) is str for v in jwk.values())
         or type(proved) is not int
+        or type(bound_at) is not int
     ):
         raise ValueError("the device binding is not of the shape written here")
-    return Binding(binding_id, jwk, alg, proved)
+    return Binding(binding_id, jwk, alg, proved, bound_at)
 
 
 def text(serializer: SessionSerializer, binding: Binding) -> str:
     """The stored form of ``binding``."""
-    return serializer.dumps([binding.id, binding.jwk, binding.alg, binding.proved])
+    return serializer.dumps(
+        [binding.id, binding.jwk, binding.alg, binding.proved, binding.bound_at]
+    )
 
 
 def new_binding_id() -> str:

@@ -25,6 +25,7 @@ from flask_serversession.backends.base import Delta
 from flask_serversession.backends.base import Record
 from flask_serversession.backends.memory import MemoryBackend
 from flask_serversession.binding import BINDING_KEY
+from flask_serversession.binding import REGISTRATION_GRACE
 from flask_serversession.interface import ServerSessionInterface
 from flask_serversession.signals import session_binding_failed
 from flask_serversession.signals import session_token_rejected
@@ -75,9 +76,16 @@ def dbsc_app(make_app: t.Callable[..., Flask], backend: Backend | str, **config:
 
 
 def signer_clock(app: Flask) -> SignerClock:
-    clock = SignerClock()
-    app.session_interface.devices.signer.clock = clock  # type: ignore[attr-defined]
-    return clock
+    """The DBSC signer's clock, made one the test moves by hand if it is not yet."""
+    signer = app.session_interface.devices.signer  # type: ignore[attr-defined]
+    if not isinstance(signer.clock, SignerClock):
+        signer.clock = SignerClock()
+    return t.cast(SignerClock, signer.clock)
+
+
+def past_the_grace(app: Flask) -> None:
+    """Move the signer's clock past REGISTRATION_GRACE: from now on the bound cookie is needed."""
+    signer_clock(app).advance(REGISTRATION_GRACE.total_seconds() + 1)
 
 
 def sign_in(client: FlaskClient) -> t.Any:
@@ -96,11 +104,13 @@ def cookie(client: FlaskClient, name: str) -> str | None:
 
 @pytest.fixture
 def bound(make_app: t.Callable[..., Flask], dbsc_backend: Backend) -> tuple[Flask, DbscBrowser]:
-    """An app on each store, and a browser signed in whose session is bound."""
+    """An app on each store, and a browser signed in whose session was bound
+    longer than REGISTRATION_GRACE ago: the bound cookie is needed."""
     app = dbsc_app(make_app, dbsc_backend)
     browser = DbscBrowser(app.test_client())
     answer = browser.register(sign_in(browser.client))
     assert answer.status_code == 200, answer.get_data(as_text=True)
+    past_the_grace(app)
     return app, browser
 
 
@@ -199,6 +209,32 @@ def test_bound_cookie_expires_and_the_refresh_brings_it_back(
     assert user(browser.client) == "ada"
     browser.client.set_cookie(BOUND, old_bound, domain="localhost")
     assert user(browser.client) is None
+
+
+def test_a_request_sent_while_registering_opens_the_session(
+    make_app: t.Callable[..., Flask], dbsc_backend: Backend
+) -> None:
+    app = dbsc_app(make_app, dbsc_backend)
+    clock = signer_clock(app)
+    browser = DbscBrowser(app.test_client())
+    signed_in = sign_in(browser.client)
+    # The browser takes its time to register: the grace counts from the binding.
+    clock.advance(60)
+    assert browser.register(signed_in).status_code == 200
+    # The page the sign-in redirected to, sent before the registration's answer
+    # gave the browser its bound cookie: no bound cookie at all.
+    racing = app.test_client()
+    racing.set_cookie(COOKIE, t.cast(str, cookie(browser.client, COOKIE)), domain="localhost")
+    clock.advance(REGISTRATION_GRACE.total_seconds() - 1)
+    assert user(racing) == "ada"
+    # A bound cookie that is not this binding's is refused, even now.
+    racing.set_cookie(BOUND, "1.nonce.forged", domain="localhost")
+    assert user(racing) is None
+    racing.delete_cookie(BOUND, domain="localhost")
+    # Past the grace, the session cookie alone opens nothing; the browser's cookie does.
+    clock.advance(2)
+    assert user(racing) is None
+    assert user(browser.client) == "ada"
 
 
 def test_wrong_key_is_refused(bound: tuple[Flask, DbscBrowser]) -> None:
@@ -371,6 +407,7 @@ def test_rotation_and_regenerate_keep_the_binding(
     store_of(app).clock = clock  # type: ignore[method-assign]
     browser = DbscBrowser(app.test_client())
     assert browser.register(sign_in(browser.client)).status_code == 200
+    past_the_grace(app)
     before = cookie(browser.client, COOKIE)
     clock.advance(seconds=120)
     assert user(browser.client) == "ada"
@@ -418,6 +455,7 @@ def test_header_mode_is_never_bound(make_app: t.Callable[..., Flask]) -> None:
     # The token of a bound session, sent in the header, needs the bound cookie too.
     browser = DbscBrowser(app.test_client())
     assert browser.register(sign_in(browser.client)).status_code == 200
+    past_the_grace(app)
     stolen = t.cast(str, cookie(browser.client, COOKIE))
     response = app.test_client().get(
         "/get/user", base_url=HTTPS, headers={"X-Session-Token": stolen}

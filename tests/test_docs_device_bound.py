@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import typing as t
 
 import pytest
@@ -74,6 +75,10 @@ def test_binding_failures_are_logged(tmp_path: t.Any, caplog: pytest.LogCaptureF
 
     browser = DbscBrowser(app.test_client())
     browser.register(browser.client.post("/sign-in", base_url=HTTPS))
+    # Past the ten seconds after the binding in which a request without the
+    # bound cookie still opens the session.
+    signer = app.session_interface.devices.signer  # type: ignore[attr-defined]
+    signer.clock = lambda: time.time() + 11
     thief = app.test_client()
     stolen = browser.client.get_cookie("session", domain="localhost")
     assert stolen is not None

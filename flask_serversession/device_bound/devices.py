@@ -95,7 +95,8 @@ class Devices:
         return "; ".join(parts)
 
     def admits(self, app: Flask, stored: StoredSession, *, connected: bool) -> bool:
-        """Whether the request brought a valid bound cookie for the bound session ``stored``.
+        """Whether the request brought a valid bound cookie for the bound session ``stored``,
+        or none at all within :data:`~flask_serversession.binding.REGISTRATION_GRACE` of binding.
 
         :param connected: a Socket.IO event of a connection whose handshake was
             checked when it was made: the cookie it brought may have expired since.
@@ -108,6 +109,9 @@ class Devices:
         if binding is None:
             return True
         value = request.cookies.get(self.cookie_name(app))
+        if value is None and binding.in_grace(self.signer.clock()):
+            # Sent before the registration's answer gave the browser its bound cookie.
+            return True
         return self.signer.cookie_valid(binding.id, value, expired_ok=connected)
 
     def set_cookie(self, app: Flask, response: Response, binding: Binding) -> None:
@@ -194,7 +198,7 @@ class Devices:
             return False
         if kept is None or kept.id != binding.id or issued <= kept.proved:
             return False
-        updated = Binding(kept.id, kept.jwk, kept.alg, issued)
+        updated = Binding(kept.id, kept.jwk, kept.alg, issued, kept.bound_at)
         return self._write(stored, current.expires_at, updated, current.data[BINDING_KEY])
 
     def _write(
