@@ -32,7 +32,7 @@ def proofs(alg: str, signer: Signer) -> tuple[float, float]:
     challenge = signer.challenge("refresh", "binding")
     registration = key.proof(challenge, jwk=key.jwk)
     jwk, verified_alg, _ = registration_proof(registration)
-    binding = Binding("binding", jwk, verified_alg, 0)
+    binding = Binding("binding", jwk, verified_alg, 0, 0)
     refresh = key.proof(challenge)
     return (
         best_us(lambda: registration_proof(registration), 300),
