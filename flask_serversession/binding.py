@@ -77,9 +77,9 @@ class Binding:
     proved: int
     bound_at: int
 
-    def in_grace(self, now: float) -> bool:
-        """Whether ``now`` (s since the epoch) is within :data:`REGISTRATION_GRACE` of binding."""
-        return int(now * _NS) - self.bound_at <= REGISTRATION_GRACE.total_seconds() * _NS
+    def in_grace(self, now: int) -> bool:
+        """Whether ``now`` (ns since the epoch) is within :data:`REGISTRATION_GRACE` of binding."""
+        return now - self.bound_at <= REGISTRATION_GRACE.total_seconds() * _NS
 
 
 def read(serializer: SessionSerializer, meta: t.Mapping[str, str]) -> Binding | None:
@@ -167,13 +167,17 @@ class Signer:
             raise ProofError("it was not issued for this session")
         return int(stamp)
 
+    def now(self) -> int:
+        """The current time in ns since the epoch, by :attr:`clock`."""
+        return int(self.clock() * _NS)
+
     def challenge(self, purpose: str, subject: str, *, after: int = 0) -> str:
         """A new challenge for a registration (``"register"``) or a refresh (``"refresh"``).
 
         :param after: a time (ns) it must be issued after, even where the clock
             has not moved on since (a coarse clock, or one server's clock behind another's).
         """
-        return self._sign(purpose, subject, max(int(self.clock() * _NS), after + 1))
+        return self._sign(purpose, subject, max(self.now(), after + 1))
 
     def challenge_time(
         self,
@@ -188,7 +192,7 @@ class Signer:
         :raises ProofError: not one issued here for it, or older than ``lifetime``.
         """
         issued = self._open(purpose, subject, challenge)
-        age = int(self.clock() * _NS) - issued
+        age = self.now() - issued
         if not -CLOCK_SKEW.total_seconds() * _NS <= age <= lifetime.total_seconds() * _NS:
             raise StaleChallenge("the challenge is stale")
         return issued

@@ -92,8 +92,7 @@ def blueprint(devices: Devices) -> Blueprint:
             issued = devices.signer.challenge_time("register", stored.key, challenge)
         except ProofError as e:
             return _refused(f"the registration proof is refused: {e}")
-        now = int(devices.signer.clock() * 1_000_000_000)
-        binding = Binding(new_binding_id(), jwk, alg, issued, bound_at=now)
+        binding = Binding(new_binding_id(), jwk, alg, issued, bound_at=devices.signer.now())
         if not devices.bind(stored, binding):
             return _refused("the session ended or is bound already")
         return _bound(devices, binding, issued)

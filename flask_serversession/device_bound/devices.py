@@ -109,7 +109,7 @@ class Devices:
         if binding is None:
             return True
         value = request.cookies.get(self.cookie_name(app))
-        if value is None and binding.in_grace(self.signer.clock()):
+        if value is None and binding.in_grace(self.signer.now()):
             # Sent before the registration's answer gave the browser its bound cookie.
             return True
         return self.signer.cookie_valid(binding.id, value, expired_ok=connected)
