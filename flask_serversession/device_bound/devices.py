@@ -158,7 +158,8 @@ class Devices:
         """When the challenge of a refresh proof was issued (ns).
 
         One from a 403 is good for :data:`~flask_serversession.binding.CHALLENGE_LIFETIME`;
-        one given ahead with a bound cookie until that cookie expires, and as long again.
+        one given ahead with a bound cookie until that cookie expires, and
+        ``CHALLENGE_LIFETIME`` after.
 
         :raises ProofError: not a refresh challenge of this binding, or stale.
         """
