@@ -64,6 +64,17 @@ def add_parked_write(app: Flask) -> None:
         return "written"
 
 
+def add_parked_grow(app: Flask) -> None:
+    """A view that reads the session, parks, then writes 600 bytes under ``a``."""
+
+    @app.post("/parked/grow")
+    def parked_grow() -> str:
+        session.get("user")
+        park("/parked/grow")
+        session["a"] = "x" * 600
+        return "grown"
+
+
 def park(path: str) -> None:
     parked: Parked = session_app().config["PARKED"][path]
     parked.inside.set()
@@ -88,14 +99,7 @@ def race_app(make_app: t.Callable[..., Flask], backend: Backend) -> Flask:
         return "regenerated"
 
     add_parked_write(app)
-
-    @app.post("/parked/grow")
-    def parked_grow() -> str:
-        session.get("user")
-        park("/parked/grow")
-        session["a"] = "x" * 600
-        return "grown"
-
+    add_parked_grow(app)
     return app
 
 

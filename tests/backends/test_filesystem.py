@@ -64,16 +64,6 @@ def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith(FileSystemBackend.temp_prefix)]
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "sessions"
-
-
-@pytest.fixture
-def fs(root: Path) -> FileSystemBackend:
-    return FileSystemBackend(root)
-
-
 def test_creates_private_directories_and_files(tmp_path: Path) -> None:
     root = tmp_path / "a" / "b"
     backend = FileSystemBackend(root)

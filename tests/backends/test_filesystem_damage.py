@@ -81,11 +81,6 @@ CONTENT_DAMAGE |= {"garbage-json", "json-list", "json-not-strings"}
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "sessions"
-
-
-@pytest.fixture
 def fs_app(make_app: t.Callable[..., Flask], root: Path) -> Flask:
     return make_app(FileSystemBackend(root))
 

@@ -54,16 +54,6 @@ def open_fds(under: Path) -> int:
     return count
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "sessions"
-
-
-@pytest.fixture
-def fs(root: Path) -> FileSystemBackend:
-    return FileSystemBackend(root)
-
-
 def test_replaced_session_directory_is_used_at_once(
     fs: FileSystemBackend, root: Path, tmp_path: Path
 ) -> None:

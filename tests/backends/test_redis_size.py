@@ -13,7 +13,6 @@ from datetime import timezone
 
 import pytest
 from flask import Flask
-from flask import session
 from hypothesis import given
 from hypothesis import HealthCheck
 from hypothesis import settings
@@ -27,7 +26,7 @@ from flask_serversession.errors import SessionTooLargeError
 
 from ..conftest import session_cookie
 from ..conftest import store_of
-from ..test_races import park
+from ..test_races import add_parked_grow
 from ..test_races import Parked
 
 #: Every test of the module runs with redis-py and with valkey-py (tests/conftest.py).
@@ -235,14 +234,7 @@ def test_a_request_parked_over_a_save_of_an_old_hash_cannot_pass_the_limit(
 ) -> None:
     backend = redis_backend
     app = make_app(backend, SERVERSESSION_MAX_SIZE=1000)
-
-    @app.post("/parked/grow")
-    def parked_grow() -> str:
-        session.get("user")
-        park("/parked/grow")
-        session["a"] = "x" * 600
-        return "grown"
-
+    add_parked_grow(app)
     client = app.test_client()
     client.post("/set", json={"user": "alice"})
     token = session_cookie(client)
